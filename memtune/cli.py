@@ -1,0 +1,194 @@
+"""The command line: parse, call the library, map errors to the contract's exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from memtune import _tf
+from memtune.errors import MemtuneError
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
+
+
+def _plan_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, help="a .keras file, FILE.py:FUNCTION or MODULE:FUNCTION"
+    )
+    p.add_argument("--data", required=True, help="a .csv / .parquet file or a folder of shards")
+    p.add_argument("--target", action="append", metavar="COL", help="target column (repeatable)")
+    p.add_argument(
+        "--maxlen", action="append", metavar="N|COL=N", help="pad length where the model says None"
+    )
+    p.add_argument("--padding", choices=("pre", "post"), default="pre")
+    p.add_argument("--truncating", choices=("pre", "post"), default="pre")
+    p.add_argument(
+        "--budget", default="auto", metavar="SIZE|auto", help="e.g. 8GiB; auto: what is free now"
+    )
+    p.add_argument(
+        "--safety",
+        default=0.10,
+        type=float,
+        metavar="F",
+        help="fraction of the budget kept free (0.10)",
+    )
+    p.add_argument("--device", default="auto", metavar="auto|cpu|gpu|gpu:I")
+    p.add_argument("--effective-batch-size", type=int, metavar="N")
+    p.add_argument("--max-batch-size", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N", help="force the batch size")
+    p.add_argument("--mode", choices=("in-memory", "streaming"), help="force the data mode")
+    p.add_argument(
+        "--force", action="store_true", help="accept a forced mode that is predicted not to fit"
+    )
+    p.add_argument("--validation-data", metavar="D")
+    p.add_argument("--validation-split", type=float, metavar="F")
+    p.add_argument(
+        "--analytic", action="store_true", help="estimate from the model alone, no trials"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(p)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "target": args.target,
+        "maxlen": args.maxlen,
+        "padding": args.padding,
+        "truncating": args.truncating,
+        "budget": args.budget,
+        "safety": args.safety,
+        "device": args.device,
+        "effective_batch_size": args.effective_batch_size,
+        "max_batch_size": args.max_batch_size,
+        "batch_size": args.batch_size,
+        "mode": args.mode,
+        "force": args.force,
+        "analytic": args.analytic,
+        "validation_data": args.validation_data,
+        "validation_split": args.validation_split,
+    }
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from memtune.probe import probe
+
+    result = probe()
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        from memtune.ui.tables import console, render_probe
+
+        render_probe(result, console())
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from memtune.api import prepare
+    from memtune.options import make_options
+
+    prepared = prepare(args.model, args.data, make_options(**_options(args)))
+    for warning in prepared.probe.warnings:
+        print(f"memtune: warning: {warning}", file=sys.stderr)
+    if args.json:
+        _print_json(prepared.plan.to_json())
+    else:
+        from memtune.ui.tables import console, render_plan
+
+        render_plan(prepared.plan, console())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from memtune.api import prepare
+    from memtune.demo import write_demo
+    from memtune.options import make_options
+    from memtune.ui.tables import console, render_plan
+
+    directory = write_demo(Path(args.dir))
+    out = console()
+    data, model = directory / "shards", f"{directory / 'model.py'}:build_model"
+    out.print(f"Wrote the example to {directory}/: 12 CSV shards with list cells, and model.py.")
+    out.print(
+        f"$ memtune suggest --model {model} --data {data} --target answer --max-batch-size 256",
+        soft_wrap=True,
+    )
+    prepared = prepare(model, data, make_options(target=["answer"], max_batch_size=256))
+    render_plan(prepared.plan, out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="memtune",
+        description="Train Keras models on the memory you actually have.",
+    )
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    p = sub.add_parser("probe", help="host RAM and GPU memory as seen now")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(handler=cmd_probe)
+    p = sub.add_parser("suggest", help="the largest safe batch and the data mode")
+    _plan_flags(p)
+    p.set_defaults(handler=cmd_suggest)
+    p = sub.add_parser("demo", help="write the seed-shaped example and plan it")
+    p.add_argument("dir", nargs="?", default="memtune-demo", metavar="DIR")
+    _common(p)
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``memtune`` console script; returns the exit code."""
+    parser = build_parser()
+    raw = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in raw
+    _tf.set_debug(debug)
+    try:
+        args = parser.parse_args(raw)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except MemtuneError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"memtune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("memtune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        detail = " ".join(str(exc).split())[:300]
+        print(
+            f"memtune: internal error: {type(exc).__name__}: {detail} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,107 @@
+"""One streaming pass over a dataset: rows, columns, which hold sequences and how long."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from memtune.data.cells import Ragged
+from memtune.data.sources import (
+    Source,
+    chunk_columns,
+    column_values,
+    is_sequence_column,
+    open_source,
+    read_chunks,
+    shard_columns,
+)
+from memtune.errors import MemtuneError
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """What one column holds across all shards."""
+
+    name: str
+    sequence: bool
+    is_int: bool
+    max_len: int  # longest sequence; 1 for scalars
+
+    @property
+    def dtype(self) -> str:
+        return "int32" if self.is_int else "float32"
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The shape of a dataset without its contents."""
+
+    source: Source
+    columns: dict[str, ColumnInfo]
+    num_samples: int
+    shard_rows: tuple[int, ...]
+    warnings: list[str] = field(default_factory=list)
+
+    def column(self, name: str) -> ColumnInfo:
+        return self.columns[name]
+
+
+def scan(data: object) -> DataInfo:
+    """Read every shard once, in chunks, to learn rows, column kinds and longest sequences."""
+    source = open_source(data)
+    header: list[str] | None = None
+    infos: dict[str, ColumnInfo] = {}
+    shard_rows: list[int] = []
+    warnings: list[str] = []
+    for shard in source.shards:
+        names = shard_columns(shard)
+        if not names:
+            warnings.append(f"{shard.label}: empty shard skipped")
+            shard_rows.append(0)
+            continue
+        if header is None:
+            header = names
+        else:
+            missing = [c for c in header if c not in names]
+            if missing:
+                raise MemtuneError(
+                    f"shard {shard.label} has no column {missing[0]!r} (the first shard has it)"
+                )
+        rows = 0
+        for first_row, chunk in read_chunks(shard, header):
+            rows += len(chunk) if hasattr(chunk, "iloc") else chunk.num_rows
+            for name in chunk_columns(chunk):
+                info = infos.get(name)
+                sequence = is_sequence_column(chunk, name) or (info is not None and info.sequence)
+                values = column_values(
+                    chunk, name, where=shard.label, first_row=first_row, sequence=sequence
+                )
+                infos[name] = _merge(info, name, values)
+        if rows == 0:
+            warnings.append(f"{shard.label}: empty shard skipped")
+        shard_rows.append(rows)
+    if header is None or sum(shard_rows) == 0:
+        raise MemtuneError(f"data {source.label!r} holds no rows")
+    # A column first seen as scalars and later as lists is a sequence column everywhere.
+    columns = {name: infos[name] for name in header}
+    return DataInfo(source, columns, sum(shard_rows), tuple(shard_rows), warnings)
+
+
+def _merge(info: ColumnInfo | None, name: str, values: np.ndarray | Ragged) -> ColumnInfo:
+    if isinstance(values, Ragged):
+        longest = int(values.lengths.max()) if len(values) else 0
+        new = ColumnInfo(name, True, values.is_int, longest)
+    else:
+        is_int = values.dtype.kind in "iub"
+        new = ColumnInfo(name, False, is_int, 1)
+    if info is None:
+        return new
+    if info.sequence != new.sequence:
+        return replace(
+            new,
+            sequence=True,
+            is_int=info.is_int and new.is_int,
+            max_len=max(info.max_len, new.max_len),
+        )
+    return replace(new, is_int=info.is_int and new.is_int, max_len=max(info.max_len, new.max_len))

@@ -1,0 +1,266 @@
+"""The Plan: from a probe, a footprint and a memory curve to a batch size and a data mode.
+
+Pure: no TensorFlow, no I/O. Every number is an int of bytes; ``reasons`` say why in words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from memtune.errors import MemtuneError, NothingFits
+from memtune.estimate.curve import MemoryCurve
+from memtune.probe import Probe
+from memtune.units import format_bytes
+
+Mode = Literal["in-memory", "streaming"]
+# Streaming keeps a bounded queue of this many padded batches ahead of training.
+STREAM_QUEUE_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One measured training run: its batch and the peak it reached."""
+
+    batch_size: int
+    peak_bytes: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The memory a plan must stay under, and where that number came from."""
+
+    device: str
+    budget_bytes: int
+    source: str
+    host_available_bytes: int  # for the dataset, which lives in host RAM even on a GPU
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """The options that shape a plan (CLI flags in snake_case)."""
+
+    safety: float = 0.10
+    effective_batch_size: int | None = None
+    max_batch_size: int | None = None
+    batch_size: int | None = None
+    mode: Mode | None = None
+    force: bool = False
+    has_sequences: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What memtune suggests; ``to_json`` is the contract's ``suggest --json``."""
+
+    batch_size: int
+    gradient_accumulation_steps: int
+    mode: Mode
+    device: str
+    budget_bytes: int
+    usable_bytes: int
+    num_samples: int
+    per_sample_bytes: int
+    predicted_peak_bytes: int
+    trials: list[Trial] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def dataset_bytes(self) -> int:
+        return self.num_samples * self.per_sample_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "effective_batch_size": self.effective_batch_size,
+            "mode": self.mode,
+            "device": self.device,
+            "budget_bytes": self.budget_bytes,
+            "usable_bytes": self.usable_bytes,
+            "num_samples": self.num_samples,
+            "per_sample_bytes": self.per_sample_bytes,
+            "dataset_bytes": self.dataset_bytes,
+            "predicted_peak_bytes": self.predicted_peak_bytes,
+            "trials": [
+                {"batch_size": t.batch_size, "peak_bytes": t.peak_bytes} for t in self.trials
+            ],
+            "reasons": list(self.reasons),
+        }
+
+
+def resolve_device(probe: Probe, device: str) -> str:
+    """``auto`` → the GPU with most free memory, else ``cpu``; ``gpu`` → likewise but required."""
+    device = device.strip().lower()
+    if device == "cpu":
+        return "cpu"
+    if device in ("auto", "gpu"):
+        if probe.gpus:
+            best = max(probe.gpus, key=lambda g: (g.free_bytes, -g.index))
+            return f"gpu:{best.index}"
+        if device == "gpu":
+            raise MemtuneError("--device gpu: no GPU is visible (NVML found none)")
+        return "cpu"
+    if device.startswith("gpu:") and device[4:].isdigit():
+        index = int(device[4:])
+        if not any(g.index == index for g in probe.gpus):
+            seen = ", ".join(f"gpu:{g.index}" for g in probe.gpus) or "none"
+            raise MemtuneError(f"--device {device}: no such GPU (visible: {seen})")
+        return f"gpu:{index}"
+    raise MemtuneError(f"--device {device!r}: expected auto, cpu, gpu or gpu:N")
+
+
+def resolve_budget(probe: Probe, device: str, budget_bytes: int | None) -> Budget:
+    """The budget for ``device``: as given, or ``auto`` (what is free there now)."""
+    host = probe.host.available_bytes
+    if budget_bytes is not None:
+        return Budget(device, budget_bytes, "--budget", host)
+    if device == "cpu":
+        where = "available host memory" + (
+            " (capped by the cgroup limit)" if probe.host.limit_bytes is not None else ""
+        )
+        return Budget(device, host, where, host)
+    index = int(device.split(":")[1])
+    gpu = next(g for g in probe.gpus if g.index == index)
+    return Budget(device, gpu.free_bytes, f"free memory of {device} ({gpu.name})", host)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def make_plan(
+    budget: Budget,
+    curve: MemoryCurve,
+    *,
+    num_samples: int,
+    per_sample_bytes: int,
+    options: PlanOptions,
+    trials: list[Trial] | None = None,
+    notes: list[str] | None = None,
+) -> Plan:
+    """The largest batch whose predicted peak stays under the usable budget, and the mode."""
+    if not 0 <= options.safety < 1:
+        raise MemtuneError(f"--safety {options.safety}: must be in [0, 1)")
+    for flag, value in (
+        ("--batch-size", options.batch_size),
+        ("--max-batch-size", options.max_batch_size),
+        ("--effective-batch-size", options.effective_batch_size),
+    ):
+        if value is not None and value < 1:
+            raise MemtuneError(f"{flag} {value}: must be a positive integer")
+    gpu = budget.device != "cpu"
+    usable = int(budget.budget_bytes * (1 - options.safety))
+    dataset = num_samples * per_sample_bytes
+    # On the CPU the streaming queue shares the budget; on a GPU it lives in host RAM.
+    queue_per_sample = 0 if gpu else STREAM_QUEUE_BATCHES * per_sample_bytes
+    reasons = [
+        f"budget {format_bytes(budget.budget_bytes)} ({budget.source}) less a "
+        f"{options.safety:.0%} safety margin: {format_bytes(usable)} usable on {budget.device}",
+        f"one sample is {per_sample_bytes:,} B after padding; {num_samples:,} samples are "
+        f"{format_bytes(dataset)}",
+        *(notes or []),
+    ]
+
+    if options.batch_size is not None:
+        batch = options.batch_size
+        accumulation = 1
+        if options.effective_batch_size is not None:
+            accumulation = max(1, -(-options.effective_batch_size // batch))
+        reasons.append(f"batch {batch} forced by --batch-size")
+    else:
+        fits = curve.largest_batch(usable, queue_per_sample)
+        if fits < 1:
+            raise NothingFits(_nothing_fits(curve, usable, queue_per_sample, options, gpu))
+        caps = [(num_samples, "the dataset's size")]
+        if options.max_batch_size is not None:
+            caps.append((options.max_batch_size, "--max-batch-size"))
+        if options.effective_batch_size is not None:
+            caps.append((options.effective_batch_size, "--effective-batch-size"))
+        cap, cap_why = min(caps, key=lambda c: c[0])
+        batch = min(fits, cap)
+        if fits > cap:
+            reasons.append(f"more than {cap:,} would fit; batch {cap:,} is capped by {cap_why}")
+        else:
+            reasons.append(f"batch {batch:,} is the largest whose predicted peak fits")
+        accumulation = 1
+        if options.effective_batch_size is not None and options.effective_batch_size > batch:
+            target = options.effective_batch_size
+            batch = _largest_divisor_at_most(target, batch)
+            accumulation = target // batch
+            reasons.append(
+                f"--effective-batch-size {target}: batch {batch} × {accumulation} accumulation "
+                "steps"
+            )
+
+    peak = curve.peak(batch)
+    in_memory_peak = peak + (0 if gpu else dataset)
+    in_memory_fits = (
+        in_memory_peak <= usable
+        if not gpu
+        else dataset + curve.fixed_bytes <= budget.host_available_bytes
+    )
+    if options.mode is not None:
+        mode = options.mode
+        if mode == "in-memory" and not in_memory_fits and not options.force:
+            raise NothingFits(
+                f"--mode in-memory: the padded dataset ({format_bytes(dataset)}) plus training "
+                f"would need {format_bytes(in_memory_peak)}, over the usable "
+                f"{format_bytes(usable)} by {format_bytes(in_memory_peak - usable)}; use "
+                "--mode streaming, or --force to try anyway"
+            )
+        reasons.append(f"{mode} forced by --mode")
+    elif in_memory_fits:
+        mode = "in-memory"
+        reasons.append(
+            f"in-memory: the padded dataset ({format_bytes(dataset)}) plus training fits"
+        )
+    else:
+        mode = "streaming"
+        reasons.append(
+            f"streaming: the padded dataset ({format_bytes(dataset)}) plus training would not fit;"
+            " shards are read and padded one batch at a time"
+        )
+    predicted = in_memory_peak if mode == "in-memory" else peak + queue_per_sample * batch
+    how = "fitted to measured trials" if curve.source == "measured" else "analytic, unverified"
+    reasons.append(f"predicted training peak {format_bytes(predicted)} ({how})")
+    if predicted > usable:
+        reasons.append(
+            "warning: predicted peak is over the usable budget by "
+            f"{format_bytes(predicted - usable)}"
+        )
+    return Plan(
+        batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        mode=mode,
+        device=budget.device,
+        budget_bytes=budget.budget_bytes,
+        usable_bytes=usable,
+        num_samples=num_samples,
+        per_sample_bytes=per_sample_bytes,
+        predicted_peak_bytes=predicted,
+        trials=list(trials or []),
+        reasons=reasons,
+    )
+
+
+def _nothing_fits(
+    curve: MemoryCurve, usable: int, queue_per_sample: int, options: PlanOptions, gpu: bool
+) -> str:
+    need = curve.peak(1) + queue_per_sample
+    helps = []
+    if options.has_sequences:
+        helps.append("a smaller --maxlen")
+    helps.append("mixed precision")
+    if not gpu:
+        helps.append("a GPU (--device gpu)")
+    helps.append("a larger --budget or smaller --safety")
+    return (
+        f"nothing fits: even batch 1 needs {format_bytes(need)}, "
+        f"{format_bytes(need - usable)} over the usable {format_bytes(usable)}; "
+        f"what could help: {', '.join(helps)}"
+    )

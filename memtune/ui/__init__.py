@@ -1,0 +1,1 @@
+"""The screen: tables, dashboard and report. The only place rich and matplotlib are imported."""

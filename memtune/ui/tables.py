@@ -1,0 +1,80 @@
+"""Human-readable views of a probe and a plan (rich tables)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO
+
+from rich.console import Console
+from rich.table import Table
+
+from memtune.plan import Plan
+from memtune.probe import Probe
+from memtune.units import format_bytes
+
+
+def console(file: IO[str] | None = None, *, width: int | None = None) -> Console:
+    """A console that honours NO_COLOR and writes plain text when not on a terminal."""
+    out = file or sys.stdout
+    return Console(
+        file=out,
+        no_color="NO_COLOR" in os.environ,
+        width=width,
+        soft_wrap=False,
+        highlight=False,
+    )
+
+
+def render_probe(result: Probe, out: Console) -> None:
+    table = Table(title="Memory now", title_justify="left")
+    table.add_column("device")
+    table.add_column("total", justify="right")
+    table.add_column("available / free", justify="right")
+    table.add_column("used", justify="right")
+    table.add_column("limit", justify="right")
+    host = result.host
+    table.add_row(
+        "host RAM",
+        format_bytes(host.total_bytes),
+        format_bytes(host.available_bytes),
+        format_bytes(host.total_bytes - host.available_bytes),
+        format_bytes(host.limit_bytes) if host.limit_bytes is not None else "none",
+    )
+    for gpu in result.gpus:
+        table.add_row(
+            f"gpu:{gpu.index} {gpu.name}",
+            format_bytes(gpu.total_bytes),
+            format_bytes(gpu.free_bytes),
+            format_bytes(gpu.used_bytes),
+            "",
+        )
+    out.print(table)
+    if not result.gpus:
+        out.print("No GPU visible (NVML found none).")
+    for warning in result.warnings:
+        out.print(f"warning: {warning}", soft_wrap=True)
+
+
+def render_plan(plan: Plan, out: Console) -> None:
+    table = Table(title="memtune plan", title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("batch size", f"{plan.batch_size:,}")
+    if plan.gradient_accumulation_steps > 1:
+        table.add_row("accumulation steps", str(plan.gradient_accumulation_steps))
+        table.add_row("effective batch", f"{plan.effective_batch_size:,}")
+    table.add_row("data mode", plan.mode)
+    table.add_row("device", plan.device)
+    table.add_row("budget", format_bytes(plan.budget_bytes))
+    table.add_row("usable", format_bytes(plan.usable_bytes))
+    table.add_row("predicted peak", format_bytes(plan.predicted_peak_bytes))
+    table.add_row("samples", f"{plan.num_samples:,}")
+    table.add_row("bytes per sample", f"{plan.per_sample_bytes:,}")
+    table.add_row("padded dataset", format_bytes(plan.dataset_bytes))
+    for trial in plan.trials:
+        table.add_row("trial", f"batch {trial.batch_size}: peak {format_bytes(trial.peak_bytes)}")
+    out.print(table)
+    out.print("Why:")
+    for reason in plan.reasons:
+        out.print(f"  - {reason}", soft_wrap=True)

@@ -1,0 +1,252 @@
+"""The command line as a user meets it: output, JSON, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from memtune.cli import main
+from tests.conftest import write_csv_shards, write_factory
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MODEL = """
+a = keras.Input((2,), name="a")
+b = keras.Input((None,), dtype="int32", name="b")
+e = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 2)(b))
+x = keras.layers.Concatenate()([a, e])
+model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1, name="answer")(x))
+model.compile("adam", "mse")
+return model
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, seq_frame: pd.DataFrame) -> dict[str, str]:
+    data = write_csv_shards(tmp_path / "shards", [seq_frame, seq_frame, seq_frame])
+    # b is None-length: padded to the longest (3); a truncated to 2; answer (1,) float32
+    return {
+        "data": str(data),
+        "model": write_factory(tmp_path / "m.py", MODEL),
+        "tmp": str(tmp_path),
+    }
+
+
+def run(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capfd.readouterr()
+    return code, ANSI.sub("", out), err
+
+
+def test_suggest_json_has_exact_bytes(project, capfd) -> None:
+    code, out, err = run(
+        capfd,
+        "suggest",
+        "--model",
+        project["model"],
+        "--data",
+        project["data"],
+        "--json",
+        "--budget",
+        "4GiB",
+    )
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["per_sample_bytes"] == (2 + 3 + 1) * 4
+    assert plan["num_samples"] == 9
+    assert plan["dataset_bytes"] == 9 * 24
+    assert plan["budget_bytes"] == 4 * 1024**3
+    assert plan["usable_bytes"] == int(4 * 1024**3 * 0.9)
+    assert plan["device"] == "cpu"
+    assert plan["mode"] == "in-memory"
+    assert plan["batch_size"] == 9
+    assert plan["trials"] == []
+    assert any("analytic" in r for r in plan["reasons"])
+
+
+def test_suggest_table(project, capfd) -> None:
+    code, out, err = run(
+        capfd,
+        "suggest",
+        "--model",
+        project["model"],
+        "--data",
+        project["data"],
+        "--budget",
+        "4GiB",
+        "--max-batch-size",
+        "4",
+    )
+    assert code == 0, err
+    assert re.search(r"batch size\s+│\s+4\s", out)
+    assert "bytes per sample" in out and "24" in out
+    assert "b: padded to 3 (the longest in the data)" in out
+    assert err == ""
+
+
+def test_probe_json(capfd) -> None:
+    code, out, _ = run(capfd, "probe", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert set(data["host"]) == {"total_bytes", "available_bytes", "limit_bytes"}
+    assert isinstance(data["gpus"], list)
+
+
+def test_nothing_fits_exit_3(project, capfd) -> None:
+    code, _, err = run(
+        capfd,
+        "suggest",
+        "--model",
+        project["model"],
+        "--data",
+        project["data"],
+        "--budget",
+        "10MiB",
+    )
+    assert code == 3
+    assert err.count("\n") == 1 and "even batch 1 needs" in err
+
+
+def _bad_inputs(tmp: Path, project: dict[str, str]) -> list[tuple[str, list[str], str]]:
+    empty = tmp / "empty"
+    empty.mkdir()
+    mixed = write_csv_shards(tmp / "mixed", [pd.DataFrame({"a": [1]})])
+    pq.write_table(pa.table({"a": [1]}), mixed / "1.parquet")
+    badcell = tmp / "badcell"
+    badcell.mkdir()
+    (badcell / "0.csv").write_text('a,b,answer\n"[1, 2]","[1]",0\n"[1, ?]","[2]",1\n')
+    missing_col = write_csv_shards(
+        tmp / "missing",
+        [
+            pd.DataFrame({"a": ["[1]"], "b": ["[1]"], "answer": [0]}),
+            pd.DataFrame({"a": ["[1]"], "answer": [0]}),
+        ],
+    )
+    notkeras = tmp / "junk.keras"
+    notkeras.write_text("not a zip")
+    uncompiled = write_factory(
+        tmp / "u.py", "return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])"
+    )
+    notmodel = write_factory(tmp / "n.py", "return 42")
+    nocol = write_factory(
+        tmp / "c.py",
+        """
+x = keras.Input((2,), name="zzz"); y = keras.Input((2,), name="a")
+m = keras.Model([x, y], keras.layers.Dense(1)(keras.layers.Concatenate()([x, y])))
+m.compile("adam", "mse"); return m""",
+    )
+    return [
+        ("missing path", ["--data", str(tmp / "nope")], "does not exist"),
+        ("empty folder", ["--data", str(empty)], "holds no .csv or .parquet shards"),
+        ("mixed shards", ["--data", str(mixed)], "mixes CSV and Parquet"),
+        ("bad cell", ["--data", str(badcell)], "0.csv, column 'a', row 2"),
+        ("missing column", ["--data", str(missing_col)], "shard 1.csv has no column 'b'"),
+        ("budget unit", ["--budget", "8XB"], "unknown unit 'XB'"),
+        ("budget zero", ["--budget", "0GiB"], "must be positive"),
+        ("budget negative", ["--budget=-1GiB"], "must be positive"),
+        ("safety high", ["--safety", "1.0"], "--safety"),
+        ("safety negative", ["--safety=-0.1"], "--safety"),
+        ("model missing", ["--model", str(tmp / "none.keras")], "does not exist"),
+        ("not keras", ["--model", str(notkeras)], "is not a loadable Keras model"),
+        ("factory missing", ["--model", f"{tmp / 'm.py'}:nobuild"], "has no function 'nobuild'"),
+        ("factory file missing", ["--model", f"{tmp / 'q.py'}:build"], "does not exist"),
+        ("module missing", ["--model", "no_such_pkg.mod:build"], "not found"),
+        ("uncompiled", ["--model", uncompiled], "is not compiled"),
+        ("not a model", ["--model", notmodel], "returned int, not a keras.Model"),
+        ("input without column", ["--model", nocol], "model input 'zzz' has no column"),
+        ("target not a column", ["--target", "nope"], "--target 'nope' is not a column"),
+        ("bad flag value", ["--batch-size", "x"], "--batch-size"),
+        ("bad device", ["--device", "tpu"], "--device 'tpu'"),
+    ]
+
+
+def test_bad_inputs_one_line_exit_2(project, capfd, tmp_path: Path) -> None:
+    base = {"--model": project["model"], "--data": project["data"]}
+    for name, extra, fragment in _bad_inputs(tmp_path, project):
+        argv = ["suggest"]
+        for flag, value in base.items():
+            if flag not in extra:
+                argv += [flag, value]
+        code, _, err = run(capfd, *argv, *extra)
+        assert code == 2, (name, err)
+        assert err.count("\n") == 1, (name, err)
+        assert fragment in err, (name, err)
+        assert "Traceback" not in err, name
+
+
+def test_debug_shows_traceback(project, capfd) -> None:
+    code, _, err = run(
+        capfd, "suggest", "--model", project["model"], "--data", "/nonexistent", "--debug"
+    )
+    assert code == 2
+    assert "Traceback" in err
+
+
+def test_subprocess_stderr_is_clean(project) -> None:
+    """In a fresh process TensorFlow's start-up lines must not reach the user's stderr."""
+    env = {**os.environ}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memtune",
+            "suggest",
+            "--model",
+            project["model"],
+            "--data",
+            project["data"],
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads(done.stdout)["per_sample_bytes"] == 24
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memtune",
+            "suggest",
+            "--model",
+            project["model"],
+            "--data",
+            project["data"],
+            "--target",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("memtune: error: --target")
+
+
+def test_demo_writes_and_plans(tmp_path: Path, capfd) -> None:
+    target = tmp_path / "demo"
+    code, out, err = run(capfd, "demo", str(target))
+    assert code == 0, err
+    shards = sorted(p.name for p in (target / "shards").iterdir())
+    assert "10.csv" in shards and len(shards) == 12
+    assert (target / "shards" / "0.csv").read_text().splitlines()[1].startswith('"[')
+    assert "clicks: sequences up to 60 long are truncated to 30" in out
+    assert "memtune plan" in out
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    code, _, err = run(capfd, "demo", str(tmp_path / "mine"))
+    assert code == 2 and "memtune did not write" in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -1,0 +1,114 @@
+"""The plan is pure: these run without TensorFlow, on made-up curves and budgets."""
+
+import pytest
+
+from memtune.errors import MemtuneError, NothingFits
+from memtune.estimate.curve import MemoryCurve
+from memtune.plan import STREAM_QUEUE_BATCHES, Budget, PlanOptions, make_plan
+
+MiB = 1024**2
+GiB = 1024**3
+DEFAULT_CURVE = MemoryCurve(100 * MiB, 1 * MiB)
+
+
+def plan(
+    budget=1 * GiB,
+    curve=DEFAULT_CURVE,
+    n=100_000,
+    per=1000,
+    device="cpu",
+    host=None,
+    **opts,
+):
+    b = Budget(device, budget, "test", host if host is not None else budget)
+    return make_plan(b, curve, num_samples=n, per_sample_bytes=per, options=PlanOptions(**opts))
+
+
+def test_largest_batch_under_usable() -> None:
+    p = plan()
+    usable = int(GiB * 0.9)
+    assert p.usable_bytes == usable
+    assert p.predicted_peak_bytes <= usable
+    slope = MiB + STREAM_QUEUE_BATCHES * 1000
+    assert p.batch_size == (usable - 100 * MiB) // slope
+    assert plan(safety=0.0).batch_size > p.batch_size
+
+
+def test_json_has_exactly_the_contract_keys() -> None:
+    keys = set(plan().to_json())
+    assert keys == {
+        "batch_size",
+        "gradient_accumulation_steps",
+        "effective_batch_size",
+        "mode",
+        "device",
+        "budget_bytes",
+        "usable_bytes",
+        "num_samples",
+        "per_sample_bytes",
+        "dataset_bytes",
+        "predicted_peak_bytes",
+        "trials",
+        "reasons",
+    }
+    j = plan(n=10, per=7).to_json()
+    assert j["dataset_bytes"] == 70
+    assert j["effective_batch_size"] == j["batch_size"] * j["gradient_accumulation_steps"]
+
+
+def test_capped_by_dataset_and_max_batch() -> None:
+    assert plan(n=50).batch_size == 50
+    p = plan(max_batch_size=64)
+    assert p.batch_size == 64
+    assert any("--max-batch-size" in r for r in p.reasons)
+
+
+def test_in_memory_when_dataset_fits_else_streaming() -> None:
+    assert plan(n=1000, per=1000).mode == "in-memory"
+    big = plan(n=1_000_000, per=1000)  # 1 GB of padded data cannot sit beside training
+    assert big.mode == "streaming"
+    assert big.predicted_peak_bytes <= big.usable_bytes
+
+
+def test_gpu_dataset_lives_in_host_memory() -> None:
+    p = plan(device="gpu:0", n=1_000_000, per=1000, host=8 * GiB)
+    assert p.mode == "in-memory"
+    assert plan(device="gpu:0", n=1_000_000, per=1000, host=500 * MiB).mode == "streaming"
+
+
+def test_effective_batch_size_gives_exact_accumulation() -> None:
+    p = plan(curve=MemoryCurve(100 * MiB, 30 * MiB), effective_batch_size=100)
+    assert p.batch_size * p.gradient_accumulation_steps == 100
+    assert p.batch_size <= (int(GiB * 0.9) - 100 * MiB) // (30 * MiB)
+    assert p.gradient_accumulation_steps > 1
+    small = plan(effective_batch_size=16)
+    assert (small.batch_size, small.gradient_accumulation_steps) == (16, 1)
+
+
+def test_nothing_fits_says_how_far_and_what_helps() -> None:
+    with pytest.raises(NothingFits) as info:
+        plan(budget=100 * MiB, has_sequences=True)
+    message = str(info.value)
+    assert "even batch 1 needs" in message and "over the usable" in message
+    assert "--maxlen" in message and "GPU" in message
+    assert info.value.exit_code == 3
+
+
+def test_forced_values() -> None:
+    p = plan(batch_size=7, mode="streaming")
+    assert (p.batch_size, p.mode) == (7, "streaming")
+    with pytest.raises(NothingFits, match="--mode in-memory"):
+        plan(n=1_000_000, per=1000, mode="in-memory")
+    assert plan(n=1_000_000, per=1000, mode="in-memory", force=True).mode == "in-memory"
+
+
+def test_bad_options() -> None:
+    with pytest.raises(MemtuneError, match="--safety"):
+        plan(safety=1.0)
+    with pytest.raises(MemtuneError, match="--batch-size"):
+        plan(batch_size=0)
+
+
+def test_larger_budget_never_smaller_batch() -> None:
+    batches = [plan(budget=b * MiB).batch_size for b in range(200, 4000, 150)]
+    assert batches == sorted(batches)
