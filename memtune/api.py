@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from memtune.data.scan import DataInfo, scan
-from memtune.footprint import Footprint, footprint
+from memtune.errors import MemtuneError
+from memtune.footprint import Footprint, ModelSignature, TensorSpec, footprint
 from memtune.options import Options, make_options
 from memtune.plan import Plan, make_plan, resolve_budget, resolve_device
 from memtune.probe import Probe
@@ -61,3 +65,60 @@ def prepare(
 def suggest(model: Any, data: Any, **options: Any) -> Plan:
     """The largest safe batch and the data mode for training ``model`` on ``data``."""
     return prepare(model, data, make_options(**options)).plan
+
+
+def layout_for(
+    info: DataInfo, fp: Footprint, options: Options
+) -> Any:  # -> memtune.data.pipeline.Layout (kept lazy: pipelines import numpy-heavy code)
+    from memtune.data.pipeline import Layout
+
+    return Layout(fp, info, options.padding, options.truncating)  # type: ignore[arg-type]
+
+
+def batches(
+    data: Any,
+    *,
+    target: str | list[str],
+    batch_size: int,
+    model: Any = None,
+    mode: str = "streaming",
+    shuffle: bool = False,
+    seed: int | None = None,
+    maxlen: Any = None,
+    padding: str = "pre",
+    truncating: str = "pre",
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """One epoch of ``(inputs, targets)`` numpy batches, dicts keyed by name.
+
+    With a model, inputs and targets are named and padded as the model declares; without
+    one, every non-target column is an input named after itself.
+    """
+    from memtune.data.pipeline import batches as _batches
+
+    options = make_options(
+        target=target, maxlen=maxlen, padding=padding, truncating=truncating, batch_size=batch_size
+    )
+    info = scan(data)
+    if model is not None:
+        from memtune import model as model_mod
+
+        sig = model_mod.signature(model_mod.load_model(model))
+    else:
+        sig = _columns_signature(info, options.target)
+    fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
+    yield from _batches(
+        layout_for(info, fp, options), batch_size, mode=mode, shuffle=shuffle, seed=seed
+    )
+
+
+def _columns_signature(info: DataInfo, targets: tuple[str, ...]) -> ModelSignature:
+    """A stand-in signature: each column its own input, lengths left to the data."""
+    if not targets:
+        raise MemtuneError("batches(): name the target column(s) with target=")
+
+    def spec(name: str) -> TensorSpec:
+        sequence = info.columns[name].sequence if name in info.columns else False
+        return TensorSpec(name, (None, None) if sequence else (None,))
+
+    inputs = tuple(spec(c) for c in info.columns if c not in targets)
+    return ModelSignature(inputs, tuple(spec(t) for t in targets))

@@ -120,6 +120,29 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from memtune.train import fit
+
+    result = fit(
+        args.model,
+        args.data,
+        epochs=args.epochs,
+        save=args.save,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        seed=args.seed,
+        verbose=0 if args.json else (1 if sys.stdout.isatty() else 2),
+        **_options(args),
+    )
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        from memtune.ui.tables import console, render_fit
+
+        render_fit(result, console())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from memtune.api import prepare
     from memtune.demo import write_demo
@@ -154,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("suggest", help="the largest safe batch and the data mode")
     _plan_flags(p)
     p.set_defaults(handler=cmd_suggest)
+    p = sub.add_parser("fit", help="plan, then train with the plan")
+    _plan_flags(p)
+    p.add_argument("--epochs", type=int, required=True, metavar="N")
+    p.add_argument(
+        "--save", metavar="PATH", help="write the trained model here (.keras), atomically"
+    )
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="back up each epoch here (resumable)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    p.add_argument("--seed", type=int, help="seed for the per-epoch shuffle")
+    p.set_defaults(handler=cmd_fit)
     p = sub.add_parser("demo", help="write the seed-shaped example and plan it")
     p.add_argument("dir", nargs="?", default="memtune-demo", metavar="DIR")
     _common(p)

@@ -70,7 +70,10 @@ def scan(data: object) -> DataInfo:
                 )
         rows = 0
         for first_row, chunk in read_chunks(shard, header):
-            rows += len(chunk) if hasattr(chunk, "iloc") else chunk.num_rows
+            n = len(chunk) if hasattr(chunk, "iloc") else chunk.num_rows
+            rows += n
+            if n == 0:
+                continue  # a header alone says nothing of the columns' kinds
             for name in chunk_columns(chunk):
                 info = infos.get(name)
                 sequence = is_sequence_column(chunk, name) or (info is not None and info.sequence)

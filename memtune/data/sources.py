@@ -140,7 +140,7 @@ def read_chunks(
     except pd.errors.EmptyDataError:
         return
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise MemtuneError(f"{shard.path}: not a readable CSV file ({_one_line(exc)})") from None
+        raise MemtuneError(f"{shard.path}: not a readable CSV file ({one_line(exc)})") from None
 
 
 def chunk_columns(chunk: Any) -> list[str]:
@@ -167,7 +167,7 @@ def shard_columns(shard: Shard) -> list[str]:
     except pd.errors.EmptyDataError:
         return []
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise MemtuneError(f"{shard.path}: not a readable CSV file ({_one_line(exc)})") from None
+        raise MemtuneError(f"{shard.path}: not a readable CSV file ({one_line(exc)})") from None
 
 
 def column_values(chunk: Any, name: str, *, where: str, first_row: int, sequence: bool) -> Column:
@@ -242,5 +242,5 @@ def _ragged_from_lists(cells: list[Any], *, where: str, first_row: int) -> Ragge
     return Ragged(values, lengths, is_int)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())

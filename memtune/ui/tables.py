@@ -11,6 +11,7 @@ from rich.table import Table
 
 from memtune.plan import Plan
 from memtune.probe import Probe
+from memtune.train import FitResult
 from memtune.units import format_bytes
 
 
@@ -78,3 +79,28 @@ def render_plan(plan: Plan, out: Console) -> None:
     out.print("Why:")
     for reason in plan.reasons:
         out.print(f"  - {reason}", soft_wrap=True)
+
+
+def render_fit(result: FitResult, out: Console) -> None:
+    plan = result.plan
+    table = Table(title="memtune fit", title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row(
+        "batch size", f"{plan.batch_size:,} × {plan.gradient_accumulation_steps} accumulation"
+    )
+    table.add_row("data mode", plan.mode)
+    epochs = len(next(iter(result.history.values()), []))
+    table.add_row("epochs", str(epochs))
+    for name, values in result.history.items():
+        if values:
+            table.add_row(name, f"{values[-1]:.4g}")
+    table.add_row("samples/s", f"{result.samples_per_second:,.0f}")
+    predicted, usable = format_bytes(plan.predicted_peak_bytes), format_bytes(plan.usable_bytes)
+    table.add_row(
+        "peak memory",
+        f"{format_bytes(result.peak_bytes)} (predicted {predicted}, usable {usable})",
+    )
+    if result.saved:
+        table.add_row("saved", result.saved)
+    out.print(table)

@@ -1,0 +1,284 @@
+"""In-memory and streaming pipelines: every sample exactly once per epoch, padded on the way.
+
+* In-memory: one pass over the blocks, each padded straight into preallocated arrays —
+  the padded dataset plus one block, never a second copy.
+* Streaming: batch i is computed from an epoch's order (blocks permuted, rows permuted
+  inside each block: a bounded shuffle), so any worker can build any batch; a small cache of
+  padded blocks keeps memory flat however large the data grows.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from memtune.data.blocks import BLOCK_ROWS, Block, make_blocks, read_block
+from memtune.data.cells import Ragged
+from memtune.data.padding import Side, pad
+from memtune.data.scan import DataInfo
+from memtune.data.sources import column_values
+from memtune.errors import MemtuneError
+from memtune.footprint import Feed, Footprint
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How rows become arrays: the feeds, and the padding sides."""
+
+    footprint: Footprint
+    info: DataInfo
+    padding: Side = "pre"
+    truncating: Side = "pre"
+
+    @property
+    def columns(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for feed in self.footprint.feeds:
+            seen.update(dict.fromkeys(feed.columns))
+        return list(seen)
+
+    def empty(self, n: int) -> tuple[Arrays, Arrays]:
+        def make(feeds: tuple[Feed, ...]) -> Arrays:
+            return {f.name: np.zeros((n, *f.shape), dtype=f.dtype) for f in feeds}
+
+        return make(self.footprint.inputs), make(self.footprint.targets)
+
+    def fill(self, block: Block, out: tuple[Arrays, Arrays], at: int) -> None:
+        """Read ``block`` and write its padded rows into ``out`` from row ``at``."""
+        chunk = read_block(block, self.columns)
+        n = block.rows
+        for feed in self.footprint.feeds:
+            target = (out[0] if feed.role == "input" else out[1])[feed.name][at : at + n]
+            if feed.sequence:
+                (column,) = feed.columns
+                ragged = column_values(
+                    chunk, column, where=block.shard.label, first_row=block.start, sequence=True
+                )
+                assert isinstance(ragged, Ragged)
+                view = target.reshape(n, feed.shape[0])
+                pad(
+                    ragged,
+                    feed.shape[0],
+                    padding=self.padding,
+                    truncating=self.truncating,
+                    out=view,
+                )
+            else:
+                for j, column in enumerate(feed.columns):
+                    values = column_values(
+                        chunk,
+                        column,
+                        where=block.shard.label,
+                        first_row=block.start,
+                        sequence=False,
+                    )
+                    assert isinstance(values, np.ndarray)
+                    _check_numbers(values, block, column, feed)
+                    if target.ndim == 1:
+                        target[...] = values
+                    else:
+                        target[:, j] = values
+
+    def block(self, block: Block) -> tuple[Arrays, Arrays]:
+        out = self.empty(block.rows)
+        self.fill(block, out, 0)
+        return out
+
+
+def _check_numbers(values: np.ndarray, block: Block, column: str, feed: Feed) -> None:
+    if feed.dtype == "int32" and values.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            row = block.start + int(bad[0]) + 1
+            raise MemtuneError(f"{block.shard.label}, row {row}: column {column!r} is empty")
+
+
+def load_in_memory(layout: Layout, blocks: list[Block]) -> tuple[Arrays, Arrays]:
+    """All rows of ``blocks`` padded into one contiguous array per feed."""
+    n = sum(b.rows for b in blocks)
+    out = layout.empty(n)
+    at = 0
+    for block in blocks:
+        layout.fill(block, out, at)
+        at += block.rows
+    return out
+
+
+class EpochOrder:
+    """Batch i of epoch e → (block, rows) pieces; a bijection onto all rows, seeded."""
+
+    def __init__(self, block_rows: list[int], batch_size: int, *, shuffle: bool, seed: int | None):
+        if batch_size < 1:
+            raise MemtuneError(f"batch size {batch_size}: must be positive")
+        self.block_rows = np.asarray(block_rows, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = 0 if seed is None else seed
+        self.total = int(self.block_rows.sum())
+        self.set_epoch(0)
+
+    def __len__(self) -> int:
+        return math.ceil(self.total / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        count = len(self.block_rows)
+        if self.shuffle:
+            self.block_order = np.random.default_rng([self.seed, epoch]).permutation(count)
+        else:
+            self.block_order = np.arange(count)
+        self.ends = np.cumsum(self.block_rows[self.block_order])
+
+    def rows_of(self, block: int) -> np.ndarray:
+        n = int(self.block_rows[block])
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, self.epoch, block]).permutation(n)
+
+    def batch(self, i: int) -> list[tuple[int, np.ndarray]]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.total)
+        pieces = []
+        k = int(np.searchsorted(self.ends, lo, side="right"))
+        while lo < hi:
+            block = int(self.block_order[k])
+            begin = int(self.ends[k] - self.block_rows[block])
+            end = min(hi, int(self.ends[k]))
+            pieces.append((block, self.rows_of(block)[lo - begin : end - begin]))
+            lo = end
+            k += 1
+        return pieces
+
+
+class StreamingBatches:
+    """Random-access batches read lazily from shards; thread-safe, memory bounded."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        blocks: list[Block],
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        cache_blocks: int | None = None,
+    ) -> None:
+        self.layout = layout
+        self.blocks = blocks
+        self.order = EpochOrder([b.rows for b in blocks], batch_size, shuffle=shuffle, seed=seed)
+        smallest = min((b.rows for b in blocks), default=1)
+        self.capacity = cache_blocks or (math.ceil(batch_size / max(smallest, 1)) + 2)
+        self._cache: OrderedDict[int, tuple[Arrays, Arrays]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Event] = {}
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @property
+    def num_samples(self) -> int:
+        return self.order.total
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def _padded(self, index: int) -> tuple[Arrays, Arrays]:
+        while True:
+            with self._lock:
+                if index in self._cache:
+                    self._cache.move_to_end(index)
+                    return self._cache[index]
+                waiting = self._loading.get(index)
+                if waiting is None:
+                    event = self._loading[index] = threading.Event()
+                    break
+            waiting.wait()
+        try:
+            value = self.layout.block(self.blocks[index])
+            with self._lock:
+                self._cache[index] = value
+                while len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                del self._loading[index]
+            event.set()
+
+    def __getitem__(self, i: int) -> tuple[Arrays, Arrays]:
+        parts = [(self._padded(block), rows) for block, rows in self.order.batch(i)]
+        if len(parts) == 1:
+            (inputs, targets), rows = parts[0]
+            return _take(inputs, rows), _take(targets, rows)
+        return (
+            {k: np.concatenate([p[0][k][r] for p, r in parts]) for k in parts[0][0][0]},
+            {k: np.concatenate([p[1][k][r] for p, r in parts]) for k in parts[0][0][1]},
+        )
+
+    def __iter__(self) -> Iterator[tuple[Arrays, Arrays]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def _take(arrays: Arrays, rows: np.ndarray) -> Arrays:
+    """Rows of every array: a view for an ascending run (unshuffled), else a copy."""
+    n = rows.shape[0]
+    if n and int(rows[-1]) - int(rows[0]) + 1 == n and np.all(np.diff(rows) == 1):
+        lo = int(rows[0])
+        return {k: v[lo : lo + n] for k, v in arrays.items()}
+    return {k: v[rows] for k, v in arrays.items()}
+
+
+def split_blocks(blocks: list[Block], fraction: float) -> tuple[list[Block], list[Block]]:
+    """Hold out whole trailing shards holding at least ``fraction`` of the rows."""
+    shards: list[list[Block]] = []
+    for block in blocks:
+        if shards and shards[-1][0].shard is block.shard:
+            shards[-1].append(block)
+        else:
+            shards.append([block])
+    if len(shards) < 2:
+        raise MemtuneError(
+            "--validation-split in streaming mode holds out whole shards, and the data has only "
+            "one; use --validation-data, or in-memory mode"
+        )
+    total = sum(b.rows for b in blocks)
+    held: list[list[Block]] = []
+    while sum(b.rows for s in held for b in s) < fraction * total and len(shards) > 1:
+        held.insert(0, shards.pop())
+    return [b for s in shards for b in s], [b for s in held for b in s]
+
+
+def blocks_of(info: DataInfo, block_rows: int = BLOCK_ROWS) -> list[Block]:
+    return make_blocks(info.source, info.shard_rows, block_rows)
+
+
+def batches(
+    layout: Layout,
+    batch_size: int,
+    *,
+    mode: str = "streaming",
+    shuffle: bool = False,
+    seed: int | None = None,
+) -> Iterator[tuple[Arrays, Arrays]]:
+    """One epoch of ``(inputs, targets)`` numpy batches, dicts keyed by name."""
+    blocks = blocks_of(layout.info, max(BLOCK_ROWS, batch_size))
+    if mode == "streaming":
+        yield from StreamingBatches(layout, blocks, batch_size, shuffle=shuffle, seed=seed)
+        return
+    if mode != "in-memory":
+        raise MemtuneError(f"mode {mode!r}: expected in-memory or streaming")
+    inputs, targets = load_in_memory(layout, blocks)
+    n = layout.info.num_samples if not blocks else sum(b.rows for b in blocks)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for lo in range(0, n, batch_size):
+        rows = order[lo : lo + batch_size]
+        yield _take(inputs, rows), _take(targets, rows)

@@ -1,0 +1,286 @@
+"""Training: plan (or take forced values), build the pipeline, run ``model.fit``, save."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memtune import _tf
+from memtune.api import Prepared, layout_for, prepare
+from memtune.data.blocks import BLOCK_ROWS, Block
+from memtune.data.pipeline import (
+    Arrays,
+    Layout,
+    StreamingBatches,
+    blocks_of,
+    load_in_memory,
+    split_blocks,
+)
+from memtune.data.scan import scan
+from memtune.errors import MemtuneError, TrainingFailed
+from memtune.footprint import Footprint
+from memtune.options import make_options
+from memtune.plan import STREAM_QUEUE_BATCHES, Plan
+
+WORKERS = 2
+
+
+@dataclass
+class FitResult:
+    """What a training run did; ``to_json`` is ``fit --json``."""
+
+    plan: Plan
+    history: dict[str, list[float]]
+    peak_bytes: int
+    seconds: float
+    samples_per_second: float
+    model: Any = field(repr=False, default=None)
+    saved: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_json(),
+            "history": self.history,
+            "peak_bytes": self.peak_bytes,
+            "seconds": round(self.seconds, 3),
+            "samples_per_second": round(self.samples_per_second, 1),
+            "saved": self.saved,
+        }
+
+
+def peak_rss_bytes() -> int:
+    """This process's high-water mark of resident memory (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+@dataclass(frozen=True)
+class _Feed:
+    """Hands batches to Keras: a single input or output as its array, several as a dict."""
+
+    single_input: str | None
+    single_target: str | None
+
+    @classmethod
+    def of(cls, fp: Footprint) -> _Feed:
+        return cls(
+            fp.inputs[0].name if len(fp.inputs) == 1 else None,
+            fp.targets[0].name if len(fp.targets) == 1 else None,
+        )
+
+    def pair(self, inputs: Arrays, targets: Arrays) -> tuple[Any, Any]:
+        x = inputs[self.single_input] if self.single_input else inputs
+        y = targets[self.single_target] if self.single_target else targets
+        return x, y
+
+    def stream(self, batches: StreamingBatches) -> Any:
+        """Streaming batches as a ``keras.utils.PyDataset`` with background workers."""
+        keras = _tf.keras()
+        pair = self.pair
+
+        class _Dataset(keras.utils.PyDataset):  # type: ignore[name-defined]
+            def __init__(self) -> None:
+                super().__init__(
+                    workers=WORKERS, use_multiprocessing=False, max_queue_size=STREAM_QUEUE_BATCHES
+                )
+                self.epoch = 0
+
+            def __len__(self) -> int:
+                return len(batches)
+
+            def __getitem__(self, i: int) -> Any:
+                return pair(*batches[i])
+
+            def on_epoch_end(self) -> None:
+                self.epoch += 1
+                batches.set_epoch(self.epoch)
+
+        return _Dataset()
+
+
+def _rows(arrays: Arrays, lo: int, hi: int | None = None) -> Arrays:
+    return {k: v[lo:hi] for k, v in arrays.items()}
+
+
+def _check_save_path(save: str | None) -> Path | None:
+    if save is None:
+        return None
+    path = Path(save)
+    if path.suffix != ".keras":
+        raise MemtuneError(f"--save {save!r}: the file name must end in .keras")
+    if not path.parent.is_dir():
+        raise MemtuneError(f"--save {save!r}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def save_atomically(model: Any, path: Path) -> None:
+    """Write to a temporary file beside ``path``, then rename: never a half-written model."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        with _tf.native_stderr_quiet():
+            model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def set_accumulation(model: Any, steps: int) -> None:
+    """Recompile with ``gradient_accumulation_steps`` (Keras 3 optimizers carry it)."""
+    current = getattr(model.optimizer, "gradient_accumulation_steps", None) or 1
+    if steps == current:
+        return
+    config = model.get_compile_config()
+    config["optimizer"]["config"]["gradient_accumulation_steps"] = steps if steps > 1 else None
+    model.compile_from_config(config)
+
+
+def _checkpoint_callback(options: dict[str, Any]) -> list[Any]:
+    directory, resume = options.get("checkpoint_dir"), bool(options.get("resume"))
+    if directory is None:
+        if resume:
+            raise MemtuneError("--resume needs --checkpoint-dir (where the earlier run saved)")
+        return []
+    path = Path(directory)
+    has_backup = path.is_dir() and any(path.iterdir())
+    if has_backup and not resume:
+        raise MemtuneError(
+            f"--checkpoint-dir {directory!r} holds a checkpoint from an earlier run; "
+            "pass --resume to continue it, or name another folder"
+        )
+    if resume and not has_backup:
+        raise MemtuneError(f"--resume: --checkpoint-dir {directory!r} holds no checkpoint")
+    keras = _tf.keras()
+    return [keras.callbacks.BackupAndRestore(str(path), save_freq="epoch", delete_checkpoint=True)]
+
+
+_FIT_ONLY = ("save", "checkpoint_dir", "resume", "verbose", "seed", "shuffle", "callbacks")
+
+
+def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
+    """Plan, build the pipeline, train for ``epochs`` and (optionally) save the model."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise MemtuneError(f"--epochs {epochs!r}: must be a positive integer")
+    extra = {k: options.pop(k) for k in _FIT_ONLY if k in options}
+    opts = make_options(**options)
+    save = _check_save_path(extra.get("save"))
+    callbacks = _checkpoint_callback(extra) + list(extra.get("callbacks") or [])
+    prepared = prepare(model, data, opts)
+    return _train(prepared, epochs, save, callbacks, extra)
+
+
+def _validation_layout(prepared: Prepared) -> Layout | None:
+    """``--validation-data``, fed and padded exactly like the training data."""
+    opts = prepared.options
+    if opts.validation_data is None:
+        return None
+    info = scan(opts.validation_data)
+    for feed in prepared.footprint.feeds:
+        for column in feed.columns:
+            if column not in info.columns:
+                raise MemtuneError(
+                    f"--validation-data {info.source.label!r} has no column {column!r}"
+                )
+    return layout_for(info, prepared.footprint, opts)
+
+
+def _fit_data(prepared: Prepared, shuffle: bool, seed: int | None) -> tuple[dict[str, Any], int]:
+    """``model.fit`` keyword arguments for the data, and the number of training samples."""
+    plan, opts = prepared.plan, prepared.options
+    layout = layout_for(prepared.info, prepared.footprint, opts)
+    feed = _Feed.of(prepared.footprint)
+    val_layout = _validation_layout(prepared)
+    split = opts.validation_split if val_layout is None else None
+    block_rows = max(plan.batch_size, BLOCK_ROWS)
+    blocks = blocks_of(prepared.info, block_rows)
+    kwargs: dict[str, Any]
+    if plan.mode == "in-memory":
+        inputs, targets = load_in_memory(layout, blocks)
+        n = cut = prepared.info.num_samples
+        if split:  # the last rows, as Keras's validation_split takes them
+            cut = int(n * (1 - split))
+        x, y = feed.pair(_rows(inputs, 0, cut), _rows(targets, 0, cut))
+        kwargs = {"x": x, "y": y, "batch_size": plan.batch_size, "shuffle": shuffle}
+        if split:
+            kwargs["validation_data"] = feed.pair(_rows(inputs, cut), _rows(targets, cut))
+        train_samples = cut
+    else:
+        held: list[Block] = []
+        if split:  # whole trailing shards
+            blocks, held = split_blocks(blocks, split)
+        stream = StreamingBatches(layout, blocks, plan.batch_size, shuffle=shuffle, seed=seed)
+        kwargs = {"x": feed.stream(stream), "shuffle": False}  # memtune shuffles, not Keras
+        if held:
+            kwargs["validation_data"] = feed.stream(StreamingBatches(layout, held, plan.batch_size))
+        train_samples = stream.num_samples
+    if val_layout is not None:
+        val_blocks = blocks_of(val_layout.info, block_rows)
+        if plan.mode == "in-memory":
+            kwargs["validation_data"] = feed.pair(*load_in_memory(val_layout, val_blocks))
+        else:
+            kwargs["validation_data"] = feed.stream(
+                StreamingBatches(val_layout, val_blocks, plan.batch_size)
+            )
+    return kwargs, train_samples
+
+
+def _train(
+    prepared: Prepared, epochs: int, save: Path | None, callbacks: list[Any], extra: dict[str, Any]
+) -> FitResult:
+    plan, model = prepared.plan, prepared.model
+    data_kwargs, train_samples = _fit_data(
+        prepared, bool(extra.get("shuffle", True)), extra.get("seed")
+    )
+    set_accumulation(model, plan.gradient_accumulation_steps)
+    fit_kwargs: dict[str, Any] = {
+        **data_kwargs,
+        "epochs": epochs,
+        "callbacks": callbacks,
+        "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
+    }
+    started = time.perf_counter()
+    try:
+        history = model.fit(**fit_kwargs)
+    except MemtuneError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        cause = _memtune_cause(exc)
+        if cause is not None:
+            raise cause from exc
+        raise TrainingFailed(
+            f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from exc
+    seconds = time.perf_counter() - started
+    done_epochs = len(next(iter(history.history.values()), [])) or epochs
+    saved = None
+    if save is not None:
+        save_atomically(model, save)
+        saved = str(save)
+    return FitResult(
+        plan=plan,
+        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        peak_bytes=peak_rss_bytes(),
+        seconds=seconds,
+        samples_per_second=train_samples * done_epochs / seconds if seconds > 0 else math.nan,
+        model=model,
+        saved=saved,
+    )
+
+
+def _memtune_cause(exc: BaseException) -> MemtuneError | None:
+    """A data error raised in a pipeline worker, however Keras / TF wrapped it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemtuneError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

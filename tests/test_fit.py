@@ -1,0 +1,171 @@
+"""Real training on small models: both modes, exactly once through Keras, errors surface."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import memtune.data.pipeline as pipeline
+from memtune.cli import main
+from memtune.errors import MemtuneError
+from memtune.train import fit
+from tests.conftest import write_factory
+from tests.test_pipeline import SIZES, id_shards
+
+pytestmark = pytest.mark.slow
+FACTORY = """
+ids = keras.Input((1,), name="id")
+seq = keras.Input((None,), dtype="int32", name="seq")
+x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(128, 4)(seq))
+x = keras.layers.Concatenate()([x, ids])
+model = keras.Model({"id": ids, "seq": seq}, keras.layers.Dense(1, name="answer")(x))
+model.compile("adam", "mse")
+return model
+"""
+
+
+def recording_model(seen: list[int]) -> Any:
+    """A model whose first layer records the ids it is trained on (eagerly)."""
+    import keras
+
+    class Record(keras.layers.Layer):
+        def call(self, x: Any, training: bool = False) -> Any:
+            if training:
+                seen.extend(int(v) for v in np.asarray(x).reshape(-1))
+            return x
+
+    ids = keras.Input((1,), name="id")
+    model = keras.Model(ids, keras.layers.Dense(1, name="answer")(Record()(ids)))
+    model.compile("sgd", "mse", run_eagerly=True)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["streaming", "in-memory"])
+def test_keras_sees_every_sample_once_per_epoch(tmp_path: Path, mode: str) -> None:
+    folder = id_shards(tmp_path / "d")
+    seen: list[int] = []
+    result = fit(
+        recording_model(seen),
+        folder,
+        epochs=2,
+        batch_size=5,
+        mode=mode,
+        verbose=0,
+        seed=1,
+        target="answer",
+    )
+    n = sum(SIZES)
+    assert len(seen) == 2 * n
+    assert sorted(seen[:n]) == list(range(n)) and sorted(seen[n:]) == list(range(n))
+    assert seen[:n] != seen[n:]  # shuffled per epoch
+    assert len(result.history["loss"]) == 2
+
+
+@pytest.mark.parametrize("mode", ["streaming", "in-memory"])
+def test_cli_fit_json_and_atomic_save(tmp_path: Path, mode: str, capfd) -> None:
+    folder = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    out = tmp_path / "trained.keras"
+    code = main(
+        [
+            "fit",
+            "--model",
+            model,
+            "--data",
+            str(folder),
+            "--epochs",
+            "2",
+            "--mode",
+            mode,
+            "--batch-size",
+            "8",
+            "--save",
+            str(out),
+            "--validation-split",
+            "0.2",
+            "--json",
+        ]
+    )
+    stdout, stderr = capfd.readouterr()
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert {"plan", "history", "peak_bytes"} <= set(result)
+    assert result["plan"]["mode"] == mode and result["plan"]["batch_size"] == 8
+    assert len(result["history"]["loss"]) == 2 and "val_loss" in result["history"]
+    assert result["peak_bytes"] > 100 * 1024**2
+    assert out.is_file() and [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
+    import keras
+
+    assert keras.saving.load_model(out).count_params() > 0
+
+
+def test_validation_data_and_accumulation(tmp_path: Path) -> None:
+    folder = id_shards(tmp_path / "d")
+    val = id_shards(tmp_path / "v", [4, 3])
+    model_spec = write_factory(tmp_path / "m.py", FACTORY)
+    result = fit(
+        model_spec,
+        folder,
+        epochs=1,
+        validation_data=str(val),
+        effective_batch_size=8,
+        max_batch_size=4,
+        verbose=0,
+    )
+    assert (result.plan.batch_size, result.plan.gradient_accumulation_steps) == (4, 2)
+    assert result.model.optimizer.gradient_accumulation_steps == 2
+    assert "val_loss" in result.history
+
+
+def test_worker_failure_reaches_the_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = id_shards(tmp_path / "d")
+    real = pipeline.read_block
+    calls = {"n": 0}
+
+    def failing(block: Any, columns: list[str]) -> Any:
+        calls["n"] += 1
+        if block.shard.label == "9.csv":
+            raise MemtuneError(f"{block.shard.label}, row 3: simulated corrupt cell")
+        return real(block, columns)
+
+    monkeypatch.setattr(pipeline, "read_block", failing)
+    seen: list[int] = []
+    with pytest.raises(MemtuneError, match=r"9\.csv, row 3"):
+        fit(
+            recording_model(seen),
+            folder,
+            epochs=1,
+            batch_size=4,
+            mode="streaming",
+            verbose=0,
+            shuffle=False,
+            target="answer",
+        )
+    assert len(seen) < sum(SIZES)  # the epoch never completed
+
+
+def test_fit_bad_inputs(tmp_path: Path, capfd) -> None:
+    folder = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    base = ["fit", "--model", model, "--data", str(folder), "--epochs", "1"]
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "training_metadata.json").write_text("{}")
+    cases = [
+        (["--save", str(tmp_path / "m.h5")], "must end in .keras"),
+        (["--save", str(tmp_path / "no" / "m.keras")], "does not exist"),
+        (["--resume"], "--resume needs --checkpoint-dir"),
+        (["--checkpoint-dir", str(tmp_path / "ck")], "pass --resume"),
+        (["--validation-split", "1.5"], "--validation-split"),
+    ]
+    for extra, fragment in cases:
+        code = main(base + extra)
+        _, err = capfd.readouterr()
+        assert code == 2, (extra, err)
+        assert fragment in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.h5").exists()
+    code = main([*base[:-2], "--epochs", "0"])
+    assert code == 2 and "--epochs" in capfd.readouterr().err
