@@ -35,7 +35,7 @@ def build_model() -> keras.Model:
 '''
 
 
-def _shard(rng: np.random.Generator, rows: int) -> pd.DataFrame:
+def make_shard(rng: np.random.Generator, rows: int) -> pd.DataFrame:
     clicks, items, answers = [], [], []
     for _ in range(rows):
         n = int(rng.integers(1, 61))
@@ -61,7 +61,7 @@ def write_demo(directory: Path, *, seed: int = 0) -> Path:
         shards = staging / "shards"
         shards.mkdir()
         for i in range(NUM_SHARDS):
-            _shard(rng, int(rng.integers(250, 400))).to_csv(shards / f"{i}.csv", index=False)
+            make_shard(rng, int(rng.integers(250, 400))).to_csv(shards / f"{i}.csv", index=False)
         (staging / "model.py").write_text(MODEL_SOURCE)
         (staging / MARKER).write_text("written by memtune demo\n")
         if directory.exists():

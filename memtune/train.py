@@ -17,10 +17,13 @@ from memtune.api import Prepared, layout_for, prepare
 from memtune.data.blocks import BLOCK_ROWS, Block
 from memtune.data.pipeline import (
     Arrays,
+    BatchSource,
+    InMemoryBatches,
     Layout,
     StreamingBatches,
     blocks_of,
     load_in_memory,
+    row_range,
     split_blocks,
 )
 from memtune.data.scan import scan
@@ -61,52 +64,77 @@ def peak_rss_bytes() -> int:
     return int(peak) * (1 if sys.platform == "darwin" else 1024)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Feed:
     """Hands batches to Keras: a single input or output as its array, several as a dict."""
 
-    single_input: str | None
-    single_target: str | None
+    footprint: Footprint
+    streams: list[BatchSource] = field(default_factory=list)
 
-    @classmethod
-    def of(cls, fp: Footprint) -> _Feed:
-        return cls(
-            fp.inputs[0].name if len(fp.inputs) == 1 else None,
-            fp.targets[0].name if len(fp.targets) == 1 else None,
-        )
+    @property
+    def single_input(self) -> str | None:
+        inputs = self.footprint.inputs
+        return inputs[0].name if len(inputs) == 1 else None
+
+    @property
+    def single_target(self) -> str | None:
+        targets = self.footprint.targets
+        return targets[0].name if len(targets) == 1 else None
 
     def pair(self, inputs: Arrays, targets: Arrays) -> tuple[Any, Any]:
         x = inputs[self.single_input] if self.single_input else inputs
         y = targets[self.single_target] if self.single_target else targets
         return x, y
 
-    def stream(self, batches: StreamingBatches) -> Any:
-        """Streaming batches as a ``keras.utils.PyDataset`` with background workers."""
+    def stream(self, batches: BatchSource) -> Any:
+        """A ``tf.data`` pipeline over batch indices: parallel workers, bounded prefetch.
+
+        Each epoch yields exactly ``len(batches)`` batches in order; which rows they hold
+        comes from the epoch set by :meth:`epoch_callback`.
+        """
+        tf = _tf.tensorflow()
+        self.streams.append(batches)
+        feeds = self.footprint.feeds
+        n_inputs = len(self.footprint.inputs)
+
+        def get(i: Any) -> list[Any]:
+            try:
+                inputs, targets = batches[int(i)]
+            except MemtuneError as exc:
+                batches.failure = exc
+                raise
+            return [(inputs if f.role == "input" else targets)[f.name] for f in feeds]
+
+        def load(i: Any) -> Any:
+            outs = tf.numpy_function(get, [i], [tf.as_dtype(f.dtype) for f in feeds])
+            arrays = {
+                f.name: tf.ensure_shape(o, (None, *f.shape))
+                for f, o in zip(feeds, outs, strict=True)
+            }
+            names = [f.name for f in feeds]
+            return self.pair(
+                {k: arrays[k] for k in names[:n_inputs]}, {k: arrays[k] for k in names[n_inputs:]}
+            )
+
+        return (
+            tf.data.Dataset.range(len(batches))
+            .map(load, num_parallel_calls=WORKERS, deterministic=True)
+            .prefetch(STREAM_QUEUE_BATCHES)
+        )
+
+    def epoch_callback(self) -> Any:
+        """Tell every stream which epoch Keras is starting (resumed runs included)."""
         keras = _tf.keras()
-        pair = self.pair
 
-        class _Dataset(keras.utils.PyDataset):  # type: ignore[name-defined]
-            def __init__(self) -> None:
-                super().__init__(
-                    workers=WORKERS, use_multiprocessing=False, max_queue_size=STREAM_QUEUE_BATCHES
-                )
-                self.epoch = 0
+        def begin(epoch: int, logs: Any = None) -> None:
+            for stream in self.streams:
+                stream.set_epoch(epoch)
 
-            def __len__(self) -> int:
-                return len(batches)
+        return keras.callbacks.LambdaCallback(on_epoch_begin=begin)
 
-            def __getitem__(self, i: int) -> Any:
-                return pair(*batches[i])
-
-            def on_epoch_end(self) -> None:
-                self.epoch += 1
-                batches.set_epoch(self.epoch)
-
-        return _Dataset()
-
-
-def _rows(arrays: Arrays, lo: int, hi: int | None = None) -> Arrays:
-    return {k: v[lo:hi] for k, v in arrays.items()}
+    def failure(self) -> MemtuneError | None:
+        """A data error a pipeline worker met, to report instead of TensorFlow's wrapper."""
+        return next((s.failure for s in self.streams if s.failure is not None), None)
 
 
 def _check_save_path(save: str | None) -> Path | None:
@@ -191,58 +219,64 @@ def _validation_layout(prepared: Prepared) -> Layout | None:
     return layout_for(info, prepared.footprint, opts)
 
 
-def _fit_data(prepared: Prepared, shuffle: bool, seed: int | None) -> tuple[dict[str, Any], int]:
+def _fit_data(
+    prepared: Prepared, feed: _Feed, shuffle: bool, seed: int | None
+) -> tuple[dict[str, Any], int]:
     """``model.fit`` keyword arguments for the data, and the number of training samples."""
     plan, opts = prepared.plan, prepared.options
     layout = layout_for(prepared.info, prepared.footprint, opts)
-    feed = _Feed.of(prepared.footprint)
     val_layout = _validation_layout(prepared)
     split = opts.validation_split if val_layout is None else None
     block_rows = max(plan.batch_size, BLOCK_ROWS)
     blocks = blocks_of(prepared.info, block_rows)
-    kwargs: dict[str, Any]
     if plan.mode == "in-memory":
         inputs, targets = load_in_memory(layout, blocks)
         n = cut = prepared.info.num_samples
         if split:  # the last rows, as Keras's validation_split takes them
             cut = int(n * (1 - split))
-        x, y = feed.pair(_rows(inputs, 0, cut), _rows(targets, 0, cut))
-        kwargs = {"x": x, "y": y, "batch_size": plan.batch_size, "shuffle": shuffle}
+        train: BatchSource = InMemoryBatches(
+            row_range(inputs, 0, cut),
+            row_range(targets, 0, cut),
+            plan.batch_size,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        held: BatchSource | None = None
         if split:
-            kwargs["validation_data"] = feed.pair(_rows(inputs, cut), _rows(targets, cut))
-        train_samples = cut
+            held = InMemoryBatches(row_range(inputs, cut), row_range(targets, cut), plan.batch_size)
     else:
-        held: list[Block] = []
+        held_blocks: list[Block] = []
         if split:  # whole trailing shards
-            blocks, held = split_blocks(blocks, split)
-        stream = StreamingBatches(layout, blocks, plan.batch_size, shuffle=shuffle, seed=seed)
-        kwargs = {"x": feed.stream(stream), "shuffle": False}  # memtune shuffles, not Keras
-        if held:
-            kwargs["validation_data"] = feed.stream(StreamingBatches(layout, held, plan.batch_size))
-        train_samples = stream.num_samples
+            blocks, held_blocks = split_blocks(blocks, split)
+        train = StreamingBatches(layout, blocks, plan.batch_size, shuffle=shuffle, seed=seed)
+        held = StreamingBatches(layout, held_blocks, plan.batch_size) if held_blocks else None
+    kwargs: dict[str, Any] = {"x": feed.stream(train)}
+    if held is not None:
+        kwargs["validation_data"] = feed.stream(held)
     if val_layout is not None:
         val_blocks = blocks_of(val_layout.info, block_rows)
-        if plan.mode == "in-memory":
-            kwargs["validation_data"] = feed.pair(*load_in_memory(val_layout, val_blocks))
-        else:
-            kwargs["validation_data"] = feed.stream(
-                StreamingBatches(val_layout, val_blocks, plan.batch_size)
-            )
-    return kwargs, train_samples
+        source: BatchSource = (
+            InMemoryBatches(*load_in_memory(val_layout, val_blocks), plan.batch_size)
+            if plan.mode == "in-memory"
+            else StreamingBatches(val_layout, val_blocks, plan.batch_size)
+        )
+        kwargs["validation_data"] = feed.stream(source)
+    return kwargs, train.num_samples
 
 
 def _train(
     prepared: Prepared, epochs: int, save: Path | None, callbacks: list[Any], extra: dict[str, Any]
 ) -> FitResult:
     plan, model = prepared.plan, prepared.model
+    feed = _Feed(prepared.footprint)
     data_kwargs, train_samples = _fit_data(
-        prepared, bool(extra.get("shuffle", True)), extra.get("seed")
+        prepared, feed, bool(extra.get("shuffle", True)), extra.get("seed")
     )
     set_accumulation(model, plan.gradient_accumulation_steps)
     fit_kwargs: dict[str, Any] = {
         **data_kwargs,
         "epochs": epochs,
-        "callbacks": callbacks,
+        "callbacks": [feed.epoch_callback(), *callbacks],
         "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
     }
     started = time.perf_counter()
@@ -253,7 +287,7 @@ def _train(
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        cause = _memtune_cause(exc)
+        cause = feed.failure() or _memtune_cause(exc)
         if cause is not None:
             raise cause from exc
         raise TrainingFailed(

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -158,6 +159,19 @@ class EpochOrder:
         return pieces
 
 
+class BatchSource(Protocol):
+    """What training reads: ``len`` batches per epoch, any batch by index, reshuffled per epoch."""
+
+    num_samples: int
+    failure: MemtuneError | None
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> tuple[Arrays, Arrays]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
 class StreamingBatches:
     """Random-access batches read lazily from shards; thread-safe, memory bounded."""
 
@@ -179,13 +193,11 @@ class StreamingBatches:
         self._cache: OrderedDict[int, tuple[Arrays, Arrays]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Event] = {}
+        self.failure: MemtuneError | None = None  # set by a worker that met bad data
+        self.num_samples = self.order.total
 
     def __len__(self) -> int:
         return len(self.order)
-
-    @property
-    def num_samples(self) -> int:
-        return self.order.total
 
     def set_epoch(self, epoch: int) -> None:
         self.order.set_epoch(epoch)
@@ -226,6 +238,54 @@ class StreamingBatches:
     def __iter__(self) -> Iterator[tuple[Arrays, Arrays]]:
         for i in range(len(self)):
             yield self[i]
+
+
+class InMemoryBatches:
+    """Random-access batches over padded arrays already in memory; reshuffled per epoch."""
+
+    def __init__(
+        self,
+        inputs: Arrays,
+        targets: Arrays,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        self.inputs, self.targets = inputs, targets
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = 0 if seed is None else seed
+        self.num_samples = next(iter(inputs.values())).shape[0] if inputs else 0
+        self.failure: MemtuneError | None = None
+        self.set_epoch(0)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order = (
+            np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+            if self.shuffle
+            else None
+        )
+
+    def __getitem__(self, i: int) -> tuple[Arrays, Arrays]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.num_samples)
+        if self.order is None:
+            return row_range(self.inputs, lo, hi), row_range(self.targets, lo, hi)
+        rows = np.sort(self.order[lo:hi])  # sorted: a friendlier gather, same set of rows
+        return _take(self.inputs, rows), _take(self.targets, rows)
+
+    def __iter__(self) -> Iterator[tuple[Arrays, Arrays]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def row_range(arrays: Arrays, lo: int, hi: int | None = None) -> Arrays:
+    return {k: v[lo:hi] for k, v in arrays.items()}
 
 
 def _take(arrays: Arrays, rows: np.ndarray) -> Arrays:
@@ -277,8 +337,4 @@ def batches(
     if mode != "in-memory":
         raise MemtuneError(f"mode {mode!r}: expected in-memory or streaming")
     inputs, targets = load_in_memory(layout, blocks)
-    n = layout.info.num_samples if not blocks else sum(b.rows for b in blocks)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    for lo in range(0, n, batch_size):
-        rows = order[lo : lo + batch_size]
-        yield _take(inputs, rows), _take(targets, rows)
+    yield from InMemoryBatches(inputs, targets, batch_size, shuffle=shuffle, seed=seed)

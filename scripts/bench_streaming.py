@@ -1,0 +1,214 @@
+"""Streaming vs in-memory vs the seed article's generator, side by side in one run.
+
+Seed-shaped data (numbered CSV shards, two list-cell history columns, target ``answer``)
+and the demo's two-GRU model. Every measurement runs in a fresh child process so peaks and
+warm-ups do not leak between them. Prints a table and, with ``--json``, one JSON line.
+
+    python scripts/bench_streaming.py [--samples 20000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH = 256
+ROWS_PER_SHARD = 2000
+
+
+def make_data(folder: Path, samples: int, seed: int = 0, units: int = 32) -> Path:
+    import numpy as np
+
+    from memtune.demo import MODEL_SOURCE, make_shard
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards = folder / "csv"
+    shards.mkdir(exist_ok=True)
+    for i in range(math.ceil(samples / ROWS_PER_SHARD)):
+        rows = min(ROWS_PER_SHARD, samples - i * ROWS_PER_SHARD)
+        make_shard(rng, rows).to_csv(shards / f"{i}.csv", index=False)
+    (folder / "model.py").write_text(MODEL_SOURCE.replace("GRU(32)", f"GRU({units})"))
+    return folder
+
+
+def to_parquet(csv: Path, out: Path) -> Path:
+    import json as _json
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(exist_ok=True)
+    for path in csv.iterdir():
+        frame = pd.read_csv(path)
+        table = pa.table(
+            {
+                "clicks": pa.array([_json.loads(c) for c in frame["clicks"]], pa.list_(pa.float32())),
+                "items": pa.array([_json.loads(c) for c in frame["items"]], pa.list_(pa.int32())),
+                "answer": frame["answer"].to_numpy(),
+            }
+        )
+        pq.write_table(table, out / f"{path.stem}.parquet")
+    return out
+
+
+# ---------------------------------------------------------------- children
+
+
+def _epoch_timer() -> Any:
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.times.append(time.perf_counter() - self.start)
+
+    return EpochTimer()
+
+
+def child_memtune(folder: str, data: str, mode: str, epochs: int) -> dict[str, Any]:
+    from memtune import _tf
+    from memtune.train import fit
+
+    _tf.tensorflow()
+    timer = _epoch_timer()
+    result = fit(f"{folder}/model.py:build_model", data, epochs=epochs, batch_size=BATCH,
+                 mode=mode, verbose=0, callbacks=[timer], seed=0, target=["answer"])
+    n = result.plan.num_samples
+    return {"samples_per_s": n / min(timer.times[1:] or timer.times), "epoch_s": timer.times,
+            "peak_rss": _peak(), "samples": n}
+
+
+def child_seed_generator(folder: str, data: str, epochs: int) -> dict[str, Any]:
+    """The seed article's generator, faithfully: pandas per shard, padding in the loop."""
+    import json as _json
+
+    import pandas as pd
+
+    from memtune import _tf
+
+    _tf.tensorflow()
+    import keras
+
+    spec = {"__name__": "seed_model"}
+    exec((Path(folder) / "model.py").read_text(), spec)
+    model = spec["build_model"]()
+    files = sorted(os.listdir(data))  # the article's lexical order: 10.csv before 2.csv
+    n = sum(len(pd.read_csv(Path(data) / f, usecols=["answer"])) for f in files)
+
+    def generator() -> Any:
+        while True:
+            for name in files:
+                frame = pd.read_csv(Path(data) / name)
+                for lo in range(0, len(frame) - BATCH + 1, BATCH):  # drops the partial batch
+                    part = frame.iloc[lo : lo + BATCH]
+                    clicks = keras.utils.pad_sequences(
+                        [_json.loads(c) for c in part["clicks"]], maxlen=30, dtype="float32"
+                    )
+                    items = keras.utils.pad_sequences([_json.loads(c) for c in part["items"]], maxlen=40)
+                    yield {"clicks": clicks, "items": items}, part["answer"].to_numpy()
+
+    timer = _epoch_timer()
+    steps = n // BATCH  # the caller counts steps
+    model.fit(generator(), steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[timer])
+    return {"samples_per_s": steps * BATCH / min(timer.times[1:] or timer.times),
+            "epoch_s": timer.times, "peak_rss": _peak(), "samples": n}
+
+
+def _peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_child(*args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=3, help="timed: the fastest after the first")
+    parser.add_argument("--units", type=int, default=32, help="GRU units (32: the demo model)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "seed":
+            out = child_seed_generator(rest[0], rest[1], int(rest[2]))
+        else:
+            out = child_memtune(rest[0], rest[1], kind, int(rest[2]))
+        print(json.dumps(out))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="memtune-bench-") as tmp:
+        small = make_data(Path(tmp) / "x1", args.samples, units=args.units)
+        large = make_data(Path(tmp) / "x10", args.samples * 10, seed=1, units=args.units)
+        parquet = to_parquet(small / "csv", small / "parquet")
+        e = str(args.epochs)
+        rows = {
+            "in-memory (CSV)": run_child("in-memory", str(small), str(small / "csv"), e),
+            "streaming (CSV)": run_child("streaming", str(small), str(small / "csv"), e),
+            "streaming (Parquet)": run_child("streaming", str(small), str(parquet), e),
+            "seed generator (CSV)": run_child("seed", str(small), str(small / "csv"), e),
+            "streaming 10x (CSV)": run_child("streaming", str(small), str(large / "csv"), "1"),
+        }
+    base = rows["streaming (CSV)"]
+    result = {
+        "machine": f"{os.cpu_count()} cores, {_total_gib():.0f} GiB, CPU only",
+        "samples": args.samples,
+        "gru_units": args.units,
+        "batch_size": BATCH,
+        "samples_per_s": {k: round(v["samples_per_s"], 1) for k, v in rows.items() if "10x" not in k},
+        "peak_rss_bytes": {k: v["peak_rss"] for k, v in rows.items()},
+        "streaming_vs_in_memory": round(base["samples_per_s"] / rows["in-memory (CSV)"]["samples_per_s"], 3),
+        "streaming_vs_seed_generator": round(
+            base["samples_per_s"] / rows["seed generator (CSV)"]["samples_per_s"], 3
+        ),
+        "parquet_vs_csv": round(rows["streaming (Parquet)"]["samples_per_s"] / base["samples_per_s"], 3),
+        "streaming_peak_growth_10x": round(
+            rows["streaming 10x (CSV)"]["peak_rss"] / base["peak_rss"] - 1, 4
+        ),
+    }
+    print(f"{'pipeline':<24}{'samples/s':>12}{'peak RSS':>12}")
+    for name, row in rows.items():
+        print(f"{name:<24}{row['samples_per_s']:>12,.0f}{row['peak_rss'] / 2**20:>9,.0f} MiB")
+    print(
+        f"streaming / in-memory {result['streaming_vs_in_memory']:.2f} (target >= 0.90); "
+        f"streaming / seed generator {result['streaming_vs_seed_generator']:.2f} (>= 1.5); "
+        f"peak growth at 10x data {result['streaming_peak_growth_10x']:+.1%} (<= +10%); "
+        f"Parquet / CSV {result['parquet_vs_csv']:.2f}"
+    )
+    if args.json:
+        print(json.dumps(result))
+
+
+def _total_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+if __name__ == "__main__":
+    main()
