@@ -53,7 +53,9 @@ def to_parquet(csv: Path, out: Path) -> Path:
         frame = pd.read_csv(path)
         table = pa.table(
             {
-                "clicks": pa.array([_json.loads(c) for c in frame["clicks"]], pa.list_(pa.float32())),
+                "clicks": pa.array(
+                    [_json.loads(c) for c in frame["clicks"]], pa.list_(pa.float32())
+                ),
                 "items": pa.array([_json.loads(c) for c in frame["items"]], pa.list_(pa.int32())),
                 "answer": frame["answer"].to_numpy(),
             }
@@ -88,27 +90,33 @@ def child_memtune(folder: str, data: str, mode: str, epochs: int) -> dict[str, A
 
     _tf.tensorflow()
     timer = _epoch_timer()
-    result = fit(f"{folder}/model.py:build_model", data, epochs=epochs, batch_size=BATCH,
-                 mode=mode, verbose=0, callbacks=[timer], seed=0, target=["answer"])
+    result = fit(
+        f"{folder}/model.py:build_model",
+        data,
+        epochs=epochs,
+        batch_size=BATCH,
+        mode=mode,
+        verbose=0,
+        callbacks=[timer],
+        seed=0,
+        target=["answer"],
+    )
     n = result.plan.num_samples
-    return {"samples_per_s": n / min(timer.times[1:] or timer.times), "epoch_s": timer.times,
-            "peak_rss": _peak(), "samples": n}
+    return {
+        "samples_per_s": n / min(timer.times[1:] or timer.times),
+        "epoch_s": timer.times,
+        "peak_rss": _peak(),
+        "samples": n,
+    }
 
 
-def child_seed_generator(folder: str, data: str, epochs: int) -> dict[str, Any]:
+def seed_generator(data: str) -> tuple[Any, int]:
     """The seed article's generator, faithfully: pandas per shard, padding in the loop."""
     import json as _json
 
+    import keras
     import pandas as pd
 
-    from memtune import _tf
-
-    _tf.tensorflow()
-    import keras
-
-    spec = {"__name__": "seed_model"}
-    exec((Path(folder) / "model.py").read_text(), spec)
-    model = spec["build_model"]()
     files = sorted(os.listdir(data))  # the article's lexical order: 10.csv before 2.csv
     n = sum(len(pd.read_csv(Path(data) / f, usecols=["answer"])) for f in files)
 
@@ -121,14 +129,64 @@ def child_seed_generator(folder: str, data: str, epochs: int) -> dict[str, Any]:
                     clicks = keras.utils.pad_sequences(
                         [_json.loads(c) for c in part["clicks"]], maxlen=30, dtype="float32"
                     )
-                    items = keras.utils.pad_sequences([_json.loads(c) for c in part["items"]], maxlen=40)
+                    items = keras.utils.pad_sequences(
+                        [_json.loads(c) for c in part["items"]], maxlen=40
+                    )
                     yield {"clicks": clicks, "items": items}, part["answer"].to_numpy()
 
+    return generator(), n
+
+
+def child_seed_generator(folder: str, data: str, epochs: int) -> dict[str, Any]:
+    from memtune import _tf
+
+    _tf.tensorflow()
+    spec: dict[str, Any] = {"__name__": "seed_model"}
+    exec((Path(folder) / "model.py").read_text(), spec)
+    model = spec["build_model"]()
+    gen, n = seed_generator(data)
     timer = _epoch_timer()
     steps = n // BATCH  # the caller counts steps
-    model.fit(generator(), steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[timer])
-    return {"samples_per_s": steps * BATCH / min(timer.times[1:] or timer.times),
-            "epoch_s": timer.times, "peak_rss": _peak(), "samples": n}
+    model.fit(gen, steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[timer])
+    return {
+        "samples_per_s": steps * BATCH / min(timer.times[1:] or timer.times),
+        "epoch_s": timer.times,
+        "peak_rss": _peak(),
+        "samples": n,
+    }
+
+
+def child_pipeline_only(folder: str, data: str, kind: str) -> dict[str, Any]:
+    """One epoch of batches with no training: what each pipeline can deliver at most."""
+    from memtune import _tf
+
+    _tf.tensorflow()
+    if kind == "seed":
+        gen, n = seed_generator(data)
+        steps = n // BATCH
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(gen)
+        return {"samples_per_s": steps * BATCH / (time.perf_counter() - start), "peak_rss": _peak()}
+    from memtune.api import prepare
+    from memtune.data.pipeline import StreamingBatches
+    from memtune.options import make_options
+    from memtune.train import _Feed, blocks_of, layout_for
+
+    prep = prepare(
+        f"{folder}/model.py:build_model",
+        data,
+        make_options(batch_size=BATCH, mode="streaming", target=["answer"]),
+    )
+    layout = layout_for(prep.info, prep.footprint, prep.options)
+    stream = StreamingBatches(layout, blocks_of(prep.info), BATCH, shuffle=True, seed=0)
+    start = time.perf_counter()
+    for _ in _Feed(prep.footprint).stream(stream):
+        pass
+    return {
+        "samples_per_s": stream.num_samples / (time.perf_counter() - start),
+        "peak_rss": _peak(),
+    }
 
 
 def _peak() -> int:
@@ -149,7 +207,7 @@ def run_child(*args: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=3, help="timed: the fastest after the first")
     parser.add_argument("--units", type=int, default=32, help="GRU units (32: the demo model)")
     parser.add_argument("--json", action="store_true")
@@ -159,6 +217,8 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "seed":
             out = child_seed_generator(rest[0], rest[1], int(rest[2]))
+        elif kind == "pipeline":
+            out = child_pipeline_only(rest[0], rest[1], rest[2])
         else:
             out = child_memtune(rest[0], rest[1], kind, int(rest[2]))
         print(json.dumps(out))
@@ -175,6 +235,12 @@ def main() -> None:
             "streaming (Parquet)": run_child("streaming", str(small), str(parquet), e),
             "seed generator (CSV)": run_child("seed", str(small), str(small / "csv"), e),
             "streaming 10x (CSV)": run_child("streaming", str(small), str(large / "csv"), "1"),
+            "pipeline alone: streaming": run_child(
+                "pipeline", str(small), str(small / "csv"), "memtune"
+            ),
+            "pipeline alone: seed gen.": run_child(
+                "pipeline", str(small), str(small / "csv"), "seed"
+            ),
         }
     base = rows["streaming (CSV)"]
     result = {
@@ -182,25 +248,35 @@ def main() -> None:
         "samples": args.samples,
         "gru_units": args.units,
         "batch_size": BATCH,
-        "samples_per_s": {k: round(v["samples_per_s"], 1) for k, v in rows.items() if "10x" not in k},
+        "samples_per_s": {k: round(v["samples_per_s"], 1) for k, v in rows.items()},
         "peak_rss_bytes": {k: v["peak_rss"] for k, v in rows.items()},
-        "streaming_vs_in_memory": round(base["samples_per_s"] / rows["in-memory (CSV)"]["samples_per_s"], 3),
+        "streaming_vs_in_memory": round(
+            base["samples_per_s"] / rows["in-memory (CSV)"]["samples_per_s"], 3
+        ),
         "streaming_vs_seed_generator": round(
             base["samples_per_s"] / rows["seed generator (CSV)"]["samples_per_s"], 3
         ),
-        "parquet_vs_csv": round(rows["streaming (Parquet)"]["samples_per_s"] / base["samples_per_s"], 3),
+        "parquet_vs_csv": round(
+            rows["streaming (Parquet)"]["samples_per_s"] / base["samples_per_s"], 3
+        ),
+        "pipeline_alone_streaming_vs_seed_generator": round(
+            rows["pipeline alone: streaming"]["samples_per_s"]
+            / rows["pipeline alone: seed gen."]["samples_per_s"],
+            3,
+        ),
         "streaming_peak_growth_10x": round(
             rows["streaming 10x (CSV)"]["peak_rss"] / base["peak_rss"] - 1, 4
         ),
     }
-    print(f"{'pipeline':<24}{'samples/s':>12}{'peak RSS':>12}")
+    print(f"{'pipeline':<28}{'samples/s':>12}{'peak RSS':>12}")
     for name, row in rows.items():
-        print(f"{name:<24}{row['samples_per_s']:>12,.0f}{row['peak_rss'] / 2**20:>9,.0f} MiB")
+        print(f"{name:<28}{row['samples_per_s']:>12,.0f}{row['peak_rss'] / 2**20:>9,.0f} MiB")
     print(
         f"streaming / in-memory {result['streaming_vs_in_memory']:.2f} (target >= 0.90); "
         f"streaming / seed generator {result['streaming_vs_seed_generator']:.2f} (>= 1.5); "
         f"peak growth at 10x data {result['streaming_peak_growth_10x']:+.1%} (<= +10%); "
-        f"Parquet / CSV {result['parquet_vs_csv']:.2f}"
+        f"Parquet / CSV {result['parquet_vs_csv']:.2f}; pipelines alone, streaming / seed "
+        f"generator {result['pipeline_alone_streaming_vs_seed_generator']:.2f}"
     )
     if args.json:
         print(json.dumps(result))

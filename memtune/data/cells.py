@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,9 +83,51 @@ def parse_cells(cells: Sequence[object], *, where: str, first_row: int = 0) -> R
     """Parse one column of sequence cells. ``where`` names the file and column for errors.
 
     Rows are numbered as a person counts data rows: the first row after the header is 1.
-    A fast path parses the whole column in one C call; any doubt falls back to the exact
-    per-cell path, which also finds the faulty cell for the error message.
+    The whole column is parsed at once with Arrow's string kernels; anything unusual
+    (unbalanced brackets, a token that is not a number, another spacing) falls back to the
+    exact per-cell path, which also names the faulty cell.
     """
+    fast = _parse_arrow(cells)
+    if fast is not None:
+        return fast
+    return _parse_slow(cells, where=where, first_row=first_row)
+
+
+def _parse_arrow(cells: Sequence[object]) -> Ragged | None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        arr = pa.array(cells, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    present = len(arr) - arr.null_count
+    opens = pc.sum(pc.cast(pc.starts_with(arr, "["), pa.int64())).as_py() or 0
+    if opens:
+        closes = pc.sum(pc.cast(pc.ends_with(arr, "]"), pa.int64())).as_py() or 0
+        if opens != present or closes != present:
+            return None  # some cells bracketed, some not: let the exact path judge
+        inner = pc.utf8_trim_whitespace(pc.utf8_trim(arr, "[]"))
+    else:
+        inner = pc.utf8_trim_whitespace(arr)
+    inner = pc.if_else(pc.equal(inner, ""), pa.scalar(None, pa.string()), inner)
+    lists = pc.split_pattern(inner, ", ") if opens else pc.utf8_split_whitespace(inner)
+    flat = pc.list_flatten(lists)
+    try:
+        values = pc.cast(flat, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+    is_int = not pc.any(pc.match_substring_regex(arr, "[.eEnN]")).as_py()
+    return Ragged(values.to_numpy(zero_copy_only=False), lengths, is_int)
+
+
+def _missing(cell: object) -> bool:
+    return cell is None or (isinstance(cell, float) and math.isnan(cell))
+
+
+def _parse_slow(cells: Sequence[object], *, where: str, first_row: int) -> Ragged:
+    """Cell by cell: exact, and it names the row of the first cell it cannot read."""
     texts: list[str] = []
     for i, cell in enumerate(cells):
         try:
@@ -95,18 +136,9 @@ def parse_cells(cells: Sequence[object], *, where: str, first_row: int = 0) -> R
             raise MemtuneError(
                 f"{where}, row {first_row + i + 1}: cannot parse list cell {cell!r}: {exc}"
             ) from None
-    joined = " ".join(texts)
-    is_int = _NON_INT.search(joined) is None
     lengths = np.fromiter((len(t.split()) for t in texts), dtype=np.int64, count=len(texts))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            values = np.fromstring(joined, sep=" ") if joined.strip() else np.zeros(0)
-        except (ValueError, DeprecationWarning):
-            values = None
-    if values is None or values.shape[0] != int(lengths.sum()):
-        values = _exact(texts, cells, where=where, first_row=first_row)
-    return Ragged(values, lengths, is_int)
+    values = _exact(texts, cells, where=where, first_row=first_row)
+    return Ragged(values, lengths, _NON_INT.search(" ".join(texts)) is None)
 
 
 def _exact(texts: list[str], cells: Sequence[object], *, where: str, first_row: int) -> np.ndarray:

@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -123,6 +125,7 @@ class EpochOrder:
         self.shuffle = shuffle
         self.seed = 0 if seed is None else seed
         self.total = int(self.block_rows.sum())
+        self._rows_cache: tuple[tuple[int, int], np.ndarray] | None = None
         self.set_epoch(0)
 
     def __len__(self) -> int:
@@ -138,10 +141,22 @@ class EpochOrder:
         self.ends = np.cumsum(self.block_rows[self.block_order])
 
     def rows_of(self, block: int) -> np.ndarray:
+        """Block ``block``'s rows in this epoch's order (the bounded in-block shuffle)."""
         n = int(self.block_rows[block])
         if not self.shuffle:
             return np.arange(n)
-        return np.random.default_rng([self.seed, self.epoch, block]).permutation(n)
+        key = (self.epoch, block)
+        cached = self._rows_cache
+        if cached is None or cached[0] != key:
+            cached = (key, np.random.default_rng([self.seed, self.epoch, block]).permutation(n))
+            self._rows_cache = cached  # one block at a time: batches read blocks in order
+        return cached[1]
+
+    def block_after(self, i: int) -> int | None:
+        """The block the epoch reads after batch i's last one (for read-ahead)."""
+        hi = min((i + 1) * self.batch_size, self.total) - 1
+        k = int(np.searchsorted(self.ends, hi, side="right")) + 1
+        return int(self.block_order[k]) if k < len(self.block_order) else None
 
     def batch(self, i: int) -> list[tuple[int, np.ndarray]]:
         if not 0 <= i < len(self):
@@ -189,7 +204,9 @@ class StreamingBatches:
         self.blocks = blocks
         self.order = EpochOrder([b.rows for b in blocks], batch_size, shuffle=shuffle, seed=seed)
         smallest = min((b.rows for b in blocks), default=1)
-        self.capacity = cache_blocks or (math.ceil(batch_size / max(smallest, 1)) + 2)
+        # A batch's span, one block read ahead, and one more for a worker on the next batch.
+        self.capacity = cache_blocks or (math.ceil(batch_size / max(smallest, 1)) + 3)
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memtune-read-ahead")
         self._cache: OrderedDict[int, tuple[Arrays, Arrays]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Event] = {}
@@ -225,8 +242,22 @@ class StreamingBatches:
                 del self._loading[index]
             event.set()
 
+    def _read_ahead(self, index: int) -> None:
+        with self._lock:
+            if index in self._cache or index in self._loading:
+                return
+        self._ahead.submit(self._quiet_load, index)
+
+    def _quiet_load(self, index: int) -> None:
+        # A failure here is met again, and reported, by the batch that needs this block.
+        with contextlib.suppress(MemtuneError):
+            self._padded(index)
+
     def __getitem__(self, i: int) -> tuple[Arrays, Arrays]:
         parts = [(self._padded(block), rows) for block, rows in self.order.batch(i)]
+        following = self.order.block_after(i)
+        if following is not None:
+            self._read_ahead(following)
         if len(parts) == 1:
             (inputs, targets), rows = parts[0]
             return _take(inputs, rows), _take(targets, rows)
