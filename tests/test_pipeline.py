@@ -184,3 +184,23 @@ def test_streaming_memory_is_flat(tmp_path: Path) -> None:
 def test_batches_needs_a_target(tmp_path: Path) -> None:
     with pytest.raises(MemtuneError, match="target"):
         next(api.batches(id_shards(tmp_path / "d"), target=[], batch_size=2))
+
+
+def test_in_memory_load_makes_no_second_copy(tmp_path: Path) -> None:
+    """Loading pads straight into preallocated arrays: peak <= 1.3x the padded bytes."""
+    from memtune.data.pipeline import load_in_memory
+
+    info = scan(id_shards(tmp_path / "d", [5000] * 20))
+    sig = ModelSignature(
+        (TensorSpec("id", (None,)), TensorSpec("seq", (None, 64))), (TensorSpec("answer", (None,)),)
+    )
+    fp = footprint(sig, info)
+    layout = Layout(fp, info)
+    blocks = blocks_of(info)
+    tracemalloc.start()
+    inputs, targets = load_in_memory(layout, blocks)
+    _, top = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    padded = info.num_samples * fp.per_sample_bytes
+    assert sum(a.nbytes for a in (*inputs.values(), *targets.values())) == padded
+    assert top <= 1.3 * padded, top / padded
