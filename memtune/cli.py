@@ -63,6 +63,7 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--analytic", action="store_true", help="estimate from the model alone, no trials"
     )
+    p.add_argument("--no-cache", action="store_true", help="run trials even when cached")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p)
 
@@ -82,6 +83,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.mode,
         "force": args.force,
         "analytic": args.analytic,
+        "no_cache": args.no_cache,
         "validation_data": args.validation_data,
         "validation_split": args.validation_split,
     }

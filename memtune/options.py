@@ -31,6 +31,7 @@ class Options:
     mode: Mode | None = None
     force: bool = False
     analytic: bool = False
+    no_cache: bool = False
     validation_data: Any = None
     validation_split: float | None = None
 
@@ -109,6 +110,7 @@ def make_options(**kwargs: Any) -> Options:
         mode=mode,
         force=bool(kwargs.get("force", False)),
         analytic=bool(kwargs.get("analytic", False)),
+        no_cache=bool(kwargs.get("no_cache", False)),
         validation_data=kwargs.get("validation_data"),
         validation_split=None if split is None else float(split),
     )

@@ -5,25 +5,34 @@ Pure: no TensorFlow, no I/O. Every number is an int of bytes; ``reasons`` say wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from memtune.constants import (
+    BLOCK_ROWS,
+    INDEX_BYTES_PER_SAMPLE,
+    STREAM_CACHE_BLOCKS,
+    STREAM_QUEUE_BATCHES,
+)
 from memtune.errors import MemtuneError, NothingFits
 from memtune.estimate.curve import MemoryCurve
 from memtune.probe import Probe
 from memtune.units import format_bytes
 
 Mode = Literal["in-memory", "streaming"]
-# Streaming keeps a bounded queue of this many padded batches ahead of training.
-STREAM_QUEUE_BATCHES = 4
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One measured training run: its batch and the peak it reached."""
+    """One measured training run: its batch and the peak it reached.
+
+    ``exceeded``: the run passed its limit and was stopped, so the true peak is higher.
+    """
 
     batch_size: int
     peak_bytes: int
+    exceeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class PlanOptions:
     mode: Mode | None = None
     force: bool = False
     has_sequences: bool = False
+    verified_cap: int | None = None  # the largest batch a trial has shown to fit
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,23 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
+def pipeline_bytes(
+    mode: Mode, batch: int, *, num_samples: int, per_sample_bytes: int, with_queue: bool
+) -> int:
+    """Host memory the data pipeline holds beside training at this batch.
+
+    In-memory: the padded dataset and its shuffle index. Streaming: a bounded cache of padded
+    blocks (never more than the dataset). ``with_queue`` adds the prefetched batches, which
+    a measured trial already includes and the analytic prior does not.
+    """
+    dataset = num_samples * per_sample_bytes
+    queue = STREAM_QUEUE_BATCHES * batch * per_sample_bytes if with_queue else 0
+    if mode == "in-memory":
+        return dataset + num_samples * INDEX_BYTES_PER_SAMPLE + queue
+    cache = STREAM_CACHE_BLOCKS * max(BLOCK_ROWS, batch) * per_sample_bytes
+    return min(dataset, cache) + queue
+
+
 def make_plan(
     budget: Budget,
     curve: MemoryCurve,
@@ -156,8 +183,20 @@ def make_plan(
     gpu = budget.device != "cpu"
     usable = int(budget.budget_bytes * (1 - options.safety))
     dataset = num_samples * per_sample_bytes
-    # On the CPU the streaming queue shares the budget; on a GPU it lives in host RAM.
-    queue_per_sample = 0 if gpu else STREAM_QUEUE_BATCHES * per_sample_bytes
+
+    def host_extra(mode: Mode, batch: int) -> int:
+        return pipeline_bytes(
+            mode,
+            batch,
+            num_samples=num_samples,
+            per_sample_bytes=per_sample_bytes,
+            with_queue=curve.source == "analytic",
+        )
+
+    def extra(mode: Mode) -> Callable[[int], int]:
+        # On the CPU the pipeline shares the budget; on a GPU it lives in host RAM.
+        return lambda b: 0 if gpu else host_extra(mode, b)
+
     reasons = [
         f"budget {format_bytes(budget.budget_bytes)} ({budget.source}) less a "
         f"{options.safety:.0%} safety margin: {format_bytes(usable)} usable on {budget.device}",
@@ -165,7 +204,7 @@ def make_plan(
         f"{format_bytes(dataset)}",
         *(notes or []),
     ]
-
+    search_mode: Mode = options.mode or "streaming"
     if options.batch_size is not None:
         batch = options.batch_size
         accumulation = 1
@@ -173,14 +212,23 @@ def make_plan(
             accumulation = max(1, -(-options.effective_batch_size // batch))
         reasons.append(f"batch {batch} forced by --batch-size")
     else:
-        fits = curve.largest_batch(usable, queue_per_sample)
+        fits = curve.largest_batch(usable, extra(search_mode))
+        if fits < 1 and search_mode == "in-memory":
+            fits = curve.largest_batch(usable, extra("streaming"))
+            if fits >= 1 and not options.force:
+                raise NothingFits(
+                    _in_memory_refused(curve.peak(1) + extra("in-memory")(1), usable, dataset)
+                )
         if fits < 1:
-            raise NothingFits(_nothing_fits(curve, usable, queue_per_sample, options, gpu))
+            need = curve.peak(1) + extra(search_mode)(1)
+            raise NothingFits(_nothing_fits(need, usable, options, gpu))
         caps = [(num_samples, "the dataset's size")]
         if options.max_batch_size is not None:
             caps.append((options.max_batch_size, "--max-batch-size"))
         if options.effective_batch_size is not None:
             caps.append((options.effective_batch_size, "--effective-batch-size"))
+        if options.verified_cap is not None:
+            caps.append((options.verified_cap, "the largest batch a trial verified"))
         cap, cap_why = min(caps, key=lambda c: c[0])
         batch = min(fits, cap)
         if fits > cap:
@@ -198,21 +246,15 @@ def make_plan(
             )
 
     peak = curve.peak(batch)
-    in_memory_peak = peak + (0 if gpu else dataset)
-    in_memory_fits = (
-        in_memory_peak <= usable
-        if not gpu
-        else dataset + curve.fixed_bytes <= budget.host_available_bytes
-    )
+    in_memory_peak = peak + extra("in-memory")(batch)
+    if gpu:
+        in_memory_fits = host_extra("in-memory", batch) <= budget.host_available_bytes // 2
+    else:
+        in_memory_fits = in_memory_peak <= usable
     if options.mode is not None:
         mode = options.mode
         if mode == "in-memory" and not in_memory_fits and not options.force:
-            raise NothingFits(
-                f"--mode in-memory: the padded dataset ({format_bytes(dataset)}) plus training "
-                f"would need {format_bytes(in_memory_peak)}, over the usable "
-                f"{format_bytes(usable)} by {format_bytes(in_memory_peak - usable)}; use "
-                "--mode streaming, or --force to try anyway"
-            )
+            raise NothingFits(_in_memory_refused(in_memory_peak, usable, dataset))
         reasons.append(f"{mode} forced by --mode")
     elif in_memory_fits:
         mode = "in-memory"
@@ -225,7 +267,7 @@ def make_plan(
             f"streaming: the padded dataset ({format_bytes(dataset)}) plus training would not fit;"
             " shards are read and padded one batch at a time"
         )
-    predicted = in_memory_peak if mode == "in-memory" else peak + queue_per_sample * batch
+    predicted = peak + extra(mode)(batch)
     how = "fitted to measured trials" if curve.source == "measured" else "analytic, unverified"
     reasons.append(f"predicted training peak {format_bytes(predicted)} ({how})")
     if predicted > usable:
@@ -248,10 +290,15 @@ def make_plan(
     )
 
 
-def _nothing_fits(
-    curve: MemoryCurve, usable: int, queue_per_sample: int, options: PlanOptions, gpu: bool
-) -> str:
-    need = curve.peak(1) + queue_per_sample
+def _in_memory_refused(need: int, usable: int, dataset: int) -> str:
+    return (
+        f"--mode in-memory: the padded dataset ({format_bytes(dataset)}) plus training would "
+        f"need {format_bytes(need)}, over the usable {format_bytes(usable)} by "
+        f"{format_bytes(need - usable)}; use --mode streaming, or --force to try anyway"
+    )
+
+
+def _nothing_fits(need: int, usable: int, options: PlanOptions, gpu: bool) -> str:
     helps = []
     if options.has_sequences:
         helps.append("a smaller --maxlen")

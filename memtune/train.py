@@ -14,7 +14,8 @@ from typing import Any
 
 from memtune import _tf
 from memtune.api import Prepared, layout_for, prepare
-from memtune.data.blocks import BLOCK_ROWS, Block
+from memtune.constants import BLOCK_ROWS, STREAM_QUEUE_BATCHES, WORKERS
+from memtune.data.blocks import Block
 from memtune.data.pipeline import (
     Arrays,
     BatchSource,
@@ -30,9 +31,7 @@ from memtune.data.scan import scan
 from memtune.errors import MemtuneError, TrainingFailed
 from memtune.footprint import Footprint
 from memtune.options import make_options
-from memtune.plan import STREAM_QUEUE_BATCHES, Plan
-
-WORKERS = 2
+from memtune.plan import Plan
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 import pytest
 
+from memtune.constants import BLOCK_ROWS, STREAM_CACHE_BLOCKS, STREAM_QUEUE_BATCHES
 from memtune.errors import MemtuneError, NothingFits
 from memtune.estimate.curve import MemoryCurve
-from memtune.plan import STREAM_QUEUE_BATCHES, Budget, PlanOptions, make_plan
+from memtune.plan import Budget, PlanOptions, make_plan
 
 MiB = 1024**2
 GiB = 1024**3
@@ -30,7 +31,8 @@ def test_largest_batch_under_usable() -> None:
     assert p.usable_bytes == usable
     assert p.predicted_peak_bytes <= usable
     slope = MiB + STREAM_QUEUE_BATCHES * 1000
-    assert p.batch_size == (usable - 100 * MiB) // slope
+    cache = STREAM_CACHE_BLOCKS * BLOCK_ROWS * 1000
+    assert p.batch_size == (usable - 100 * MiB - cache) // slope
     assert plan(safety=0.0).batch_size > p.batch_size
 
 

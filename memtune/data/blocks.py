@@ -12,10 +12,9 @@ from typing import Any
 
 import pandas as pd
 
+from memtune.constants import BLOCK_ROWS
 from memtune.data.sources import Shard, Source, one_line, shard_columns
 from memtune.errors import MemtuneError
-
-BLOCK_ROWS = 8192
 
 
 @dataclass(frozen=True)

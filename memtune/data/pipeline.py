@@ -20,7 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from memtune.data.blocks import BLOCK_ROWS, Block, make_blocks, read_block
+from memtune.constants import BLOCK_ROWS
+from memtune.data.blocks import Block, make_blocks, read_block
 from memtune.data.cells import Ragged
 from memtune.data.padding import Side, pad
 from memtune.data.scan import DataInfo

@@ -1,0 +1,236 @@
+"""Measured trials: a few real training steps at batch b, in a child process.
+
+The user's process never trains to learn: on a CPU the kernel kills an out-of-memory
+process before any exception, so each trial runs in a child that the parent watches and
+stops when it passes its limit — a result ("does not fit"), not a crash. The peak is the
+child's whole-process high-water mark (ru_maxrss from ``wait4``) on CPU, TensorFlow's
+device peak plus the CUDA context on GPU.
+
+Run as ``python -m memtune.estimate.trials`` it is the child: it reads one JSON spec on
+stdin and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psutil
+
+from memtune.errors import MemtuneError
+from memtune.plan import Trial
+
+TRIAL_STEPS = 3
+POLL_SECONDS = 0.005
+GPU_CONTEXT_BYTES = 512 * 1024**2
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    name: str
+    role: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a child needs to train a few steps exactly as ``memtune fit`` would."""
+
+    model: str  # a model spec string, or a temporary .keras file for a model object
+    feeds: tuple[FeedSpec, ...]
+    accumulation: int = 1
+    device: str = "cpu"
+    steps: int = TRIAL_STEPS
+
+    def to_json(self, batch_size: int, limit_bytes: int, debug: bool) -> str:
+        out = asdict(self)
+        out.update(batch_size=batch_size, limit_bytes=limit_bytes, debug=debug)
+        return json.dumps(out)
+
+
+def run_trial(
+    spec: TrialSpec,
+    batch_size: int,
+    *,
+    limit_bytes: int,
+    timeout_s: float = 300.0,
+    debug: bool = False,
+) -> Trial:
+    """Measure one trial; a child that passes ``limit_bytes`` is stopped and reported."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memtune.estimate.trials"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    stopped = threading.Event()
+    over = threading.Event()
+
+    def watch() -> None:
+        try:
+            child = psutil.Process(proc.pid)
+            while not stopped.is_set():
+                if child.memory_info().rss > limit_bytes and spec.device == "cpu":
+                    over.set()
+                    child.kill()
+                    return
+                time.sleep(POLL_SECONDS)
+        except psutil.Error:
+            return
+
+    def deadline() -> None:
+        if not stopped.wait(timeout_s):
+            proc.kill()
+
+    watchers = [
+        threading.Thread(target=watch, daemon=True),
+        threading.Thread(target=deadline, daemon=True),
+    ]
+    for w in watchers:
+        w.start()
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(spec.to_json(batch_size, limit_bytes, debug))
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stopped.set()
+    rss_peak = int(usage.ru_maxrss) * 1024
+    if over.is_set():
+        return Trial(batch_size, max(rss_peak, limit_bytes), exceeded=True)
+    result = _last_json(out)
+    if result is None:
+        if proc.returncode != 0 and proc.returncode < 0:
+            raise MemtuneError(
+                f"trial at batch {batch_size} was stopped after {timeout_s:.0f} s or by a signal "
+                f"({proc.returncode}); use --analytic to plan without trials"
+            )
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        raise MemtuneError(f"trial at batch {batch_size} failed: {last}")
+    if result.get("error"):
+        raise MemtuneError(f"trial at batch {batch_size} failed: {result['error']}")
+    if result.get("oom"):
+        return Trial(batch_size, limit_bytes, exceeded=True)
+    if spec.device != "cpu":
+        return Trial(batch_size, int(result["device_peak"]) + GPU_CONTEXT_BYTES)
+    return Trial(batch_size, rss_peak)
+
+
+def _last_json(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+# ---------------------------------------------------------------------------- the child
+
+
+class _RepeatBatch:
+    """A batch source that serves one synthetic batch ``steps`` times (worst-case shapes)."""
+
+    failure: MemtuneError | None = None
+
+    def __init__(self, feeds: tuple[FeedSpec, ...], batch_size: int, steps: int) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        self.steps = steps
+        self.num_samples = batch_size * steps
+        arrays = {}
+        for f in feeds:
+            shape = (batch_size, *f.shape)
+            # Zeros are valid for any Embedding; floats get real values.
+            arrays[f.name] = (
+                np.zeros(shape, f.dtype)
+                if f.dtype == "int32"
+                else rng.standard_normal(shape).astype(f.dtype)
+            )
+        self.inputs = {f.name: arrays[f.name] for f in feeds if f.role == "input"}
+        self.targets = {f.name: arrays[f.name] for f in feeds if f.role == "target"}
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> Any:
+        return self.inputs, self.targets
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+def _child() -> int:
+    raw = json.loads(sys.stdin.read())
+    from memtune import _tf
+
+    _tf.set_debug(bool(raw.get("debug")))
+    try:
+        tf = _tf.tensorflow()
+        device = raw["device"]
+        gpus = tf.config.list_physical_devices("GPU")
+        if device == "cpu":
+            tf.config.set_visible_devices([], "GPU")
+        else:
+            index = int(device.split(":")[1])
+            tf.config.set_visible_devices([gpus[index]], "GPU")
+            tf.config.experimental.set_memory_growth(gpus[index], True)
+        from memtune.footprint import Feed, Footprint
+        from memtune.model import load_model
+        from memtune.train import _Feed, set_accumulation
+
+        feeds = tuple(
+            FeedSpec(f["name"], f["role"], tuple(f["shape"]), f["dtype"]) for f in raw["feeds"]
+        )
+        model = load_model(raw["model"])
+        set_accumulation(model, int(raw["accumulation"]))
+        footprint = Footprint(
+            tuple(
+                Feed(f.name, "input", (), f.shape, f.dtype, False)
+                for f in feeds
+                if f.role == "input"
+            ),
+            tuple(
+                Feed(f.name, "target", (), f.shape, f.dtype, False)
+                for f in feeds
+                if f.role == "target"
+            ),
+        )
+        source = _RepeatBatch(feeds, int(raw["batch_size"]), int(raw["steps"]))
+        feed = _Feed(footprint)
+        if device != "cpu":
+            tf.config.experimental.reset_memory_stats("GPU:0")
+        try:
+            model.fit(feed.stream(source), epochs=1, verbose=0)
+        except tf.errors.ResourceExhaustedError:
+            print(json.dumps({"oom": True}))
+            return 0
+        out: dict[str, Any] = {"ok": True}
+        if device != "cpu":
+            out["device_peak"] = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        print(json.dumps(out))
+        return 0
+    except MemtuneError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child())

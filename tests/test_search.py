@@ -1,0 +1,142 @@
+"""The trial search on made-up measurements: linear, a step, noise, an overshoot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from memtune.errors import NothingFits
+from memtune.estimate.curve import MemoryCurve
+from memtune.estimate.search import MAX_TRIALS, search
+from memtune.plan import Budget, Plan, PlanOptions, Trial, make_plan
+
+MiB = 1024**2
+GiB = 1024**3
+
+
+def planner(
+    budget: int, n: int = 10**7, per: int = 100
+) -> Callable[[MemoryCurve, int | None], Plan]:
+    b = Budget("cpu", budget, "test", budget)
+
+    def plan_for(curve: MemoryCurve, cap: int | None) -> Plan:
+        return make_plan(
+            b, curve, num_samples=n, per_sample_bytes=per, options=PlanOptions(verified_cap=cap)
+        )
+
+    return plan_for
+
+
+def machine(
+    true_peak: Callable[[int], int], limit: int
+) -> tuple[Callable[[int], Trial], list[int]]:
+    calls: list[int] = []
+
+    def measure(batch: int) -> Trial:
+        calls.append(batch)
+        peak = true_peak(batch)
+        return (
+            Trial(batch, min(peak, limit), exceeded=peak > limit)
+            if peak > limit
+            else Trial(batch, peak)
+        )
+
+    return measure, calls
+
+
+def check(result, true_peak, usable: int) -> None:
+    plan = result.plan
+    extra = plan.predicted_peak_bytes - result.curve.peak(plan.batch_size)
+    assert true_peak(plan.batch_size) + extra <= usable  # safe, by the truth
+    assert plan.batch_size in [t.batch_size for t in result.trials]  # verified
+    assert len(result.trials) <= MAX_TRIALS
+
+
+def test_linear_truth_finds_near_best_batch() -> None:
+    def truth(b: int) -> int:
+        return 700 * MiB + 200_000 * b
+
+    usable = int(2 * GiB * 0.9)
+    prior = MemoryCurve(600 * MiB, 500_000)  # pessimistic slope
+    measure, calls = machine(truth, usable)
+    result = search(prior, measure, planner(2 * GiB))
+    check(result, truth, usable)
+    best = max(b for b in range(1, 10**5) if truth(b) + 5 * 8192 * 100 + 4 * 0 <= usable)
+    assert result.plan.batch_size >= 0.97 * best
+    assert result.plan.predicted_peak_bytes <= usable
+    assert len(calls) == 3  # a small batch, a guess, the verified best
+
+
+def test_optimistic_prior_overshoots_then_steps_down() -> None:
+    def truth(b: int) -> int:
+        return 700 * MiB + 1_000_000 * b
+
+    usable = int(2 * GiB * 0.9)
+    prior = MemoryCurve(
+        600 * MiB, 50_000
+    )  # far too optimistic: the first verification passes the limit
+    measure, calls = machine(truth, usable)
+    result = search(prior, measure, planner(2 * GiB))
+    check(result, truth, usable)
+    assert any(t.exceeded for t in result.trials)
+    assert any("was stopped" in n for n in result.notes)
+    best = max(b for b in range(1, 10**4) if truth(b) + 5 * 8192 * 100 <= usable)
+    assert result.plan.batch_size >= 0.97 * best
+    assert calls[-1] == result.plan.batch_size
+
+
+def test_step_in_the_curve_is_followed() -> None:
+    def truth(b: int) -> int:  # an allocator jump past batch 1000
+        return 700 * MiB + 200_000 * b + (300 * MiB if b > 1000 else 0)
+
+    usable = int(2 * GiB * 0.9)
+    measure, _ = machine(truth, usable)
+    result = search(MemoryCurve(600 * MiB, 200_000), measure, planner(2 * GiB))
+    check(result, truth, usable)
+    assert result.plan.batch_size > 1000  # past the step, still safe
+
+
+def test_noise_does_not_break_safety() -> None:
+    import random
+
+    rng = random.Random(4)
+
+    def truth(b: int) -> int:
+        return 700 * MiB + 150_000 * b + rng.randint(-8 * MiB, 8 * MiB)
+
+    usable = int(3 * GiB * 0.9)
+    measure, _ = machine(truth, usable)
+    result = search(MemoryCurve(600 * MiB, 300_000), measure, planner(3 * GiB))
+    t = {x.batch_size: x.peak_bytes for x in result.trials}[result.plan.batch_size]
+    extra = result.plan.predicted_peak_bytes - result.curve.peak(result.plan.batch_size)
+    assert t + extra <= usable
+
+
+def test_capped_by_dataset_takes_one_or_two_trials() -> None:
+    def truth(b: int) -> int:
+        return 700 * MiB + 1000 * b
+
+    measure, calls = machine(truth, GiB)
+    result = search(MemoryCurve(600 * MiB, 1000), measure, planner(2 * GiB, n=5))
+    assert result.plan.batch_size == 5
+    assert calls == [5]
+
+
+def test_nothing_fits_when_batch_one_is_over() -> None:
+    def truth(b: int) -> int:
+        return 3 * GiB + b
+
+    usable = int(2 * GiB * 0.9)
+    measure, _ = machine(truth, usable)
+    with pytest.raises(NothingFits):
+        search(MemoryCurve(600 * MiB, 1000), measure, planner(2 * GiB))
+
+
+def test_curve_interpolates_and_never_slopes_down() -> None:
+    c = MemoryCurve(0, 10).with_points([(10, 1000), (20, 900), (40, 2000)])
+    assert c.peak(10) == 1000 and c.peak(40) == 2000
+    assert c.peak(15) == 1000  # a negative segment is read as flat
+    assert c.peak(60) == 3100
+    assert MemoryCurve(0, 10).with_points([(10, 1000)]).peak(20) == 1100
+    assert c.largest_batch(2000) == 40
