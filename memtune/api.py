@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -98,8 +99,8 @@ def _measured_plan(
     feeds = tuple(FeedSpec(f.name, f.role, f.shape, f.dtype) for f in fp.feeds)
     key = cache_key(
         {
-            "model": keras_model.to_json(),
-            "optimizer": keras_model.optimizer.get_config(),
+            "model": _renamed(json.loads(keras_model.to_json()), keras_model),
+            "optimizer": _renamed(keras_model.optimizer.get_config(), keras_model),
             "feeds": feeds,
             "accumulation": accumulation,
             "device": budget.device,
@@ -143,6 +144,23 @@ def _measured_plan(
     )
     plan = plan_for(result.curve, result.plan.batch_size, [*notes, *result.notes, summary])
     return replace(plan, trials=list(result.trials))
+
+
+def _renamed(value: Any, model: Any) -> Any:
+    """A config with layer names replaced by positions: names change each time a factory
+    runs in one process (``dense``, ``dense_1`` …), the architecture does not."""
+    names = {layer.name: f"layer{i}" for i, layer in enumerate(model.layers)}
+    names[model.name] = "model"
+    names[model.optimizer.name] = "optimizer"
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return names.get(v, v) if isinstance(v, str) else v
+
+    return walk(value)
 
 
 def _saved_copy(keras_model: Any, stack: contextlib.ExitStack) -> str | None:

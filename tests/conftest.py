@@ -31,6 +31,12 @@ def write_factory(path: Path, body: str, name: str = "build") -> str:
     return f"{path}:{name}"
 
 
+@pytest.fixture(autouse=True)
+def _private_trial_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's trial cache."""
+    monkeypatch.setenv("MEMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def seq_frame() -> pd.DataFrame:
     return pd.DataFrame(

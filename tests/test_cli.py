@@ -57,6 +57,7 @@ def test_suggest_json_has_exact_bytes(project, capfd) -> None:
         "--json",
         "--budget",
         "4GiB",
+        "--analytic",
     )
     assert code == 0, err
     plan = json.loads(out)
@@ -84,6 +85,7 @@ def test_suggest_table(project, capfd) -> None:
         "4GiB",
         "--max-batch-size",
         "4",
+        "--analytic",
     )
     assert code == 0, err
     assert re.search(r"batch size\s+│\s+4\s", out)
@@ -205,6 +207,7 @@ def test_subprocess_stderr_is_clean(project) -> None:
             "--data",
             project["data"],
             "--json",
+            "--analytic",
         ],
         capture_output=True,
         text=True,
