@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +13,7 @@ from memtune.errors import MemtuneError
 from memtune.estimate.curve import MemoryCurve
 from memtune.footprint import Footprint, ModelSignature, TensorSpec, footprint
 from memtune.options import Options, make_options
-from memtune.plan import Budget, Plan, Trial, make_plan, resolve_budget, resolve_device
+from memtune.plan import Plan, make_plan, resolve_budget, resolve_device
 from memtune.probe import Probe
 from memtune.probe import probe as _probe
 
@@ -68,110 +64,22 @@ def prepare(
             notes=extra,
         )
 
-    if options.analytic or options.batch_size is not None:
-        why = "--analytic" if options.analytic else "--batch-size is forced"
-        plan = plan_for(prior, None, [*notes, f"no trials ({why}): the plan is unverified"])
+    if options.analytic:
+        plan = plan_for(prior, None, [*notes, "no trials (--analytic): the plan is unverified"])
     else:
-        plan = _measured_plan(model, keras_model, fp, options, budget, seen, prior, plan_for, notes)
-    return Prepared(options, info, keras_model, fp, seen, plan)
+        from memtune.estimate import measured
 
-
-def _measured_plan(
-    spec: Any,
-    keras_model: Any,
-    fp: Footprint,
-    options: Options,
-    budget: Budget,
-    seen: Probe,
-    prior: MemoryCurve,
-    plan_for: Callable[..., Plan],
-    notes: list[str],
-) -> Plan:
-    """Trials in child processes (cached) refine the prior; the plan is verified."""
-    from memtune import _tf
-    from memtune.estimate.cache import TrialCache, cache_key
-    from memtune.estimate.search import search
-    from memtune.estimate.trials import TRIAL_STEPS, FeedSpec, TrialSpec, run_trial
-
-    tf = _tf.tensorflow()
-    keras = _tf.keras()
-    accumulation = 2 if options.effective_batch_size else 1  # accumulators cost the same for any k
-    feeds = tuple(FeedSpec(f.name, f.role, f.shape, f.dtype) for f in fp.feeds)
-    key = cache_key(
-        {
-            "model": _renamed(json.loads(keras_model.to_json()), keras_model),
-            "optimizer": _renamed(keras_model.optimizer.get_config(), keras_model),
-            "feeds": feeds,
-            "accumulation": accumulation,
-            "device": budget.device,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "memtune": "0.1",
-        }
-    )
-    cache = TrialCache(key, enabled=not options.no_cache)
-    limit = (
-        budget.budget_bytes
-        if budget.device != "cpu"
-        else min(int(budget.budget_bytes * (1 - options.safety)), seen.host.available_bytes)
-    )
-    with contextlib.ExitStack() as stack:
-        model_arg = spec if isinstance(spec, str) else _saved_copy(keras_model, stack)
-        if model_arg is None:
-            return plan_for(
-                prior,
-                None,
-                [
-                    *notes,
-                    "no trials: the model could not be saved for a trial process; "
-                    "the plan is analytic, unverified",
-                ],
+        setup = measured.setup(keras_model, fp, options, budget, seen)
+        if options.batch_size is not None:  # forced: earlier trials may still inform the peak
+            curve, trials = measured.cached_curve(setup, prior)
+            why = f"{len(trials)} cached trial(s) used" if trials else "the plan is unverified"
+            plan = replace(
+                plan_for(curve, None, [*notes, f"no new trials (--batch-size is forced); {why}"]),
+                trials=trials,
             )
-        trial_spec = TrialSpec(model_arg, feeds, accumulation, budget.device)
-
-        def measure(batch: int) -> Trial:
-            hit = cache.get(batch)
-            if hit is not None:
-                return hit
-            trial = run_trial(trial_spec, batch, limit_bytes=limit, debug=_tf.debug_enabled())
-            cache.put(trial)
-            return trial
-
-        result = search(prior, measure, lambda curve, cap: plan_for(curve, cap))
-    summary = (
-        f"{len(result.trials)} trial(s) of {TRIAL_STEPS} training steps measured in a child "
-        f"process; {cache.hits} from the cache"
-    )
-    plan = plan_for(result.curve, result.plan.batch_size, [*notes, *result.notes, summary])
-    return replace(plan, trials=list(result.trials))
-
-
-def _renamed(value: Any, model: Any) -> Any:
-    """A config with layer names replaced by positions: names change each time a factory
-    runs in one process (``dense``, ``dense_1`` …), the architecture does not."""
-    names = {layer.name: f"layer{i}" for i, layer in enumerate(model.layers)}
-    names[model.name] = "model"
-    names[model.optimizer.name] = "optimizer"
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        return names.get(v, v) if isinstance(v, str) else v
-
-    return walk(value)
-
-
-def _saved_copy(keras_model: Any, stack: contextlib.ExitStack) -> str | None:
-    """A model object saved to a temporary .keras file, so a trial child can load it."""
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memtune-model-")))
-    path = folder / "model.keras"
-    try:
-        keras_model.save(path)
-    except Exception:
-        return None
-    return str(path)
+        else:
+            plan = measured.measured_plan(model, keras_model, setup, prior, plan_for, notes)
+    return Prepared(options, info, keras_model, fp, seen, plan)
 
 
 def suggest(model: Any, data: Any, **options: Any) -> Plan:

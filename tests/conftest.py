@@ -32,7 +32,9 @@ def write_factory(path: Path, body: str, name: str = "build") -> str:
 
 
 @pytest.fixture(autouse=True)
-def _private_trial_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_trial_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Tests never read or write the user's trial cache."""
     monkeypatch.setenv("MEMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 

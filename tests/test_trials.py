@@ -35,7 +35,10 @@ def project(tmp_path: Path) -> dict[str, str]:
 
 
 def spec(project: dict[str, str]) -> TrialSpec:
-    feeds = (FeedSpec("x", "input", (16,), "float32"), FeedSpec("answer", "target", (1,), "float32"))
+    feeds = (
+        FeedSpec("x", "input", (16,), "float32"),
+        FeedSpec("answer", "target", (1,), "float32"),
+    )
     return TrialSpec(project["model"], feeds)
 
 
@@ -53,8 +56,16 @@ def test_a_trial_over_its_limit_is_stopped_and_the_parent_lives(project) -> None
 
 
 def test_suggest_measures_then_hits_the_cache(project, capfd) -> None:
-    argv = ["suggest", "--model", project["model"], "--data", project["data"], "--json",
-            "--budget", "3GiB"]
+    argv = [
+        "suggest",
+        "--model",
+        project["model"],
+        "--data",
+        project["data"],
+        "--json",
+        "--budget",
+        "3GiB",
+    ]
     assert main(argv) == 0
     first = json.loads(capfd.readouterr().out)
     assert 1 <= len(first["trials"]) <= 4
@@ -73,8 +84,20 @@ def test_suggest_measures_then_hits_the_cache(project, capfd) -> None:
 
 
 def test_analytic_runs_no_trial(project, capfd) -> None:
-    assert main(["suggest", "--model", project["model"], "--data", project["data"], "--json",
-                 "--analytic"]) == 0
+    assert (
+        main(
+            [
+                "suggest",
+                "--model",
+                project["model"],
+                "--data",
+                project["data"],
+                "--json",
+                "--analytic",
+            ]
+        )
+        == 0
+    )
     plan = json.loads(capfd.readouterr().out)
     assert plan["trials"] == []
     assert any("unverified" in r for r in plan["reasons"])

@@ -56,6 +56,16 @@ class TrialCache:
         self.hits += 1
         return Trial(batch_size, peak)
 
+    def all(self) -> list[Trial]:
+        """Every cached trial for this key, by batch."""
+        if not self.enabled:
+            return []
+        found = self._load().get(self.key, {})
+        return sorted(
+            (Trial(int(b), p) for b, p in found.items() if isinstance(p, int)),
+            key=lambda t: t.batch_size,
+        )
+
     def put(self, trial: Trial) -> None:
         if not self.enabled or trial.exceeded:
             return
