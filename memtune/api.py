@@ -69,7 +69,9 @@ def prepare(
     else:
         from memtune.estimate import measured
 
-        setup = measured.setup(keras_model, fp, options, budget, seen)
+        setup = measured.setup(
+            keras_model, fp, options, budget, seen, _train_samples(info, options)
+        )
         if options.batch_size is not None:  # forced: earlier trials may still inform the peak
             curve, trials = measured.cached_curve(setup, prior)
             why = f"{len(trials)} cached trial(s) used" if trials else "the plan is unverified"
@@ -80,6 +82,13 @@ def prepare(
         else:
             plan = measured.measured_plan(model, keras_model, setup, prior, plan_for, notes)
     return Prepared(options, info, keras_model, fp, seen, plan)
+
+
+def _train_samples(info: DataInfo, options: Options) -> int:
+    """Samples one training epoch sees (a validation split holds some out)."""
+    if options.validation_split and options.validation_data is None:
+        return int(info.num_samples * (1 - options.validation_split))
+    return info.num_samples
 
 
 def suggest(model: Any, data: Any, **options: Any) -> Plan:

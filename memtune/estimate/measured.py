@@ -20,7 +20,7 @@ from memtune.options import Options
 from memtune.plan import Budget, Plan, Trial
 from memtune.probe import Probe
 
-MEMTUNE_TRIAL_FORMAT = "1"  # bump when what a trial measures changes
+MEMTUNE_TRIAL_FORMAT = "2"  # bump when what a trial measures changes
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,17 @@ class Setup:
     device: str
     limit_bytes: int
     cache: TrialCache
+    num_samples: int
 
 
-def setup(keras_model: Any, fp: Footprint, options: Options, budget: Budget, seen: Probe) -> Setup:
+def setup(
+    keras_model: Any,
+    fp: Footprint,
+    options: Options,
+    budget: Budget,
+    seen: Probe,
+    num_samples: int,
+) -> Setup:
     """Trial parameters and the cache keyed by everything that shapes a trial's peak."""
     tf, keras = _tf.tensorflow(), _tf.keras()
     accumulation = 2 if options.effective_batch_size else 1  # accumulators cost the same for any k
@@ -49,6 +57,7 @@ def setup(keras_model: Any, fp: Footprint, options: Options, budget: Budget, see
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "format": MEMTUNE_TRIAL_FORMAT,
+            "num_samples": num_samples,
         }
     )
     if budget.device == "cpu":  # a trial may never take more than the host can give
@@ -56,7 +65,7 @@ def setup(keras_model: Any, fp: Footprint, options: Options, budget: Budget, see
     else:
         limit = budget.budget_bytes
     cache = TrialCache(key, enabled=not options.no_cache)
-    return Setup(feeds, accumulation, budget.device, limit, cache)
+    return Setup(feeds, accumulation, budget.device, limit, cache, num_samples)
 
 
 def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]]:
@@ -81,7 +90,9 @@ def measured_plan(
         if model_arg is None:
             why = "no trials: the model could not be saved for a trial process; unverified"
             return plan_for(prior, None, [*notes, why])
-        trial_spec = TrialSpec(model_arg, s.feeds, s.accumulation, s.device)
+        trial_spec = TrialSpec(
+            model_arg, s.feeds, s.accumulation, s.device, num_samples=s.num_samples
+        )
 
         def measure(batch: int) -> Trial:
             hit = s.cache.get(batch)

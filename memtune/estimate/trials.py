@@ -48,6 +48,9 @@ class TrialSpec:
     accumulation: int = 1
     device: str = "cpu"
     steps: int = TRIAL_STEPS
+    # The epoch's size: its last, partial batch has other shapes, and TensorFlow's memory
+    # for a second set of shapes adds to the first, so the trial ends with one too.
+    num_samples: int | None = None
 
     def to_json(self, batch_size: int, limit_bytes: int, debug: bool) -> str:
         out = asdict(self)
@@ -145,15 +148,19 @@ def _last_json(text: str) -> dict[str, Any] | None:
 
 
 class _RepeatBatch:
-    """A batch source that serves one synthetic batch ``steps`` times (worst-case shapes)."""
+    """One synthetic batch (worst-case shapes) served ``steps`` times, the last one cut to
+    ``last`` rows when the real epoch ends with a partial batch."""
 
     failure: MemtuneError | None = None
 
-    def __init__(self, feeds: tuple[FeedSpec, ...], batch_size: int, steps: int) -> None:
+    def __init__(
+        self, feeds: tuple[FeedSpec, ...], batch_size: int, steps: int, last: int = 0
+    ) -> None:
         import numpy as np
 
         rng = np.random.default_rng(0)
         self.steps = steps
+        self.last = last
         self.num_samples = batch_size * steps
         arrays = {}
         for f in feeds:
@@ -171,6 +178,12 @@ class _RepeatBatch:
         return self.steps
 
     def __getitem__(self, i: int) -> Any:
+        if self.last and i == self.steps - 1:
+            cut = self.last
+            return (
+                {k: v[:cut] for k, v in self.inputs.items()},
+                {k: v[:cut] for k, v in self.targets.items()},
+            )
         return self.inputs, self.targets
 
     def set_epoch(self, epoch: int) -> None:
@@ -213,7 +226,9 @@ def _child() -> int:
                 if f.role == "target"
             ),
         )
-        source = _RepeatBatch(feeds, int(raw["batch_size"]), int(raw["steps"]))
+        batch, total = int(raw["batch_size"]), raw.get("num_samples")
+        last = total % batch if total and total > batch else 0
+        source = _RepeatBatch(feeds, batch, int(raw["steps"]), last)
         feed = _Feed(footprint)
         if device != "cpu":
             tf.config.experimental.reset_memory_stats("GPU:0")
