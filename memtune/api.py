@@ -13,7 +13,15 @@ from memtune.errors import MemtuneError
 from memtune.estimate.curve import MemoryCurve
 from memtune.footprint import Footprint, ModelSignature, TensorSpec, footprint
 from memtune.options import Options, make_options
-from memtune.plan import Plan, make_plan, resolve_budget, resolve_device
+from memtune.plan import (
+    Budget,
+    Mode,
+    Plan,
+    PlanOptions,
+    make_plan,
+    resolve_budget,
+    resolve_device,
+)
 from memtune.probe import Probe
 from memtune.probe import probe as _probe
 
@@ -28,6 +36,22 @@ class Prepared:
     footprint: Footprint
     probe: Probe
     plan: Plan
+    curve: MemoryCurve
+    budget: Budget
+    plan_options: PlanOptions
+    notes: list[str]
+
+    def plan_at(self, batch_size: int, mode: Mode | None = None) -> Plan:
+        """The plan for a given batch (and mode) on the same curve — what ``check`` judges."""
+        return make_plan(
+            self.budget,
+            self.curve,
+            num_samples=self.info.num_samples,
+            per_sample_bytes=self.footprint.per_sample_bytes,
+            options=replace(self.plan_options, batch_size=batch_size, mode=mode, force=True),
+            trials=self.plan.trials,
+            notes=self.notes,
+        )
 
 
 def probe() -> Probe:
@@ -43,29 +67,50 @@ def prepare(
     from memtune.estimate.analytic import analytic_curve, profile_model
 
     seen = probe_result or _probe()
-    device = resolve_device(seen, options.device)  # a bad --device fails before any work
+    # A bad --device fails before any work.
+    device = resolve_device(seen, options.device, virtual=options.gpu_memory_bytes is not None)
     info = scan(data)
     keras_model = model_mod.load_model(model)
     fp = footprint(
         model_mod.signature(keras_model), info, targets=options.target, maxlen=options.maxlen
     )
-    budget = resolve_budget(seen, device, options.budget_bytes)
+    virtual = device != "cpu" and not seen.gpus  # --gpu-memory: a GPU this machine lacks
+    if options.budget_bytes is None and options.gpu_memory_bytes is not None and device != "cpu":
+        budget = resolve_budget(seen, device, options.gpu_memory_bytes, "--gpu-memory")
+    else:
+        budget = resolve_budget(seen, device, options.budget_bytes)
     prior = analytic_curve(profile_model(keras_model, fp), fp, gpu=device != "cpu")
     notes = list(info.warnings) + fp.notes
     plan_options = options.plan_options(any(f.sequence for f in fp.feeds))
 
-    def plan_for(curve: MemoryCurve, verified: int | None, extra: list[str] = notes) -> Plan:
+    def plan_for(curve: MemoryCurve, verified: int | None, extra: list[str] | None = None) -> Plan:
         return make_plan(
             budget,
             curve,
             num_samples=info.num_samples,
             per_sample_bytes=fp.per_sample_bytes,
             options=replace(plan_options, verified_cap=verified),
-            notes=extra,
+            notes=notes if extra is None else extra,
         )
 
+    curve = prior
     if options.analytic:
-        plan = plan_for(prior, None, [*notes, "no trials (--analytic): the plan is unverified"])
+        notes = [*notes, "no trials (--analytic): the plan is unverified"]
+        plan = plan_for(prior, None)
+    elif virtual:
+        from memtune.estimate import measured
+
+        cpu_budget = resolve_budget(seen, "cpu", None)
+        setup = measured.setup(
+            keras_model, fp, options, cpu_budget, seen, _train_samples(info, options)
+        )
+        curve, trials = measured.slope_from_cpu(model, keras_model, setup, prior)
+        notes = [
+            *notes,
+            f"estimate: this machine has no {device}; the peak is the analytic device state "
+            "plus the per-sample growth measured in CPU trials",
+        ]
+        plan = replace(plan_for(curve, None), trials=trials)
     else:
         from memtune.estimate import measured
 
@@ -75,13 +120,11 @@ def prepare(
         if options.batch_size is not None:  # forced: earlier trials may still inform the peak
             curve, trials = measured.cached_curve(setup, prior)
             why = f"{len(trials)} cached trial(s) used" if trials else "the plan is unverified"
-            plan = replace(
-                plan_for(curve, None, [*notes, f"no new trials (--batch-size is forced); {why}"]),
-                trials=trials,
-            )
+            notes = [*notes, f"no new trials (--batch-size is forced); {why}"]
+            plan = replace(plan_for(curve, None), trials=trials)
         else:
-            plan = measured.measured_plan(model, keras_model, setup, prior, plan_for, notes)
-    return Prepared(options, info, keras_model, fp, seen, plan)
+            plan, curve = measured.measured_plan(model, keras_model, setup, prior, plan_for, notes)
+    return Prepared(options, info, keras_model, fp, seen, plan, curve, budget, plan_options, notes)
 
 
 def _train_samples(info: DataInfo, options: Options) -> int:

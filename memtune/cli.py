@@ -29,11 +29,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
 
 
-def _plan_flags(p: argparse.ArgumentParser) -> None:
+def _plan_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """The options suggest, fit and check share. For check (``required=False``) nothing has
+    a default, so only the flags given override ``[tool.memtune]``."""
     p.add_argument(
-        "--model", required=True, help="a .keras file, FILE.py:FUNCTION or MODULE:FUNCTION"
+        "--model", required=required, help="a .keras file, FILE.py:FUNCTION or MODULE:FUNCTION"
     )
-    p.add_argument("--data", required=True, help="a .csv / .parquet file or a folder of shards")
+    p.add_argument("--data", required=required, help="a .csv / .parquet file or a folder of shards")
     p.add_argument("--target", action="append", metavar="COL", help="target column (repeatable)")
     p.add_argument(
         "--maxlen", action="append", metavar="N|COL=N", help="pad length where the model says None"
@@ -51,6 +53,9 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
         help="fraction of the budget kept free (0.10)",
     )
     p.add_argument("--device", default="auto", metavar="auto|cpu|gpu|gpu:I")
+    p.add_argument(
+        "--gpu-memory", metavar="SIZE", help="plan for a GPU of this size, present or not"
+    )
     p.add_argument("--effective-batch-size", type=int, metavar="N")
     p.add_argument("--max-batch-size", type=int, metavar="N")
     p.add_argument("--batch-size", type=int, metavar="N", help="force the batch size")
@@ -66,6 +71,10 @@ def _plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="run trials even when cached")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p)
+    if not required:
+        p.set_defaults(
+            **{a.dest: None for a in p._actions if a.dest not in ("help", "json", "debug")}
+        )
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,6 +86,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "budget": args.budget,
         "safety": args.safety,
         "device": args.device,
+        "gpu_memory": args.gpu_memory,
         "effective_batch_size": args.effective_batch_size,
         "max_batch_size": args.max_batch_size,
         "batch_size": args.batch_size,
@@ -145,6 +155,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from memtune.check import load_config, run_check, write_junit
+
+    config = load_config(Path(args.config) if args.config else None, args.profile)
+    flags = {k: v for k, v in _options(args).items() if v is not None}
+    for key in ("model", "data"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    result = run_check({**config, **flags})
+    if args.junit:
+        write_junit(result, Path(args.junit))
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        from memtune.ui.tables import console, render_check
+
+        render_check(result, console())
+    return 0 if result.fits else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from memtune.api import prepare
     from memtune.demo import write_demo
@@ -189,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     p.add_argument("--seed", type=int, help="seed for the per-epoch shuffle")
     p.set_defaults(handler=cmd_fit)
+    p = sub.add_parser("check", help="CI preflight: does the configured batch fit?")
+    _plan_flags(p, required=False)
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML with [tool.memtune] (default ./pyproject.toml)"
+    )
+    p.add_argument("--profile", metavar="NAME", help="apply [tool.memtune.profiles.NAME]")
+    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    p.set_defaults(handler=cmd_check)
     p = sub.add_parser("demo", help="write the seed-shaped example and plan it")
     p.add_argument("dir", nargs="?", default="memtune-demo", metavar="DIR")
     _common(p)

@@ -23,6 +23,7 @@ class Options:
     padding: str = "pre"
     truncating: str = "pre"
     budget_bytes: int | None = None  # None: auto
+    gpu_memory_bytes: int | None = None  # plan for a GPU of this size (maybe not present)
     safety: float = 0.10
     device: str = "auto"
     effective_batch_size: int | None = None
@@ -57,7 +58,7 @@ def _positive_int(flag: str, value: Any) -> int | None:
 
 def make_options(**kwargs: Any) -> Options:
     """Options from keyword arguments (the Python API and the CLI share this)."""
-    known = {f.name for f in fields(Options)} | {"budget"}
+    known = {f.name for f in fields(Options)} | {"budget", "gpu_memory"}
     for key in kwargs:
         if key not in known:
             raise MemtuneError(f"unknown option {key!r}")
@@ -73,6 +74,10 @@ def make_options(**kwargs: Any) -> Options:
         budget_bytes = None
     else:
         budget_bytes = parse_size(str(budget), what="--budget")
+    gpu_memory = kwargs.get("gpu_memory")
+    gpu_memory_bytes = (
+        None if gpu_memory is None else parse_size(str(gpu_memory), what="--gpu-memory")
+    )
     safety = kwargs.get("safety", 0.10)
     try:
         safety = float(safety)
@@ -100,6 +105,7 @@ def make_options(**kwargs: Any) -> Options:
         padding=kwargs.get("padding", "pre"),
         truncating=kwargs.get("truncating", "pre"),
         budget_bytes=budget_bytes,
+        gpu_memory_bytes=gpu_memory_bytes,
         safety=safety,
         device=str(kwargs.get("device", "auto")),
         effective_batch_size=_positive_int(

@@ -103,11 +103,16 @@ class Plan:
         }
 
 
-def resolve_device(probe: Probe, device: str) -> str:
-    """``auto`` → the GPU with most free memory, else ``cpu``; ``gpu`` → likewise but required."""
+def resolve_device(probe: Probe, device: str, *, virtual: bool = False) -> str:
+    """``auto`` → the GPU with most free memory, else ``cpu``; ``gpu`` → likewise but required.
+
+    ``virtual`` (``--gpu-memory``): a GPU may be named that this machine does not have.
+    """
     device = device.strip().lower()
     if device == "cpu":
         return "cpu"
+    if virtual and not probe.gpus and (device == "gpu" or device.startswith("gpu:")):
+        return "gpu:0" if device == "gpu" else device
     if device in ("auto", "gpu"):
         if probe.gpus:
             best = max(probe.gpus, key=lambda g: (g.free_bytes, -g.index))
@@ -124,11 +129,13 @@ def resolve_device(probe: Probe, device: str) -> str:
     raise MemtuneError(f"--device {device!r}: expected auto, cpu, gpu or gpu:N")
 
 
-def resolve_budget(probe: Probe, device: str, budget_bytes: int | None) -> Budget:
+def resolve_budget(
+    probe: Probe, device: str, budget_bytes: int | None, source: str = "--budget"
+) -> Budget:
     """The budget for ``device``: as given, or ``auto`` (what is free there now)."""
     host = probe.host.available_bytes
     if budget_bytes is not None:
-        return Budget(device, budget_bytes, "--budget", host)
+        return Budget(device, budget_bytes, source, host)
     if device == "cpu":
         where = "available host memory" + (
             " (capped by the cgroup limit)" if probe.host.limit_bytes is not None else ""

@@ -83,13 +83,13 @@ def measured_plan(
     prior: MemoryCurve,
     plan_for: Callable[..., Plan],
     notes: list[str],
-) -> Plan:
+) -> tuple[Plan, MemoryCurve]:
     """Trials in child processes (cached) refine the prior; the chosen batch is verified."""
     with contextlib.ExitStack() as stack:
         model_arg = spec if isinstance(spec, str) else _saved_copy(keras_model, stack)
         if model_arg is None:
-            why = "no trials: the model could not be saved for a trial process; unverified"
-            return plan_for(prior, None, [*notes, why])
+            notes.append("no trials: the model could not be saved for a trial process; unverified")
+            return plan_for(prior, None, notes), prior
         trial_spec = TrialSpec(
             model_arg, s.feeds, s.accumulation, s.device, num_samples=s.num_samples
         )
@@ -109,8 +109,33 @@ def measured_plan(
         f"{len(result.trials)} trial(s) of {TRIAL_STEPS} training steps measured in a child "
         f"process; {s.cache.hits} from the cache"
     )
-    plan = plan_for(result.curve, result.plan.batch_size, [*notes, *result.notes, summary])
-    return replace(plan, trials=list(result.trials))
+    notes.extend([*result.notes, summary])
+    plan = plan_for(result.curve, result.plan.batch_size, notes)
+    return replace(plan, trials=list(result.trials)), result.curve
+
+
+SLOPE_BATCHES = (8, 64)
+
+
+def slope_from_cpu(
+    spec: Any, keras_model: Any, s: Setup, prior: MemoryCurve
+) -> tuple[MemoryCurve, list[Trial]]:
+    """A device curve for a GPU this machine lacks: the prior's fixed part (context, weights,
+    gradients, optimizer) and the per-sample growth measured by two CPU trials."""
+    with contextlib.ExitStack() as stack:
+        model_arg = spec if isinstance(spec, str) else _saved_copy(keras_model, stack)
+        if model_arg is None:
+            return prior, []
+        trial_spec = TrialSpec(model_arg, s.feeds, s.accumulation, "cpu", num_samples=None)
+        trials = []
+        for batch in SLOPE_BATCHES:
+            hit = s.cache.get(batch)
+            trial = hit or run_trial(trial_spec, batch, limit_bytes=s.limit_bytes)
+            s.cache.put(trial)
+            trials.append(trial)
+    (b0, p0), (b1, p1) = ((t.batch_size, t.peak_bytes) for t in trials)
+    slope = max(prior.per_sample_bytes // 4, (p1 - p0) // (b1 - b0))
+    return MemoryCurve(prior.fixed_bytes, slope, "analytic"), trials
 
 
 def _renamed(value: Any, model: Any) -> Any:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from memtune.plan import Plan
 from memtune.probe import Probe
-from memtune.train import FitResult
+
+if TYPE_CHECKING:
+    from memtune.check import CheckResult
+    from memtune.train import FitResult
 from memtune.units import format_bytes
 
 
@@ -104,3 +107,12 @@ def render_fit(result: FitResult, out: Console) -> None:
     if result.saved:
         table.add_row("saved", result.saved)
     out.print(table)
+
+
+def render_check(result: CheckResult, out: Console) -> None:
+    verdict = "[green]PASS[/green]" if result.fits else "[red]FAIL[/red]"
+    out.print(f"memtune check: {verdict} — {result.message}", soft_wrap=True)
+    if result.estimate_only:
+        out.print("(an estimate: the target device is not on this machine)")
+    if result.plan is not None:
+        render_plan(result.plan, out)
