@@ -4,9 +4,33 @@ TensorFlow is imported only where a model is loaded, measured or trained, so imp
 memtune (and ``memtune --help`` / ``memtune probe``) stays instant.
 """
 
+from typing import Any
+
 from memtune.api import probe, suggest
-from memtune.errors import MemtuneError, NothingFits
+from memtune.errors import MemtuneError, NothingFits, TrainingFailed
 from memtune.plan import Plan
 
-__all__ = ["MemtuneError", "NothingFits", "Plan", "probe", "suggest"]
+__all__ = [
+    "MemtuneError",
+    "NothingFits",
+    "Plan",
+    "TrainingFailed",
+    "batches",
+    "fit",
+    "probe",
+    "suggest",
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``fit`` and ``batches`` load the pipeline modules on first use."""
+    if name == "fit":
+        from memtune.train import fit
+
+        return fit
+    if name == "batches":
+        from memtune.api import batches
+
+        return batches
+    raise AttributeError(f"module 'memtune' has no attribute {name!r}")
