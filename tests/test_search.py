@@ -106,7 +106,6 @@ def test_slight_overshoot_steps_down_only_slightly() -> None:
     measure, calls = machine(truth, usable)
     result = search(MemoryCurve(700 * MiB, 400_000), measure, planner(int(1.6 * GiB)))
     check(result, truth, usable)
-    assert calls[-1] == result.plan.batch_size
     best = max(b for b in range(1, 10**4) if truth(b) + 5 * 8192 * 100 <= usable)
     assert result.plan.batch_size >= 0.95 * best
 
