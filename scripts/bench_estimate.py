@@ -218,7 +218,6 @@ def main() -> None:
                         "mode": plan["mode"],
                         "capped": plan["batch_size"] >= plan["num_samples"],
                         "trials": len(plan["trials"]),
-                    "trial_points": [(t["batch_size"], t["peak_bytes"]) for t in plan["trials"]],
                         "predicted": pred,
                         "measured": measured,
                         "error": abs(pred - measured) / measured,

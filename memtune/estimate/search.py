@@ -19,8 +19,6 @@ MAX_TRIALS = 4
 FIRST_BATCH = 8
 NONLINEAR = 0.05  # a verification this far off the line means the curve bends
 
-PAST_LIMIT = 1.03  # where a stopped trial is assumed to have been heading
-
 Measure = Callable[[int], Trial]
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, verified cap) -> plan
 
@@ -36,10 +34,9 @@ class SearchResult:
 def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchResult:
     """Measure, refit, choose, verify; step down when a verification overshoots.
 
-    The curve is fitted to the trials that completed; a stopped trial bounds the search from
-    above (and, past two measured points, counts as just over its limit). When the curve
-    points at or past such a bound, the next try is the geometric mean of the largest good
-    batch and the bound.
+    The curve is fitted to the trials that completed; a stopped trial only bounds the
+    search from above. When the curve points at or past such a bound, the next try is the
+    geometric mean of the largest good batch and the bound.
     """
     trials: list[Trial] = []
     notes: list[str] = []
@@ -47,14 +44,6 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
 
     def refit() -> MemoryCurve:
         points = [(t.batch_size, t.peak_bytes) for t in trials if not t.exceeded]
-        curve = prior.with_points(points) if points else prior
-        for t in trials:
-            # With a measured slope below it, a stopped trial is a point just past its limit
-            # — but only where that makes the curve steeper, never more hopeful.
-            past = int(t.peak_bytes * PAST_LIMIT)
-            below = sum(b < t.batch_size for b, _ in points)
-            if t.exceeded and below >= 2 and curve.peak(t.batch_size) < past:
-                points.append((t.batch_size, past))
         return prior.with_points(points) if points else prior
 
     def record(t: Trial) -> MemoryCurve:
