@@ -112,7 +112,15 @@ def load_in_memory(layout: Layout, blocks: list[Block]) -> tuple[Arrays, Arrays]
     for block in blocks:
         layout.fill(block, out, at)
         at += block.rows
+    _release_arrow_memory()
     return out
+
+
+def _release_arrow_memory() -> None:
+    """Hand Arrow's cached buffers back to the system: training should not sit on them."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 class EpochOrder:

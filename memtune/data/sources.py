@@ -213,7 +213,7 @@ def _arrow_column(array: Any, name: str, *, where: str, first_row: int, sequence
         vt = flat.type
         if not (pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_boolean(vt)):
             raise MemtuneError(f"{where}, column {name!r}: list items of type {vt} are not numbers")
-        values = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        values = flat.to_numpy(zero_copy_only=False)  # native dtype: padding casts once
         return Ragged(values, lengths, not pa.types.is_floating(vt))
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return parse_cells(
