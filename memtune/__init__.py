@@ -11,6 +11,7 @@ from memtune.errors import MemtuneError, NothingFits, TrainingFailed
 from memtune.plan import Plan
 
 __all__ = [
+    "MemoryDashboard",
     "MemtuneError",
     "NothingFits",
     "Plan",
@@ -29,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from memtune.train import fit
 
         return fit
+    if name == "MemoryDashboard":
+        from memtune.ui.dashboard import memory_dashboard_class
+
+        return memory_dashboard_class()
     if name == "batches":
         from memtune.api import batches
 

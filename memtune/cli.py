@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -135,7 +137,43 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from memtune.train import fit
 
-    result = fit(
+    show = not (args.no_dashboard or args.json)
+    trace = args.trace
+    with contextlib.ExitStack() as stack:
+        if args.report and not trace:
+            trace = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "trace.jsonl")
+
+        def dashboard(plan: Any) -> list[Any]:
+            if not show and not trace:
+                return []
+            from memtune.ui.dashboard import memory_dashboard_class
+
+            board = memory_dashboard_class()(
+                plan.usable_bytes,
+                batch_size=plan.batch_size,
+                accumulation=plan.gradient_accumulation_steps,
+                trace=trace,
+                show=show,
+            )
+            return [board]
+
+        result = _fit_with(fit, args, dashboard, show)
+        if args.report:
+            from memtune.ui.report import write_report
+
+            write_report(Path(trace), Path(args.report), result.plan.usable_bytes)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        from memtune.ui.tables import console, render_fit
+
+        render_fit(result, console())
+    return 0
+
+
+def _fit_with(fit: Any, args: argparse.Namespace, dashboard: Any, show: bool) -> Any:
+    quiet = args.json or show
+    return fit(
         args.model,
         args.data,
         epochs=args.epochs,
@@ -143,15 +181,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
         seed=args.seed,
-        verbose=0 if args.json else (1 if sys.stdout.isatty() else 2),
+        verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
+        plan_callbacks=dashboard,
         **_options(args),
     )
-    if args.json:
-        _print_json(result.to_json())
-    else:
-        from memtune.ui.tables import console, render_fit
 
-        render_fit(result, console())
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from memtune.ui.report import write_report
+
+    write_report(Path(args.trace), Path(args.output))
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -218,7 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", metavar="DIR", help="back up each epoch here (resumable)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     p.add_argument("--seed", type=int, help="seed for the per-epoch shuffle")
+    p.add_argument("--no-dashboard", action="store_true", help="Keras's own progress lines")
+    p.add_argument("--trace", metavar="FILE.jsonl", help="memory samples and step events")
+    p.add_argument("--report", metavar="FILE.png", help="memory over time, drawn at the end")
     p.set_defaults(handler=cmd_fit)
+    p = sub.add_parser("report", help="memory-over-time picture of a finished run")
+    p.add_argument("trace", metavar="TRACE.jsonl")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    _common(p)
+    p.set_defaults(handler=cmd_report)
     p = sub.add_parser("check", help="CI preflight: does the configured batch fit?")
     _plan_flags(p, required=False)
     p.add_argument(

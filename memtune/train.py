@@ -188,7 +188,16 @@ def _checkpoint_callback(options: dict[str, Any]) -> list[Any]:
     return [keras.callbacks.BackupAndRestore(str(path), save_freq="epoch", delete_checkpoint=True)]
 
 
-_FIT_ONLY = ("save", "checkpoint_dir", "resume", "verbose", "seed", "shuffle", "callbacks")
+_FIT_ONLY = (
+    "save",
+    "checkpoint_dir",
+    "resume",
+    "verbose",
+    "seed",
+    "shuffle",
+    "callbacks",
+    "plan_callbacks",  # plan -> callbacks: how the CLI adds its dashboard once the plan exists
+)
 
 
 def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
@@ -200,6 +209,8 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     save = _check_save_path(extra.get("save"))
     callbacks = _checkpoint_callback(extra) + list(extra.get("callbacks") or [])
     prepared = prepare(model, data, opts)
+    if extra.get("plan_callbacks"):
+        callbacks += list(extra["plan_callbacks"](prepared.plan))
     return _train(prepared, epochs, save, callbacks, extra)
 
 

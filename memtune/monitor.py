@@ -1,0 +1,134 @@
+"""Memory over time while training: a background sampler and a JSONL trace.
+
+Library side only (no rich): the dashboard in ``memtune.ui`` reads the sampler, and the
+trace is what ``memtune report`` draws. NVML goes through the probe's never-raising query,
+so a GPU lost mid-run reads as N/A and training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any
+
+import psutil
+
+from memtune.probe import nvml as _nvml
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading: seconds since start, this process's RSS, host available, GPU used."""
+
+    t: float
+    rss: int
+    host_available: int
+    gpu_used: tuple[int | None, ...] = ()
+    gpu_total: tuple[int | None, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "sample",
+            "t": round(self.t, 3),
+            "rss": self.rss,
+            "host_available": self.host_available,
+            "gpu_used": list(self.gpu_used),
+            "gpu_total": list(self.gpu_total),
+        }
+
+
+class Trace:
+    """A JSONL file of samples and events, one object a line, flushed as it goes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file: IO[str] = open(self.path, "w")  # noqa: SIM115 - closed in close()
+        self._lock = threading.Lock()
+        self.start = time.monotonic()
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(json.dumps(record) + "\n")
+                self._file.flush()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.write({"kind": kind, "t": round(time.monotonic() - self.start, 3), **fields})
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+@dataclass
+class MemorySampler:
+    """Samples memory every ``interval`` seconds in a daemon thread."""
+
+    interval: float = 0.25
+    nvml: ModuleType | None = None
+    trace: Trace | None = None
+    history: deque[Sample] = field(default_factory=lambda: deque(maxlen=240))
+    peak_rss: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._process = psutil.Process()
+        self._start = self.trace.start if self.trace else time.monotonic()
+        self._handles: list[Any] = []
+        if self.nvml is not None and not isinstance(_nvml.query(self.nvml.nvmlInit), _nvml._Failed):
+            count = _nvml.query(self.nvml.nvmlDeviceGetCount)
+            if not isinstance(count, _nvml._Failed):
+                self._handles = [
+                    _nvml.query(self.nvml.nvmlDeviceGetHandleByIndex, i) for i in range(int(count))
+                ]
+
+    def sample(self) -> Sample:
+        used: list[int | None] = []
+        total: list[int | None] = []
+        nvml = self.nvml
+        for handle in self._handles:
+            info: Any = None
+            if nvml is not None and not isinstance(handle, _nvml._Failed):
+                info = _nvml.query(nvml.nvmlDeviceGetMemoryInfo, handle)
+            ok = info is not None and not isinstance(info, _nvml._Failed)
+            used.append(int(info.used) if ok else None)
+            total.append(int(info.total) if ok else None)
+        rss = int(self._process.memory_info().rss)
+        s = Sample(
+            time.monotonic() - self._start,
+            rss,
+            int(psutil.virtual_memory().available),
+            tuple(used),
+            tuple(total),
+        )
+        self.peak_rss = max(self.peak_rss, rss)
+        self.history.append(s)
+        if self.trace is not None:
+            self.trace.write(s.to_json())
+        return s
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="memtune-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self.sample()
+        if self.nvml is not None and self._handles:
+            _nvml.query(self.nvml.nvmlShutdown)
+
+    def latest(self) -> Sample | None:
+        return self.history[-1] if self.history else None

@@ -1,0 +1,74 @@
+"""``memtune report``: memory over time from a trace, as a PNG (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from memtune.errors import MemtuneError
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL trace; a bad line is named by its number."""
+    if not path.is_file():
+        raise MemtuneError(f"trace {str(path)!r} does not exist")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise MemtuneError(f"{path}, line {number}: not a JSON object") from None
+        if not isinstance(record, dict) or "kind" not in record:
+            raise MemtuneError(f"{path}, line {number}: a trace record needs a 'kind'")
+        records.append(record)
+    if not any(r["kind"] == "sample" for r in records):
+        raise MemtuneError(f"{path}: the trace holds no memory samples")
+    return records
+
+
+def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> None:
+    """Draw RSS (and GPU use) over time with the budget line and batch changes; atomic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_trace(trace)
+    if out.suffix.lower() != ".png":
+        raise MemtuneError(f"-o {str(out)!r}: the report is a .png file")
+    if not out.parent.is_dir():
+        raise MemtuneError(f"-o {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    samples = [r for r in records if r["kind"] == "sample"]
+    mib = 1024**2
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    ax.plot([s["t"] for s in samples], [s["rss"] / mib for s in samples], label="process RSS")
+    gpu_count = max((len(s.get("gpu_used", [])) for s in samples), default=0)
+    for i in range(gpu_count):
+        points = [(s["t"], s["gpu_used"][i]) for s in samples if s["gpu_used"][i] is not None]
+        if points:
+            ax.plot([t for t, _ in points], [u / mib for _, u in points], label=f"gpu:{i} used")
+    start = next((r for r in records if r["kind"] == "start"), {})
+    usable = usable_bytes or start.get("usable_bytes")
+    if usable:
+        ax.axhline(usable / mib, color="red", linestyle="--", label="usable budget")
+    for change in (r for r in records if r["kind"] == "batch_change"):
+        ax.axvline(change["t"], color="orange", linestyle=":")
+        ax.annotate(f"batch → {change.get('to')}", (change["t"], ax.get_ylim()[1] * 0.95))
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MiB")
+    ax.set_title("memtune: memory over time")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)

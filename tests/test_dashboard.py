@@ -1,0 +1,118 @@
+"""The dashboard as a person sees it (golden text), the trace, the report picture."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from memtune.cli import main
+from memtune.monitor import MemorySampler, Sample
+from memtune.ui.dashboard import DashboardState, plain_line, render, sparkline
+from tests.nvml_fakes import SCENARIOS
+
+MiB = 1024**2
+ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+
+
+def text_of(renderable: object) -> str:
+    out = io.StringIO()
+    Console(file=out, width=90, force_terminal=False, color_system=None).print(renderable)
+    return "\n".join(line.rstrip() for line in ANSI.sub("", out.getvalue()).splitlines()) + "\n"
+
+
+def test_render_golden() -> None:
+    state = DashboardState(
+        epochs=3,
+        epoch=1,
+        steps=10,
+        step=4,
+        batch_size=256,
+        accumulation=2,
+        usable_bytes=1024 * MiB,
+        logs={"loss": 0.5, "accuracy": 0.75},
+        samples_per_second=1234.0,
+        eta_seconds=65,
+    )
+    history = [
+        Sample(
+            i, (400 + 100 * i) * MiB, 2048 * MiB, (None, 3 * 1024 * MiB), (8192 * MiB, 8192 * MiB)
+        )
+        for i in range(4)
+    ]
+    assert text_of(render(state, history, 800 * MiB)) == (
+        "memtune — epoch 2/3  step 4/10  ETA 1:05  1,234 samples/s  batch 256 × 2\n"
+        "process   RSS 700 MiB (peak 800 MiB)  usable 1.00 GiB\n"
+        "host RAM  available 2.00 GiB\n"
+        "gpu:0     N/A\n"
+        "gpu:1     3.00 GiB / 8.00 GiB\n"
+        "memory    ▄▄▅▆\n"
+        "metrics   loss 0.5  accuracy 0.75\n"
+    )
+    assert plain_line(state, 800 * MiB) == (
+        "epoch 2/3: loss 0.5 accuracy 0.75 — 1,234 samples/s, peak RSS 800 MiB of 1.00 GiB usable"
+    )
+
+
+def test_sparkline_scales_to_the_budget() -> None:
+    assert sparkline([0, 50, 100], ceiling=100) == "▁▄█"
+    assert sparkline([10, 10], ceiling=100) == "▁▁"
+    assert sparkline([]) == ""
+
+
+def test_sampler_survives_an_nvml_fault() -> None:
+    fake = SCENARIOS["error_mid_query"]()
+    sampler = MemorySampler(interval=0.01, nvml=fake)
+    s = sampler.sample()
+    assert s.gpu_used[0] == 1024**3 and s.gpu_used[1] is None  # GPU 1 lost: N/A, no error
+    assert s.rss > 0 and sampler.peak_rss == s.rss
+
+
+@pytest.mark.slow
+def test_callback_in_any_model_fit_writes_lines_and_trace(tmp_path: Path) -> None:
+    import keras
+
+    import memtune
+
+    out = io.StringIO()
+    board = memtune.MemoryDashboard(
+        512 * MiB,
+        batch_size=16,
+        trace=str(tmp_path / "t.jsonl"),
+        interval=0.01,
+        console=Console(file=out, force_terminal=False, width=120),
+        nvml=SCENARIOS["one_gpu"](),
+    )
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(
+        np.zeros((64, 4)), np.zeros((64, 1)), batch_size=16, epochs=2, verbose=0, callbacks=[board]
+    )
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "samples/s" in lines[0] and "of 512 MiB usable" in lines[0]
+    records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in records}
+    assert {"sample", "start", "step", "epoch", "end"} <= kinds
+    steps = [r for r in records if r["kind"] == "step"]
+    assert len(steps) == 8 and all(r["batch_size"] == 16 for r in steps)
+    sample = next(r for r in records if r["kind"] == "sample")
+    assert set(sample) == {"kind", "t", "rss", "host_available", "gpu_used", "gpu_total"}
+    assert sample["gpu_total"] == [24 * 1024**3]
+    code = main(["report", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "r.png")])
+    png = (tmp_path / "r.png").read_bytes()
+    assert code == 0 and png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_report_bad_inputs(tmp_path: Path, capfd) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "sample", "t": 0, "rss": 1, "host_available": 1}\nnot json\n')
+    assert main(["report", str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    assert "bad.jsonl, line 2" in capfd.readouterr().err
+    assert main(["report", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "x.png")]) == 2
+    assert not (tmp_path / "x.png").exists()
