@@ -20,7 +20,7 @@ from memtune.options import Options
 from memtune.plan import Budget, Plan, Trial
 from memtune.probe import Probe
 
-MEMTUNE_TRIAL_FORMAT = "2"  # bump when what a trial measures changes
+MEMTUNE_TRIAL_FORMAT = "3"  # bump when what a trial measures changes
 
 
 @dataclass(frozen=True)

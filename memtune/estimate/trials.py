@@ -228,7 +228,10 @@ def _child() -> int:
         )
         batch, total = int(raw["batch_size"]), raw.get("num_samples")
         last = total % batch if total and total > batch else 0
-        source = _RepeatBatch(feeds, batch, int(raw["steps"]), last)
+        steps = int(raw["steps"])
+        if total:  # an epoch shorter than the trial: run exactly its steps
+            steps = min(steps, -(-int(total) // batch))
+        source = _RepeatBatch(feeds, batch, steps, last)
         feed = _Feed(footprint)
         if device != "cpu":
             tf.config.experimental.reset_memory_stats("GPU:0")
