@@ -286,6 +286,7 @@ def _train(
     fit_kwargs: dict[str, Any] = {
         **data_kwargs,
         "epochs": epochs,
+        "shuffle": False,  # the batch sources shuffle, seeded, per epoch
         "callbacks": [feed.epoch_callback(), *callbacks],
         "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
     }
