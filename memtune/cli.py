@@ -134,6 +134,26 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(show: bool, trace: str | None) -> Callable[[Any], list[Any]]:
+    """Plan → the live dashboard callback (and trace writer), once the plan is known."""
+
+    def callbacks(plan: Any) -> list[Any]:
+        if not show and not trace:
+            return []
+        from memtune.ui.dashboard import memory_dashboard_class
+
+        board = memory_dashboard_class()(
+            plan.usable_bytes,
+            batch_size=plan.batch_size,
+            accumulation=plan.gradient_accumulation_steps,
+            trace=trace,
+            show=show,
+        )
+        return [board]
+
+    return callbacks
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from memtune.train import fit
 
@@ -142,22 +162,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if args.report and not trace:
             trace = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "trace.jsonl")
-
-        def dashboard(plan: Any) -> list[Any]:
-            if not show and not trace:
-                return []
-            from memtune.ui.dashboard import memory_dashboard_class
-
-            board = memory_dashboard_class()(
-                plan.usable_bytes,
-                batch_size=plan.batch_size,
-                accumulation=plan.gradient_accumulation_steps,
-                trace=trace,
-                show=show,
-            )
-            return [board]
-
-        result = _fit_with(fit, args, dashboard, show)
+        result = _fit_with(fit, args, _dashboard(show, trace), show)
         if args.report:
             from memtune.ui.report import write_report
 
@@ -219,7 +224,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from memtune.api import prepare
     from memtune.demo import write_demo
     from memtune.options import make_options
-    from memtune.ui.tables import console, render_plan
+    from memtune.train import fit
+    from memtune.ui.tables import console, render_fit, render_plan
 
     directory = write_demo(Path(args.dir))
     out = console()
@@ -231,6 +237,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     prepared = prepare(model, data, make_options(target=["answer"], max_batch_size=256))
     render_plan(prepared.plan, out)
+    saved = directory / "model.keras"
+    out.print(
+        f"$ memtune fit --model {model} --data {data} --target answer --max-batch-size 256 "
+        f"--epochs 2 --save {saved}",
+        soft_wrap=True,
+    )
+    result = fit(
+        model,
+        data,
+        epochs=2,
+        target=["answer"],
+        max_batch_size=256,
+        save=str(saved),
+        verbose=0,
+        plan_callbacks=_dashboard(True, None),
+    )
+    render_fit(result, out)
     return 0
 
 

@@ -248,6 +248,8 @@ def test_demo_writes_and_plans(tmp_path: Path, capfd) -> None:
     assert (target / "shards" / "0.csv").read_text().splitlines()[1].startswith('"[')
     assert "clicks: sequences up to 60 long are truncated to 30" in out
     assert "memtune plan" in out
+    assert "epoch 2/2:" in out and "memtune fit" in out  # the demo trains, with live memory
+    assert (target / "model.keras").is_file()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     code, _, err = run(capfd, "demo", str(tmp_path / "mine"))

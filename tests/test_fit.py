@@ -169,3 +169,60 @@ def test_fit_bad_inputs(tmp_path: Path, capfd) -> None:
     assert not (tmp_path / "m.h5").exists()
     code = main([*base[:-2], "--epochs", "0"])
     assert code == 2 and "--epochs" in capfd.readouterr().err
+
+
+def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL after two epochs; ``--resume`` runs only the remaining two."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from memtune.demo import write_demo
+
+    demo = write_demo(tmp_path / "demo")
+    trace, ck = tmp_path / "t.jsonl", tmp_path / "ck"
+    argv = [
+        sys.executable,
+        "-m",
+        "memtune",
+        "fit",
+        "--model",
+        f"{demo}/model.py:build_model",
+        "--data",
+        f"{demo}/shards",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--mode",
+        "streaming",
+        "--checkpoint-dir",
+        str(ck),
+        "--analytic",
+        "--no-dashboard",
+    ]
+    child = subprocess.Popen(
+        [*argv, "--trace", str(trace)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        text = trace.read_text() if trace.exists() else ""
+        if text.count('"kind": "epoch"') >= 2:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert ck.is_dir() and any(ck.iterdir())
+    done = subprocess.run(
+        [*argv, "--resume", "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    history = json.loads(done.stdout)["history"]
+    assert 1 <= len(history["loss"]) <= 2  # epochs 3-4 (epoch 3 may have been saved too)
+    assert not ck.exists() or not any(ck.iterdir())  # a finished run removes its checkpoint
