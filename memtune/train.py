@@ -45,6 +45,7 @@ class FitResult:
     samples_per_second: float
     model: Any = field(repr=False, default=None)
     saved: str | None = None
+    batch_size_changes: list[dict[str, int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class FitResult:
             "seconds": round(self.seconds, 3),
             "samples_per_second": round(self.samples_per_second, 1),
             "saved": self.saved,
+            "batch_size_changes": self.batch_size_changes,
         }
 
 
@@ -231,8 +233,8 @@ def _validation_layout(prepared: Prepared) -> Layout | None:
 
 def _fit_data(
     prepared: Prepared, feed: _Feed, shuffle: bool, seed: int | None
-) -> tuple[dict[str, Any], int]:
-    """``model.fit`` keyword arguments for the data, and the number of training samples."""
+) -> tuple[dict[str, Any], BatchSource]:
+    """``model.fit`` keyword arguments for validation, and the training batch source."""
     plan, opts = prepared.plan, prepared.options
     layout = layout_for(prepared.info, prepared.footprint, opts)
     val_layout = _validation_layout(prepared)
@@ -260,7 +262,7 @@ def _fit_data(
             blocks, held_blocks = split_blocks(blocks, split)
         train = StreamingBatches(layout, blocks, plan.batch_size, shuffle=shuffle, seed=seed)
         held = StreamingBatches(layout, held_blocks, plan.batch_size) if held_blocks else None
-    kwargs: dict[str, Any] = {"x": feed.stream(train)}
+    kwargs: dict[str, Any] = {}
     if held is not None:
         kwargs["validation_data"] = feed.stream(held)
     if val_layout is not None:
@@ -271,7 +273,60 @@ def _fit_data(
             else StreamingBatches(val_layout, val_blocks, plan.batch_size)
         )
         kwargs["validation_data"] = feed.stream(source)
-    return kwargs, train.num_samples
+    return kwargs, train
+
+
+class MemoryOverrun(Exception):
+    """The process passed the usable budget (CPU): recover before the kernel kills it."""
+
+
+def _progress_callbacks(usable_bytes: int | None) -> tuple[Any, Any]:
+    """A step counter (where an interrupted epoch stands, per-epoch logs) and, on the CPU,
+    a guard that raises :class:`MemoryOverrun` when RSS passes the usable budget and is
+    still growing."""
+    import psutil
+
+    keras = _tf.keras()
+
+    class Progress(keras.callbacks.Callback):  # type: ignore[name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch, self.steps = 0, 0
+            self.logs: dict[int, dict[str, float]] = {}
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch, self.steps = epoch, 0
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.steps = batch + 1
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.logs[epoch] = {k: float(v) for k, v in (logs or {}).items()}
+
+    class Guard(keras.callbacks.Callback):  # type: ignore[name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.process = psutil.Process()
+            self.last_overrun = 0
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            rss = int(self.process.memory_info().rss)
+            # RSS rarely falls after a batch change (allocators keep freed memory), so a
+            # further change needs real growth past the last overrun, not allocator drift.
+            margin = max(64 * 1024**2, (usable_bytes or 0) // 20)
+            if usable_bytes is not None and rss > usable_bytes and rss > self.last_overrun:
+                self.last_overrun = rss + margin
+                raise MemoryOverrun(f"RSS {rss} passed the usable budget {usable_bytes}")
+
+    return Progress(), Guard()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """TensorFlow's ResourceExhaustedError (GPU) or the CPU guard's overrun."""
+    if isinstance(exc, MemoryOverrun):
+        return True
+    tf = _tf.tensorflow()
+    return isinstance(exc, tf.errors.ResourceExhaustedError)
 
 
 def _train(
@@ -279,45 +334,89 @@ def _train(
 ) -> FitResult:
     plan, model = prepared.plan, prepared.model
     feed = _Feed(prepared.footprint)
-    data_kwargs, train_samples = _fit_data(
+    val_kwargs, train = _fit_data(
         prepared, feed, bool(extra.get("shuffle", True)), extra.get("seed")
     )
-    set_accumulation(model, plan.gradient_accumulation_steps)
-    fit_kwargs: dict[str, Any] = {
-        **data_kwargs,
-        "epochs": epochs,
-        "shuffle": False,  # the batch sources shuffle, seeded, per epoch
-        "callbacks": [feed.epoch_callback(), *callbacks],
-        "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
-    }
+    accumulation = plan.gradient_accumulation_steps
+    set_accumulation(model, accumulation)
+    progress, guard = _progress_callbacks(plan.usable_bytes if plan.device == "cpu" else None)
+    changes: list[dict[str, int]] = []
+    first_epoch = 0
     started = time.perf_counter()
-    try:
-        history = model.fit(**fit_kwargs)
-    except MemtuneError:
-        raise
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        cause = feed.failure() or _memtune_cause(exc)
-        if cause is not None:
-            raise cause from exc
-        raise TrainingFailed(
-            f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        ) from exc
+    while first_epoch < epochs:
+        # After a batch change, checkpoints restored by BackupAndRestore would rewind the
+        # epoch being continued: the continuation runs without them.
+        extra_callbacks = [
+            c for c in callbacks if not (changes and type(c).__name__ == "BackupAndRestore")
+        ]
+        train.set_epoch(first_epoch)  # the pipeline's length is fixed when it is built
+        # A continued epoch is shorter than the rest: it runs alone, then the others.
+        last = first_epoch + 1 if train.position else epochs
+        fit_kwargs: dict[str, Any] = {
+            **val_kwargs,
+            "x": feed.stream(train),
+            "epochs": last,
+            "initial_epoch": first_epoch,
+            "shuffle": False,  # the batch sources shuffle, seeded, per epoch
+            "callbacks": [feed.epoch_callback(), progress, guard, *extra_callbacks],
+            "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
+        }
+        try:
+            model.fit(**fit_kwargs)
+            first_epoch = last
+        except (MemtuneError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                cause = feed.failure() or _memtune_cause(exc)
+                if cause is not None:
+                    raise cause from exc
+                raise TrainingFailed(
+                    f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                ) from exc
+            batch = train.batch_size
+            if batch == 1:
+                raise TrainingFailed(
+                    "out of memory even at batch 1 (after halving from "
+                    f"{plan.batch_size}); try a smaller --maxlen, mixed precision or more memory"
+                ) from exc
+            done = train.position + progress.steps * batch
+            new_batch, accumulation = batch // 2, accumulation * 2
+            train.resize(new_batch, epoch=progress.epoch, start=done)
+            set_accumulation(model, accumulation)
+            first_epoch = progress.epoch
+            changes.append(
+                {
+                    "epoch": progress.epoch,
+                    "sample": done,
+                    "from": batch,
+                    "to": new_batch,
+                    "gradient_accumulation_steps": accumulation,
+                }
+            )
+            for callback in callbacks:  # the dashboard and the trace show the change
+                hook = getattr(callback, "batch_changed", None)
+                if hook is not None:
+                    hook(changes[-1])
     seconds = time.perf_counter() - started
-    done_epochs = len(next(iter(history.history.values()), [])) or epochs
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(progress.logs):
+        for key, value in progress.logs[epoch].items():
+            history.setdefault(key, []).append(value)
+    done_epochs = len(progress.logs) or epochs
     saved = None
     if save is not None:
         save_atomically(model, save)
         saved = str(save)
     return FitResult(
         plan=plan,
-        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        history=history,
         peak_bytes=peak_rss_bytes(),
         seconds=seconds,
-        samples_per_second=train_samples * done_epochs / seconds if seconds > 0 else math.nan,
+        samples_per_second=train.num_samples * done_epochs / seconds if seconds > 0 else math.nan,
         model=model,
         saved=saved,
+        batch_size_changes=changes,
     )
 
 

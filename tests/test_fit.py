@@ -226,3 +226,124 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     history = json.loads(done.stdout)["history"]
     assert 1 <= len(history["loss"]) <= 2  # epochs 3-4 (epoch 3 may have been saved too)
     assert not ck.exists() or not any(ck.iterdir())  # a finished run removes its checkpoint
+
+
+class _Exhaust:
+    """A callback that raises TensorFlow's out-of-memory error before chosen steps."""
+
+    @staticmethod
+    def at(steps: set[tuple[int, int]] | None) -> Any:
+        import keras
+        import tensorflow as tf
+
+        class Exhaust(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.epoch = 0
+
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self.epoch = epoch
+
+            def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+                if steps is None or (self.epoch, batch) in steps:
+                    if steps is not None:
+                        steps.discard((self.epoch, batch))
+                    raise tf.errors.ResourceExhaustedError(None, None, "OOM (injected)")
+
+        return Exhaust()
+
+
+@pytest.mark.parametrize("mode", ["streaming", "in-memory"])
+def test_out_of_memory_halves_the_batch_and_sees_every_sample_once(
+    tmp_path: Path, mode: str
+) -> None:
+    folder = id_shards(tmp_path / "d")
+    seen: list[int] = []
+    model = recording_model(seen)
+    result = fit(
+        model,
+        folder,
+        epochs=2,
+        batch_size=8,
+        mode=mode,
+        verbose=0,
+        seed=2,
+        target="answer",
+        callbacks=[_Exhaust.at({(0, 3)})],
+    )
+    n = sum(SIZES)
+    assert len(seen) == 2 * n
+    assert sorted(seen[:n]) == list(range(n)) and sorted(seen[n:]) == list(range(n))
+    assert result.batch_size_changes == [
+        {"epoch": 0, "sample": 24, "from": 8, "to": 4, "gradient_accumulation_steps": 2}
+    ]
+    assert model.optimizer.gradient_accumulation_steps == 2
+    assert len(result.history["loss"]) == 2
+
+
+def test_out_of_memory_at_batch_one_stops_with_exit_1(tmp_path: Path) -> None:
+    from memtune.errors import TrainingFailed
+
+    folder = id_shards(tmp_path / "d")
+    with pytest.raises(TrainingFailed, match="even at batch 1") as info:
+        fit(
+            recording_model([]),
+            folder,
+            epochs=1,
+            batch_size=2,
+            mode="streaming",
+            verbose=0,
+            target="answer",
+            callbacks=[_Exhaust.at(None)],
+        )
+    assert info.value.exit_code == 1
+
+
+def test_rss_over_a_tight_budget_shrinks_the_batch(tmp_path: Path) -> None:
+    folder = id_shards(tmp_path / "d")
+    seen: list[int] = []
+    result = fit(
+        recording_model(seen),
+        folder,
+        epochs=1,
+        batch_size=8,
+        mode="streaming",
+        budget="200MiB",
+        verbose=0,
+        target="answer",
+    )  # under TensorFlow's own RSS
+    assert result.batch_size_changes and result.batch_size_changes[0]["from"] == 8
+    assert sorted(seen) == list(range(sum(SIZES)))
+
+
+def test_cli_reports_a_batch_change_in_json_and_trace(tmp_path: Path, capfd) -> None:
+    folder = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    trace = tmp_path / "t.jsonl"
+    code = main(
+        [
+            "fit",
+            "--model",
+            model,
+            "--data",
+            str(folder),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--mode",
+            "streaming",
+            "--budget",
+            "200MiB",
+            "--trace",
+            str(trace),
+            "--json",
+            "--analytic",
+        ]
+    )
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    changes = json.loads(out)["batch_size_changes"]
+    assert changes and changes[0]["from"] == 8 and changes[0]["to"] == 4
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert any(e["kind"] == "batch_change" and e["to"] == 4 for e in events)

@@ -135,12 +135,15 @@ class EpochOrder:
         self.seed = 0 if seed is None else seed
         self.total = int(self.block_rows.sum())
         self._rows_cache: tuple[tuple[int, int], np.ndarray] | None = None
+        self.start = 0  # positions of this epoch already trained (after a batch change)
+        self.resume: tuple[int, int] | None = None  # (epoch, start) to continue from
         self.set_epoch(0)
 
     def __len__(self) -> int:
-        return math.ceil(self.total / self.batch_size)
+        return math.ceil((self.total - self.start) / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
+        self.start = self.resume[1] if self.resume and self.resume[0] == epoch else 0
         self.epoch = epoch
         count = len(self.block_rows)
         if self.shuffle:
@@ -163,14 +166,15 @@ class EpochOrder:
 
     def block_after(self, i: int) -> int | None:
         """The block the epoch reads after batch i's last one (for read-ahead)."""
-        hi = min((i + 1) * self.batch_size, self.total) - 1
+        hi = min(self.start + (i + 1) * self.batch_size, self.total) - 1
         k = int(np.searchsorted(self.ends, hi, side="right")) + 1
         return int(self.block_order[k]) if k < len(self.block_order) else None
 
     def batch(self, i: int) -> list[tuple[int, np.ndarray]]:
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} of {len(self)}")
-        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.total)
+        lo = self.start + i * self.batch_size
+        hi = min(lo + self.batch_size, self.total)
         pieces = []
         k = int(np.searchsorted(self.ends, lo, side="right"))
         while lo < hi:
@@ -188,6 +192,14 @@ class BatchSource(Protocol):
 
     num_samples: int
     failure: MemtuneError | None
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def position(self) -> int: ...
+
+    def resize(self, batch_size: int, *, epoch: int, start: int) -> None: ...
 
     def __len__(self) -> int: ...
 
@@ -226,6 +238,22 @@ class StreamingBatches:
         return len(self.order)
 
     def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    @property
+    def batch_size(self) -> int:
+        return self.order.batch_size
+
+    @property
+    def position(self) -> int:
+        """Where in this epoch's order batch 0 starts."""
+        return self.order.start
+
+    def resize(self, batch_size: int, *, epoch: int, start: int) -> None:
+        """Smaller batches from position ``start`` of ``epoch`` on: no sample skipped or
+        repeated, because the epoch's order does not depend on the batch size."""
+        self.order.batch_size = batch_size
+        self.order.resume = (epoch, start)
         self.order.set_epoch(epoch)
 
     def _padded(self, index: int) -> tuple[Arrays, Arrays]:
@@ -298,12 +326,21 @@ class InMemoryBatches:
         self.seed = 0 if seed is None else seed
         self.num_samples = next(iter(inputs.values())).shape[0] if inputs else 0
         self.failure: MemtuneError | None = None
+        self.position = 0
+        self.resume: tuple[int, int] | None = None
         self.set_epoch(0)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil((self.num_samples - self.position) / self.batch_size)
+
+    def resize(self, batch_size: int, *, epoch: int, start: int) -> None:
+        """Smaller batches from position ``start`` of ``epoch`` on (see StreamingBatches)."""
+        self.batch_size = batch_size
+        self.resume = (epoch, start)
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        self.position = self.resume[1] if self.resume and self.resume[0] == epoch else 0
         self.order = (
             np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
             if self.shuffle
@@ -313,7 +350,8 @@ class InMemoryBatches:
     def __getitem__(self, i: int) -> tuple[Arrays, Arrays]:
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} of {len(self)}")
-        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.num_samples)
+        lo = self.position + i * self.batch_size
+        hi = min(lo + self.batch_size, self.num_samples)
         if self.order is None:
             return row_range(self.inputs, lo, hi), row_range(self.targets, lo, hi)
         rows = np.sort(self.order[lo:hi])  # sorted: a friendlier gather, same set of rows

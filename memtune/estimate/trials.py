@@ -161,6 +161,8 @@ class _RepeatBatch:
         rng = np.random.default_rng(0)
         self.steps = steps
         self.last = last
+        self.batch_size = batch_size
+        self.position = 0
         self.num_samples = batch_size * steps
         arrays = {}
         for f in feeds:
@@ -188,6 +190,9 @@ class _RepeatBatch:
 
     def set_epoch(self, epoch: int) -> None:
         pass
+
+    def resize(self, batch_size: int, *, epoch: int, start: int) -> None:
+        raise NotImplementedError("a trial measures one batch size")
 
 
 def _child() -> int:

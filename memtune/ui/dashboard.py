@@ -180,6 +180,22 @@ def memory_dashboard_class() -> Any:
             elif self._live is not None:
                 self._live.update(self._view())
 
+        def batch_changed(self, change: dict[str, int]) -> None:
+            """memtune fit halved the batch after running out of memory."""
+            self.state.batch_size = change["to"]
+            self.state.accumulation = change["gradient_accumulation_steps"]
+            if self.trace:
+                self.trace.event("batch_change", **change)
+            message = (
+                f"out of memory at batch {change['from']}: continuing at batch {change['to']} "
+                f"× {change['gradient_accumulation_steps']} accumulation from sample "
+                f"{change['sample']} of epoch {change['epoch'] + 1}"
+            )
+            if self._live is not None:
+                self._live.console.print(message)
+            elif self.show:
+                self.console.print(message, soft_wrap=True)
+
         def on_train_end(self, logs: Any = None) -> None:
             self.sampler.stop()
             if self._live is not None:

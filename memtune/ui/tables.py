@@ -104,6 +104,12 @@ def render_fit(result: FitResult, out: Console) -> None:
         "peak memory",
         f"{format_bytes(result.peak_bytes)} (predicted {predicted}, usable {usable})",
     )
+    for change in result.batch_size_changes:
+        table.add_row(
+            "batch change",
+            f"epoch {change['epoch'] + 1}, sample {change['sample']:,}: {change['from']} → "
+            f"{change['to']} × {change['gradient_accumulation_steps']} (out of memory)",
+        )
     if result.saved:
         table.add_row("saved", result.saved)
     out.print(table)
