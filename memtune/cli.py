@@ -134,11 +134,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dashboard(show: bool, trace: str | None) -> Callable[[Any], list[Any]]:
+def _dashboard(
+    show: bool, trace: str | None, tensorboard: str | None = None
+) -> Callable[[Any], list[Any]]:
     """Plan → the live dashboard callback (and trace writer), once the plan is known."""
 
     def callbacks(plan: Any) -> list[Any]:
-        if not show and not trace:
+        if not show and not trace and not tensorboard:
             return []
         from memtune.ui.dashboard import memory_dashboard_class
 
@@ -148,7 +150,11 @@ def _dashboard(show: bool, trace: str | None) -> Callable[[Any], list[Any]]:
             accumulation=plan.gradient_accumulation_steps,
             trace=trace,
             show=show,
+            tensorboard=tensorboard,
         )
+        if tensorboard:
+            keras = _tf.keras()
+            return [board, keras.callbacks.TensorBoard(log_dir=tensorboard)]
         return [board]
 
     return callbacks
@@ -157,12 +163,19 @@ def _dashboard(show: bool, trace: str | None) -> Callable[[Any], list[Any]]:
 def cmd_fit(args: argparse.Namespace) -> int:
     from memtune.train import fit
 
+    if args.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise MemtuneError(
+                "--tensorboard needs the tensorboard package: pip install 'memtune[tensorboard]'"
+            )
     show = not (args.no_dashboard or args.json)
     trace = args.trace
     with contextlib.ExitStack() as stack:
         if args.report and not trace:
             trace = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "trace.jsonl")
-        result = _fit_with(fit, args, _dashboard(show, trace), show)
+        result = _fit_with(fit, args, _dashboard(show, trace, args.tensorboard), show)
         if args.report:
             from memtune.ui.report import write_report
 
@@ -284,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dashboard", action="store_true", help="Keras's own progress lines")
     p.add_argument("--trace", metavar="FILE.jsonl", help="memory samples and step events")
     p.add_argument("--report", metavar="FILE.png", help="memory over time, drawn at the end")
+    p.add_argument("--tensorboard", metavar="DIR", help="memory scalars beside Keras's own logs")
     p.set_defaults(handler=cmd_fit)
     p = sub.add_parser("report", help="memory-over-time picture of a finished run")
     p.add_argument("trace", metavar="TRACE.jsonl")
@@ -324,7 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"memtune: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("memtune: interrupted", file=sys.stderr)
+        where = getattr(args, "checkpoint_dir", None) if "args" in locals() else None
+        kept = f"; the checkpoint in {where} is kept (--resume continues)" if where else ""
+        print(f"memtune: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as exc:
         if debug:

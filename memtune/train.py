@@ -364,7 +364,13 @@ def _train(
         try:
             model.fit(**fit_kwargs)
             first_epoch = last
-        except (MemtuneError, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            for callback in callbacks:  # restore the terminal; checkpoints stay on disk
+                close = getattr(callback, "interrupted", None)
+                if close is not None:
+                    close()
+            raise
+        except MemtuneError:
             raise
         except Exception as exc:
             if not _is_out_of_memory(exc):

@@ -38,6 +38,7 @@ def test_render_golden() -> None:
         logs={"loss": 0.5, "accuracy": 0.75},
         samples_per_second=1234.0,
         eta_seconds=65,
+        tf_peak={"gpu:1": 2048 * MiB},
     )
     history = [
         Sample(
@@ -51,6 +52,7 @@ def test_render_golden() -> None:
         "host RAM  available 2.00 GiB\n"
         "gpu:0     N/A\n"
         "gpu:1     3.00 GiB / 8.00 GiB\n"
+        "TF gpu:1  peak 2.00 GiB\n"
         "memory    ▄▄▅▆\n"
         "metrics   loss 0.5  accuracy 0.75\n"
     )

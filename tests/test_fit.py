@@ -347,3 +347,78 @@ def test_cli_reports_a_batch_change_in_json_and_trace(tmp_path: Path, capfd) -> 
     assert changes and changes[0]["from"] == 8 and changes[0]["to"] == 4
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     assert any(e["kind"] == "batch_change" and e["to"] == 4 for e in events)
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from memtune.demo import write_demo
+
+    demo = write_demo(tmp_path / "demo")
+    trace, ck = tmp_path / "t.jsonl", tmp_path / "ck"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memtune",
+            "fit",
+            "--model",
+            f"{demo}/model.py:build_model",
+            "--data",
+            f"{demo}/shards",
+            "--epochs",
+            "20",
+            "--batch-size",
+            "16",
+            "--analytic",
+            "--checkpoint-dir",
+            str(ck),
+            "--trace",
+            str(trace),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        if trace.exists() and '"kind": "epoch"' in trace.read_text():
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130
+    assert err.count("\n") == 1 and "interrupted" in err and "--resume" in err
+    assert any(ck.iterdir())
+    assert '"kind": "end"' in trace.read_text()  # the trace was closed, not cut
+
+
+def test_tensorboard_gets_memory_scalars(tmp_path: Path, capfd) -> None:
+    folder = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    logs = tmp_path / "tb"
+    code = main(
+        [
+            "fit",
+            "--model",
+            model,
+            "--data",
+            str(folder),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--analytic",
+            "--tensorboard",
+            str(logs),
+            "--no-dashboard",
+        ]
+    )
+    assert code == 0, capfd.readouterr().err
+    assert list((logs / "memory").glob("events.out.tfevents.*"))
+    assert list((logs / "train").glob("events.out.tfevents.*"))  # Keras's own, beside it

@@ -36,6 +36,7 @@ class DashboardState:
     logs: dict[str, float] = field(default_factory=dict)
     samples_per_second: float = 0.0
     eta_seconds: float | None = None
+    tf_peak: dict[str, int] = field(default_factory=dict)  # device → TensorFlow's peak bytes
 
 
 def sparkline(values: list[int], ceiling: int | None = None, width: int = 40) -> str:
@@ -70,6 +71,8 @@ def render(state: DashboardState, history: list[Sample], peak_rss: int) -> Rende
         for i, (used, total) in enumerate(zip(latest.gpu_used, latest.gpu_total, strict=True)):
             text = "N/A" if used is None else f"{format_bytes(used)} / {format_bytes(total)}"
             table.add_row(f"gpu:{i}", text)
+        for device, peak in state.tf_peak.items():
+            table.add_row(f"TF {device}", f"peak {format_bytes(peak)}")
         table.add_row("memory", sparkline([s.rss for s in history], state.usable_bytes))
     if state.logs:
         table.add_row("metrics", "  ".join(f"{k} {v:.4g}" for k, v in state.logs.items()))
@@ -115,6 +118,7 @@ def memory_dashboard_class() -> Any:
             console: Console | None = None,
             nvml: Any = None,
             show: bool = True,
+            tensorboard: str | None = None,
         ) -> None:
             super().__init__()
             self.state = DashboardState(
@@ -129,6 +133,10 @@ def memory_dashboard_class() -> Any:
             self.sampler = MemorySampler(interval=interval, nvml=nvml, trace=self.trace)
             self._live: Live | None = None
             self.show = show
+            self._writer: Any = None
+            if tensorboard:
+                tf = _tf.tensorflow()
+                self._writer = tf.summary.create_file_writer(f"{tensorboard}/memory")
 
         def _view(self) -> RenderableType:
             return render(self.state, list(self.sampler.history), self.sampler.peak_rss)
@@ -171,8 +179,29 @@ def memory_dashboard_class() -> Any:
             if self._live is not None:
                 self._live.update(self._view())
 
+        def _read_tf_peaks(self) -> None:
+            tf = _tf.tensorflow()
+            for device in tf.config.list_logical_devices("GPU"):
+                name = device.name.split("device:")[-1]
+                try:
+                    info = tf.config.experimental.get_memory_info(name)
+                except (ValueError, RuntimeError):
+                    continue
+                self.state.tf_peak[name.lower()] = int(info["peak"])
+
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             self.state.logs = {k: float(v) for k, v in (logs or {}).items()}
+            self._read_tf_peaks()
+            latest = self.sampler.latest()
+            if self._writer is not None and latest is not None:
+                tf = _tf.tensorflow()
+                with self._writer.as_default():
+                    tf.summary.scalar("memory/rss_bytes", latest.rss, step=epoch)
+                    tf.summary.scalar("memory/peak_rss_bytes", self.sampler.peak_rss, step=epoch)
+                    tf.summary.scalar(
+                        "memory/host_available_bytes", latest.host_available, step=epoch
+                    )
+                self._writer.flush()
             if self.trace:
                 self.trace.event("epoch", epoch=epoch, **self.state.logs)
             if self._live is None and self.show:
@@ -195,6 +224,10 @@ def memory_dashboard_class() -> Any:
                 self._live.console.print(message)
             elif self.show:
                 self.console.print(message, soft_wrap=True)
+
+        def interrupted(self) -> None:
+            """Ctrl-C: stop the live view and the sampler, close the trace."""
+            self.on_train_end()
 
         def on_train_end(self, logs: Any = None) -> None:
             self.sampler.stop()
