@@ -57,6 +57,12 @@ class Trace:
                 self._file.write(json.dumps(record) + "\n")
                 self._file.flush()
 
+    def reopen(self) -> None:
+        """Append again after ``close`` (training resumed after a batch change)."""
+        with self._lock:
+            if self._file.closed:
+                self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+
     def event(self, kind: str, **fields: Any) -> None:
         self.write({"kind": kind, "t": round(time.monotonic() - self.start, 3), **fields})
 
@@ -118,6 +124,7 @@ class MemorySampler:
             self.sample()
 
     def start(self) -> None:
+        self._stop.clear()
         self.sample()
         self._thread = threading.Thread(target=self._run, name="memtune-sampler", daemon=True)
         self._thread.start()

@@ -328,7 +328,7 @@ def test_cli_reports_a_batch_change_in_json_and_trace(tmp_path: Path, capfd) -> 
             "--data",
             str(folder),
             "--epochs",
-            "1",
+            "2",
             "--batch-size",
             "8",
             "--mode",
@@ -347,6 +347,10 @@ def test_cli_reports_a_batch_change_in_json_and_trace(tmp_path: Path, capfd) -> 
     assert changes and changes[0]["from"] == 8 and changes[0]["to"] == 4
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     assert any(e["kind"] == "batch_change" and e["to"] == 4 for e in events)
+    epochs = [e["epoch"] for e in events if e["kind"] == "epoch"]
+    assert epochs == [0, 1]  # the trace follows training past the change, to the end
+    assert events[-1]["kind"] == "end"
+    assert len(json.loads(out)["history"]["loss"]) == 2
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path) -> None:

@@ -145,6 +145,8 @@ def memory_dashboard_class() -> Any:
             params = self.params or {}
             self.state.epochs = int(params.get("epochs") or 1)
             self.state.steps = params.get("steps")
+            if self.trace:
+                self.trace.reopen()
             self.sampler.start()
             if self.trace:
                 self.trace.event(
