@@ -171,13 +171,24 @@ def test_fit_bad_inputs(tmp_path: Path, capfd) -> None:
     assert code == 2 and "--epochs" in capfd.readouterr().err
 
 
+def _wait_for_epochs(child: Any, trace: Path, epochs: int, polls: int = 4800) -> None:
+    """Poll a training child's trace until it has finished ``epochs`` epochs (bounded)."""
+    import time
+
+    for _ in range(polls):
+        if child.poll() is not None:
+            return
+        if trace.exists() and trace.read_text().count('"kind": "epoch"') >= epochs:
+            return
+        time.sleep(0.05)
+
+
 def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     """SIGKILL after two epochs; ``--resume`` runs only the remaining two."""
     import os
     import signal
     import subprocess
     import sys
-    import time
 
     from memtune.demo import write_demo
 
@@ -209,12 +220,7 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
         env=os.environ,
     )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and child.poll() is None:
-        text = trace.read_text() if trace.exists() else ""
-        if text.count('"kind": "epoch"') >= 2:
-            break
-        time.sleep(0.05)
+    _wait_for_epochs(child, trace, 2)
     assert child.poll() is None, "the run ended before it could be killed"
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -358,7 +364,6 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     from memtune.demo import write_demo
 
@@ -389,11 +394,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path) -> None:
         text=True,
         env=os.environ,
     )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and child.poll() is None:
-        if trace.exists() and '"kind": "epoch"' in trace.read_text():
-            break
-        time.sleep(0.05)
+    _wait_for_epochs(child, trace, 1)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
     assert child.returncode == 130

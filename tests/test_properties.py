@@ -110,4 +110,5 @@ def test_plan_invariants(
     assert large.batch_size >= small.batch_size  # more memory never gives a smaller batch
     for p in (small, large):
         assert p.predicted_peak_bytes <= p.usable_bytes  # within the plan's own prediction
-        assert 1 <= p.batch_size <= n
+        assert p.batch_size >= 1
+        assert p.batch_size <= n
