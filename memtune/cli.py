@@ -170,6 +170,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise MemtuneError(
                 "--tensorboard needs the tensorboard package: pip install 'memtune[tensorboard]'"
             )
+    from memtune.paths import output_dir, output_file
+
+    if args.trace:
+        output_file("--trace", args.trace, (".jsonl",))
+    if args.report:
+        output_file("--report", args.report, (".png",))
+    if args.tensorboard:
+        output_dir("--tensorboard", args.tensorboard)
     show = not (args.no_dashboard or args.json)
     trace = args.trace
     with contextlib.ExitStack() as stack:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import math
 import os
 import resource
@@ -31,7 +33,10 @@ from memtune.data.scan import scan
 from memtune.errors import MemtuneError, TrainingFailed
 from memtune.footprint import Footprint
 from memtune.options import make_options
+from memtune.paths import output_dir, output_file
 from memtune.plan import Plan
+from memtune.probe.host import read_host
+from memtune.watchdog import MemoryOverrun, Reading, Watchdog
 
 
 @dataclass
@@ -45,7 +50,7 @@ class FitResult:
     samples_per_second: float
     model: Any = field(repr=False, default=None)
     saved: str | None = None
-    batch_size_changes: list[dict[str, int]] = field(default_factory=list)
+    batch_size_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,12 +146,7 @@ class _Feed:
 def _check_save_path(save: str | None) -> Path | None:
     if save is None:
         return None
-    path = Path(save)
-    if path.suffix != ".keras":
-        raise MemtuneError(f"--save {save!r}: the file name must end in .keras")
-    if not path.parent.is_dir():
-        raise MemtuneError(f"--save {save!r}: folder {str(path.parent)!r} does not exist")
-    return path
+    return output_file("--save", save, (".keras",))
 
 
 def save_atomically(model: Any, path: Path) -> None:
@@ -177,7 +177,7 @@ def _checkpoint_callback(options: dict[str, Any]) -> list[Any]:
         if resume:
             raise MemtuneError("--resume needs --checkpoint-dir (where the earlier run saved)")
         return []
-    path = Path(directory)
+    path = output_dir("--checkpoint-dir", directory)
     has_backup = path.is_dir() and any(path.iterdir())
     if has_backup and not resume:
         raise MemtuneError(
@@ -211,9 +211,10 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     save = _check_save_path(extra.get("save"))
     callbacks = _checkpoint_callback(extra) + list(extra.get("callbacks") or [])
     prepared = prepare(model, data, opts)
+    val_layout = _validation_layout(prepared)  # checked before any output is opened
     if extra.get("plan_callbacks"):
         callbacks += list(extra["plan_callbacks"](prepared.plan))
-    return _train(prepared, epochs, save, callbacks, extra)
+    return _train(prepared, val_layout, epochs, save, callbacks, extra)
 
 
 def _validation_layout(prepared: Prepared) -> Layout | None:
@@ -232,12 +233,11 @@ def _validation_layout(prepared: Prepared) -> Layout | None:
 
 
 def _fit_data(
-    prepared: Prepared, feed: _Feed, shuffle: bool, seed: int | None
+    prepared: Prepared, val_layout: Layout | None, feed: _Feed, shuffle: bool, seed: int | None
 ) -> tuple[dict[str, Any], BatchSource]:
     """``model.fit`` keyword arguments for validation, and the training batch source."""
     plan, opts = prepared.plan, prepared.options
     layout = layout_for(prepared.info, prepared.footprint, opts)
-    val_layout = _validation_layout(prepared)
     split = opts.validation_split if val_layout is None else None
     block_rows = max(plan.batch_size, BLOCK_ROWS)
     blocks = blocks_of(prepared.info, block_rows)
@@ -276,14 +276,10 @@ def _fit_data(
     return kwargs, train
 
 
-class MemoryOverrun(Exception):
-    """The process passed the usable budget (CPU): recover before the kernel kills it."""
-
-
-def _progress_callbacks(usable_bytes: int | None) -> tuple[Any, Any]:
+def _progress_callbacks(plan: Plan) -> tuple[Any, Any]:
     """A step counter (where an interrupted epoch stands, per-epoch logs) and, on the CPU,
-    a guard that raises :class:`MemoryOverrun` when RSS passes the usable budget and is
-    still growing."""
+    the memory watchdog, which raises :class:`MemoryOverrun` after a step when RSS passed
+    the usable budget or other processes took the memory the plan counted on."""
     import psutil
 
     keras = _tf.keras()
@@ -307,18 +303,23 @@ def _progress_callbacks(usable_bytes: int | None) -> tuple[Any, Any]:
         def __init__(self) -> None:
             super().__init__()
             self.process = psutil.Process()
-            self.last_overrun = 0
+            self.watchdog = (
+                Watchdog(plan.budget_bytes, plan.usable_bytes) if plan.device == "cpu" else None
+            )
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            rss = int(self.process.memory_info().rss)
-            # RSS rarely falls after a batch change (allocators keep freed memory), so a
-            # further change needs real growth past the last overrun, not allocator drift.
-            margin = max(64 * 1024**2, (usable_bytes or 0) // 20)
-            if usable_bytes is not None and rss > usable_bytes and rss > self.last_overrun:
-                self.last_overrun = rss + margin
-                raise MemoryOverrun(f"RSS {rss} passed the usable budget {usable_bytes}")
+            if self.watchdog is not None:
+                rss = int(self.process.memory_info().rss)
+                self.watchdog.check(Reading(rss, read_host().available_bytes))
 
     return Progress(), Guard()
+
+
+def _release_freed_memory() -> None:
+    """Give the C heap's free pages back to the OS after a batch change (glibc only)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -330,17 +331,22 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _train(
-    prepared: Prepared, epochs: int, save: Path | None, callbacks: list[Any], extra: dict[str, Any]
+    prepared: Prepared,
+    val_layout: Layout | None,
+    epochs: int,
+    save: Path | None,
+    callbacks: list[Any],
+    extra: dict[str, Any],
 ) -> FitResult:
     plan, model = prepared.plan, prepared.model
     feed = _Feed(prepared.footprint)
     val_kwargs, train = _fit_data(
-        prepared, feed, bool(extra.get("shuffle", True)), extra.get("seed")
+        prepared, val_layout, feed, bool(extra.get("shuffle", True)), extra.get("seed")
     )
     accumulation = plan.gradient_accumulation_steps
     set_accumulation(model, accumulation)
-    progress, guard = _progress_callbacks(plan.usable_bytes if plan.device == "cpu" else None)
-    changes: list[dict[str, int]] = []
+    progress, guard = _progress_callbacks(plan)
+    changes: list[dict[str, Any]] = []
     first_epoch = 0
     started = time.perf_counter()
     while first_epoch < epochs:
@@ -382,14 +388,18 @@ def _train(
                 ) from exc
             batch = train.batch_size
             if batch == 1:
+                what = "out of memory"
+                if isinstance(exc, MemoryOverrun):
+                    what = f"{exc.reason} ({exc})"
                 raise TrainingFailed(
-                    "out of memory even at batch 1 (after halving from "
-                    f"{plan.batch_size}); try a smaller --maxlen, mixed precision or more memory"
+                    f"{what} even at batch 1 (after halving from {plan.batch_size}); "
+                    "try a smaller --maxlen, mixed precision or more memory"
                 ) from exc
             done = train.position + progress.steps * batch
             new_batch, accumulation = batch // 2, accumulation * 2
             train.resize(new_batch, epoch=progress.epoch, start=done)
             set_accumulation(model, accumulation)
+            _release_freed_memory()
             first_epoch = progress.epoch
             changes.append(
                 {
@@ -398,6 +408,7 @@ def _train(
                     "from": batch,
                     "to": new_batch,
                     "gradient_accumulation_steps": accumulation,
+                    "reason": getattr(exc, "reason", "out of memory"),
                 }
             )
             for callback in callbacks:  # the dashboard and the trace show the change

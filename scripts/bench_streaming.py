@@ -137,17 +137,41 @@ def seed_generator(data: str) -> tuple[Any, int]:
     return generator(), n
 
 
-def child_seed_generator(folder: str, data: str, epochs: int) -> dict[str, Any]:
+def child_seed_generator(
+    folder: str, data: str, epochs: int, serial: bool = False
+) -> dict[str, Any]:
+    """Train on the seed generator: as Keras 3 runs it, or strictly in the training thread.
+
+    ``serial``: the issue's baseline taken literally — each step waits for the generator to
+    read and pad its batch (tf.data with no prefetch, no autotune, no injected prefetch).
+    Otherwise Keras 3's own wrapping, which runs the generator on a tf.data thread with
+    prefetch, so its parsing overlaps training.
+    """
     from memtune import _tf
 
-    _tf.tensorflow()
+    tf = _tf.tensorflow()
     spec: dict[str, Any] = {"__name__": "seed_model"}
     exec((Path(folder) / "model.py").read_text(), spec)
     model = spec["build_model"]()
     gen, n = seed_generator(data)
     timer = _epoch_timer()
     steps = n // BATCH  # the caller counts steps
-    model.fit(gen, steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[timer])
+    feed: Any = gen
+    if serial:
+        signature = (
+            {
+                "clicks": tf.TensorSpec((None, 30), tf.float32),
+                "items": tf.TensorSpec((None, 40), tf.int32),
+            },
+            tf.TensorSpec((None,), tf.float64),
+        )
+        feed = tf.data.Dataset.from_generator(lambda: gen, output_signature=signature)
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        options.experimental_optimization.inject_prefetch = False
+        options.threading.private_threadpool_size = 1
+        feed = feed.with_options(options)
+    model.fit(feed, steps_per_epoch=steps, epochs=epochs, verbose=0, callbacks=[timer])
     return {
         "samples_per_s": steps * BATCH / min(timer.times[1:] or timer.times),
         "epoch_s": timer.times,
@@ -215,8 +239,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        if kind == "seed":
-            out = child_seed_generator(rest[0], rest[1], int(rest[2]))
+        if kind in ("seed", "seed-serial"):
+            out = child_seed_generator(rest[0], rest[1], int(rest[2]), kind == "seed-serial")
         elif kind == "pipeline":
             out = child_pipeline_only(rest[0], rest[1], rest[2])
         else:
@@ -233,7 +257,10 @@ def main() -> None:
             "in-memory (CSV)": run_child("in-memory", str(small), str(small / "csv"), e),
             "streaming (CSV)": run_child("streaming", str(small), str(small / "csv"), e),
             "streaming (Parquet)": run_child("streaming", str(small), str(parquet), e),
-            "seed generator (CSV)": run_child("seed", str(small), str(small / "csv"), e),
+            "seed generator, serial (CSV)": run_child(
+                "seed-serial", str(small), str(small / "csv"), e
+            ),
+            "seed generator, Keras 3 (CSV)": run_child("seed", str(small), str(small / "csv"), e),
             "streaming 10x (CSV)": run_child("streaming", str(small), str(large / "csv"), "1"),
             "pipeline alone: streaming": run_child(
                 "pipeline", str(small), str(small / "csv"), "memtune"
@@ -254,7 +281,15 @@ def main() -> None:
             base["samples_per_s"] / rows["in-memory (CSV)"]["samples_per_s"], 3
         ),
         "streaming_vs_seed_generator": round(
-            base["samples_per_s"] / rows["seed generator (CSV)"]["samples_per_s"], 3
+            base["samples_per_s"] / rows["seed generator, serial (CSV)"]["samples_per_s"], 3
+        ),
+        "streaming_vs_seed_generator_keras_prefetch": round(
+            base["samples_per_s"] / rows["seed generator, Keras 3 (CSV)"]["samples_per_s"], 3
+        ),
+        "in_memory_vs_seed_generator": round(
+            rows["in-memory (CSV)"]["samples_per_s"]
+            / rows["seed generator, serial (CSV)"]["samples_per_s"],
+            3,
         ),
         "parquet_vs_csv": round(
             rows["streaming (Parquet)"]["samples_per_s"] / base["samples_per_s"], 3
@@ -268,12 +303,15 @@ def main() -> None:
             rows["streaming 10x (CSV)"]["peak_rss"] / base["peak_rss"] - 1, 4
         ),
     }
-    print(f"{'pipeline':<28}{'samples/s':>12}{'peak RSS':>12}")
+    print(f"{'pipeline':<32}{'samples/s':>12}{'peak RSS':>12}")
     for name, row in rows.items():
-        print(f"{name:<28}{row['samples_per_s']:>12,.0f}{row['peak_rss'] / 2**20:>9,.0f} MiB")
+        print(f"{name:<32}{row['samples_per_s']:>12,.0f}{row['peak_rss'] / 2**20:>9,.0f} MiB")
     print(
         f"streaming / in-memory {result['streaming_vs_in_memory']:.2f} (target >= 0.90); "
-        f"streaming / seed generator {result['streaming_vs_seed_generator']:.2f} (>= 1.5); "
+        f"streaming / seed generator in the training thread "
+        f"{result['streaming_vs_seed_generator']:.2f} (>= 1.5), under Keras 3's prefetch "
+        f"{result['streaming_vs_seed_generator_keras_prefetch']:.2f} (ceiling: in-memory / "
+        f"seed generator {result['in_memory_vs_seed_generator']:.2f}); "
         f"peak growth at 10x data {result['streaming_peak_growth_10x']:+.1%} (<= +10%); "
         f"Parquet / CSV {result['parquet_vs_csv']:.2f}; pipelines alone, streaming / seed "
         f"generator {result['pipeline_alone_streaming_vs_seed_generator']:.2f}"

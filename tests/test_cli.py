@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from memtune.cli import main
@@ -115,73 +113,6 @@ def test_nothing_fits_exit_3(project, capfd) -> None:
     )
     assert code == 3
     assert err.count("\n") == 1 and "even batch 1 needs" in err
-
-
-def _bad_inputs(tmp: Path, project: dict[str, str]) -> list[tuple[str, list[str], str]]:
-    empty = tmp / "empty"
-    empty.mkdir()
-    mixed = write_csv_shards(tmp / "mixed", [pd.DataFrame({"a": [1]})])
-    pq.write_table(pa.table({"a": [1]}), mixed / "1.parquet")
-    badcell = tmp / "badcell"
-    badcell.mkdir()
-    (badcell / "0.csv").write_text('a,b,answer\n"[1, 2]","[1]",0\n"[1, ?]","[2]",1\n')
-    missing_col = write_csv_shards(
-        tmp / "missing",
-        [
-            pd.DataFrame({"a": ["[1]"], "b": ["[1]"], "answer": [0]}),
-            pd.DataFrame({"a": ["[1]"], "answer": [0]}),
-        ],
-    )
-    notkeras = tmp / "junk.keras"
-    notkeras.write_text("not a zip")
-    uncompiled = write_factory(
-        tmp / "u.py", "return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])"
-    )
-    notmodel = write_factory(tmp / "n.py", "return 42")
-    nocol = write_factory(
-        tmp / "c.py",
-        """
-x = keras.Input((2,), name="zzz"); y = keras.Input((2,), name="a")
-m = keras.Model([x, y], keras.layers.Dense(1)(keras.layers.Concatenate()([x, y])))
-m.compile("adam", "mse"); return m""",
-    )
-    return [
-        ("missing path", ["--data", str(tmp / "nope")], "does not exist"),
-        ("empty folder", ["--data", str(empty)], "holds no .csv or .parquet shards"),
-        ("mixed shards", ["--data", str(mixed)], "mixes CSV and Parquet"),
-        ("bad cell", ["--data", str(badcell)], "0.csv, column 'a', row 2"),
-        ("missing column", ["--data", str(missing_col)], "shard 1.csv has no column 'b'"),
-        ("budget unit", ["--budget", "8XB"], "unknown unit 'XB'"),
-        ("budget zero", ["--budget", "0GiB"], "must be positive"),
-        ("budget negative", ["--budget=-1GiB"], "must be positive"),
-        ("safety high", ["--safety", "1.0"], "--safety"),
-        ("safety negative", ["--safety=-0.1"], "--safety"),
-        ("model missing", ["--model", str(tmp / "none.keras")], "does not exist"),
-        ("not keras", ["--model", str(notkeras)], "is not a loadable Keras model"),
-        ("factory missing", ["--model", f"{tmp / 'm.py'}:nobuild"], "has no function 'nobuild'"),
-        ("factory file missing", ["--model", f"{tmp / 'q.py'}:build"], "does not exist"),
-        ("module missing", ["--model", "no_such_pkg.mod:build"], "not found"),
-        ("uncompiled", ["--model", uncompiled], "is not compiled"),
-        ("not a model", ["--model", notmodel], "returned int, not a keras.Model"),
-        ("input without column", ["--model", nocol], "model input 'zzz' has no column"),
-        ("target not a column", ["--target", "nope"], "--target 'nope' is not a column"),
-        ("bad flag value", ["--batch-size", "x"], "--batch-size"),
-        ("bad device", ["--device", "tpu"], "--device 'tpu'"),
-    ]
-
-
-def test_bad_inputs_one_line_exit_2(project, capfd, tmp_path: Path) -> None:
-    base = {"--model": project["model"], "--data": project["data"]}
-    for name, extra, fragment in _bad_inputs(tmp_path, project):
-        argv = ["suggest"]
-        for flag, value in base.items():
-            if flag not in extra:
-                argv += [flag, value]
-        code, _, err = run(capfd, *argv, *extra)
-        assert code == 2, (name, err)
-        assert err.count("\n") == 1, (name, err)
-        assert fragment in err, (name, err)
-        assert "Traceback" not in err, name
 
 
 def test_debug_shows_traceback(project, capfd) -> None:

@@ -118,3 +118,56 @@ def test_report_bad_inputs(tmp_path: Path, capfd) -> None:
     assert "bad.jsonl, line 2" in capfd.readouterr().err
     assert main(["report", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow
+def test_training_goes_on_when_a_gpu_is_lost_and_then_the_driver_fails(tmp_path: Path) -> None:
+    """NVML faults mid-run: the lost GPU reads N/A on screen and in the trace, then every GPU
+    does when the driver itself errors; the fit finishes every epoch."""
+    import keras
+
+    import memtune
+
+    fake = SCENARIOS["two_gpus"]()
+
+    def driver_error(*args: object) -> None:
+        raise RuntimeError("Driver/library version mismatch")
+
+    class Faults(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: object = None) -> None:
+            if epoch == 0:
+                fake.fail_at = ("memory", 1)  # GPU 1 falls off the bus
+            elif epoch == 1:
+                fake.nvmlDeviceGetMemoryInfo = driver_error  # type: ignore[method-assign]
+            board.sampler.sample()  # at least one reading after each fault
+
+    out = io.StringIO()
+    board = memtune.MemoryDashboard(
+        512 * MiB,
+        batch_size=16,
+        trace=str(tmp_path / "t.jsonl"),
+        interval=0.01,
+        console=Console(file=out, force_terminal=False, width=120),
+        nvml=fake,
+    )
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    history = model.fit(
+        np.zeros((64, 4)),
+        np.zeros((64, 1)),
+        batch_size=16,
+        epochs=3,
+        verbose=0,
+        callbacks=[board, Faults()],
+    )
+    assert len(history.history["loss"]) == 3
+    samples = [
+        r["gpu_used"]
+        for r in map(json.loads, (tmp_path / "t.jsonl").read_text().splitlines())
+        if r["kind"] == "sample"
+    ]
+    assert [70 * 1024**3, 10 * 1024**3] in samples  # before the faults (used = total - free)
+    assert [70 * 1024**3, None] in samples  # GPU 1 lost
+    assert samples[-1] == [None, None]  # the driver erroring: N/A for all, no exception
+    view = text_of(render(board.state, list(board.sampler.history), board.sampler.peak_rss))
+    assert view.count("N/A") >= 2

@@ -211,14 +211,15 @@ def memory_dashboard_class() -> Any:
             elif self._live is not None:
                 self._live.update(self._view())
 
-        def batch_changed(self, change: dict[str, int]) -> None:
-            """memtune fit halved the batch after running out of memory."""
+        def batch_changed(self, change: dict[str, Any]) -> None:
+            """memtune fit halved the batch (out of memory, over budget, memory pressure)."""
             self.state.batch_size = change["to"]
             self.state.accumulation = change["gradient_accumulation_steps"]
             if self.trace:
                 self.trace.event("batch_change", **change)
             message = (
-                f"out of memory at batch {change['from']}: continuing at batch {change['to']} "
+                f"{change.get('reason', 'out of memory')} at batch {change['from']}: "
+                f"continuing at batch {change['to']} "
                 f"× {change['gradient_accumulation_steps']} accumulation from sample "
                 f"{change['sample']} of epoch {change['epoch'] + 1}"
             )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from memtune.errors import MemtuneError
+from memtune.paths import output_file
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
@@ -39,10 +40,7 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
     import matplotlib.pyplot as plt
 
     records = read_trace(trace)
-    if out.suffix.lower() != ".png":
-        raise MemtuneError(f"-o {str(out)!r}: the report is a .png file")
-    if not out.parent.is_dir():
-        raise MemtuneError(f"-o {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    output_file("-o", out, (".png",))
     samples = [r for r in records if r["kind"] == "sample"]
     mib = 1024**2
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)

@@ -108,7 +108,8 @@ def render_fit(result: FitResult, out: Console) -> None:
         table.add_row(
             "batch change",
             f"epoch {change['epoch'] + 1}, sample {change['sample']:,}: {change['from']} → "
-            f"{change['to']} × {change['gradient_accumulation_steps']} (out of memory)",
+            f"{change['to']} × {change['gradient_accumulation_steps']} "
+            f"({change.get('reason', 'out of memory')})",
         )
     if result.saved:
         table.add_row("saved", result.saved)

@@ -1,0 +1,30 @@
+"""Output paths checked before any work starts, so a long run never fails at its last step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from memtune.errors import MemtuneError
+
+
+def output_file(flag: str, value: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """A file memtune will write: the right suffix, an existing folder, not a folder itself."""
+    path = Path(value)
+    if path.suffix.lower() not in suffixes:
+        ends = " or ".join(suffixes)
+        raise MemtuneError(f"{flag} {str(value)!r}: the file name must end in {ends}")
+    if path.is_dir():
+        raise MemtuneError(f"{flag} {str(value)!r}: is a folder, not a file")
+    if not path.parent.is_dir():
+        raise MemtuneError(f"{flag} {str(value)!r}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def output_dir(flag: str, value: str | Path) -> Path:
+    """A folder memtune will fill: absent (its parent must exist) or a folder."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise MemtuneError(f"{flag} {str(value)!r}: is a file, not a folder")
+    if not path.exists() and not path.parent.is_dir():
+        raise MemtuneError(f"{flag} {str(value)!r}: folder {str(path.parent)!r} does not exist")
+    return path

@@ -1,0 +1,83 @@
+"""Memory watchdog for a CPU fit: decide, from numbers alone, when to shrink the batch.
+
+Two dangers, both caught before the kernel's OOM killer acts (it sends no exception):
+
+* **overrun** — this process's RSS passed the plan's usable budget and is still growing;
+* **pressure** — other processes took memory the plan counted on. The budget is shared:
+  whatever the host lost since training started, beyond this process's own growth, was
+  taken by someone else, and comes off this process's share. When the share left (or the
+  host's available memory itself) falls under the safety margin, the batch must shrink.
+
+After a trigger the next one needs the excess to grow by a step, so allocator slack (RSS
+rarely falls after a batch change) or a neighbour that merely *holds* its memory does not
+halve the batch all the way down to 1; once back under the limit, the next excess triggers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024**2
+
+
+class MemoryOverrun(Exception):
+    """The process is about to run out of host memory: recover before the kernel kills it."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Reading:
+    """This process's RSS and the host's available memory (cgroup-capped), in bytes."""
+
+    rss: int
+    available: int
+
+
+class Watchdog:
+    """Judges readings taken after each training step against the plan's budget."""
+
+    def __init__(self, budget_bytes: int, usable_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.usable = usable_bytes
+        self.margin = max(0, budget_bytes - usable_bytes)
+        self.step = max(64 * MiB, budget_bytes // 20)
+        self.start: Reading | None = None
+        self._threshold = 0  # how far past the limit the next trigger needs
+
+    def others(self, now: Reading) -> int:
+        """Memory other processes took since the first reading (never negative)."""
+        if self.start is None:
+            return 0
+        lost = self.start.available - now.available
+        return max(0, lost - max(0, now.rss - self.start.rss))
+
+    def limit(self, now: Reading) -> int:
+        """What this process may hold now: its usable share less what others took, and no
+        more than keeps the safety margin free on the host."""
+        return min(self.usable - self.others(now), now.rss + now.available - self.margin)
+
+    def check(self, now: Reading) -> None:
+        """Raise :class:`MemoryOverrun` when the batch should shrink now."""
+        if self.start is None:
+            self.start = now
+        limit = self.limit(now)
+        excess = now.rss - limit
+        if excess <= 0:
+            self._threshold = 0
+            return
+        if excess <= self._threshold:
+            return
+        self._threshold = excess + self.step
+        others = self.others(now)
+        if others >= self.step or now.available < self.margin:
+            raise MemoryOverrun(
+                f"host memory pressure: other processes took {others} bytes since training "
+                f"started; this process holds {now.rss} and may hold {max(0, limit)} now",
+                reason="memory pressure",
+            )
+        raise MemoryOverrun(
+            f"RSS {now.rss} passed the usable budget {self.usable}", reason="over budget"
+        )

@@ -1,0 +1,196 @@
+"""The bad-input catalogue: every case is one stderr line naming what and where, the
+contract's exit code, no traceback, no output left behind and nothing of the user's touched.
+
+Each ``fit`` case asks for every output memtune writes (model, trace, report, checkpoint,
+TensorBoard logs) in a folder of its own; after the failure that folder must be empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from memtune.cli import main
+from tests.conftest import write_csv_shards, write_factory
+
+MODEL = """
+a = keras.Input((2,), name="a")
+b = keras.Input((None,), dtype="int32", name="b")
+e = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 2)(b))
+x = keras.layers.Concatenate()([a, e])
+model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1, name="answer")(x))
+model.compile("adam", "mse")
+return model
+"""
+
+
+@dataclass
+class Case:
+    """``argv`` may name ``{tmp}`` (the case's folder), ``{model}``, ``{data}``, ``{out}``."""
+
+    name: str
+    area: str  # data | model | budget | config | cli
+    argv: list[str]
+    fragment: str
+    code: int = 2
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> text, made first
+
+
+def _fit(*extra: str) -> list[str]:
+    return ["fit", "--model", "{model}", "--data", "{data}", "--epochs", "1", *extra]
+
+
+def _suggest(*extra: str) -> list[str]:
+    return ["suggest", "--model", "{model}", "--data", "{data}", "--analytic", *extra]
+
+
+FACTORY_RAISES = "import keras\n\n\ndef build():\n    raise ValueError('no weights file')\n"
+CONFIG = 'model = "{model}"\ndata = "{data}"\nanalytic = true\n'
+
+BAD_INPUTS: list[Case] = [
+    # ------------------------------------------------------------------ data
+    Case("missing path", "data", _fit("--data", "{tmp}/nope"), "does not exist"),
+    Case("empty folder", "data", _fit("--data", "{tmp}/empty"), "holds no .csv or .parquet"),
+    Case("mixed shard kinds", "data", _fit("--data", "{tmp}/mixed"), "mixes CSV and Parquet"),
+    Case("non-numeric list element", "data", _fit("--data", "{tmp}/badcell"), "0.csv, column 'a', row 2"),
+    Case("column missing from one shard", "data", _fit("--data", "{tmp}/missing"), "shard 1.csv has no column 'b'"),
+    Case("not a data file", "data", _fit("--data", "{tmp}/notes.txt"), "notes.txt"),
+    Case("only empty shards", "data", _fit("--data", "{tmp}/allempty"), "holds no rows"),
+    Case("validation data lacks a column", "data", _fit("--validation-data", "{tmp}/missing/1.csv"), "has no column 'b'"),
+    # ------------------------------------------------------------------ model
+    Case("model file missing", "model", _fit("--model", "{tmp}/none.keras"), "does not exist"),
+    Case("not a Keras file", "model", _fit("--model", "{tmp}/junk.keras"), "is not a loadable Keras model"),
+    Case("factory function missing", "model", _fit("--model", "{tmp}/m.py:nobuild"), "has no function 'nobuild'"),
+    Case("module missing", "model", _fit("--model", "no_such_pkg.mod:build"), "not found"),
+    Case("uncompiled model", "model", _fit("--model", "{tmp}/u.py:build"), "is not compiled"),
+    Case("factory returns no model", "model", _fit("--model", "{tmp}/n.py:build"), "returned int, not a keras.Model"),
+    Case("factory raises", "model", _fit("--model", "{tmp}/r.py:build"), "r.py:build' raised ValueError: no weights file", files={"r.py": FACTORY_RAISES}),
+    Case("input without a column", "model", _fit("--model", "{tmp}/c.py:build"), "model input 'zzz' has no column"),
+    Case("target not a column", "model", _fit("--target", "nope"), "--target 'nope' is not a column"),
+    # ------------------------------------------------------------------ budget
+    Case("unknown unit", "budget", _fit("--budget", "8XB"), "unknown unit 'XB'"),
+    Case("zero budget", "budget", _fit("--budget", "0GiB"), "must be positive"),
+    Case("negative budget", "budget", _fit("--budget=-1GiB"), "must be positive"),
+    Case("safety of 1", "budget", _fit("--safety", "1.0"), "--safety"),
+    Case("nothing fits", "budget", _fit("--budget", "10MiB", "--analytic"), "even batch 1 needs", code=3),
+    Case("forced in-memory that cannot fit", "budget", _fit("--budget", "10MiB", "--analytic", "--batch-size", "2", "--mode", "in-memory"), "in-memory", code=3),
+    # ------------------------------------------------------------------ config (check)
+    Case("config file missing", "config", ["check", "--config", "{tmp}/absent.toml"], "does not exist"),
+    Case("config not TOML", "config", ["check", "--config", "{tmp}/broken.toml"], "broken.toml", files={"broken.toml": "model = [\n"}),
+    Case("config unknown key", "config", ["check", "--config", "{tmp}/typo.toml"], "unknown key 'batch_sise'", files={"typo.toml": CONFIG + "batch_sise = 64\n"}),
+    Case("config wrong type", "config", ["check", "--config", "{tmp}/type.toml"], "key 'batch_size' must be an integer", files={"type.toml": CONFIG + 'batch_size = "big"\n'}),
+    Case("config unknown profile", "config", ["check", "--config", "{tmp}/ok.toml", "--profile", "huge"], "no profile 'huge'", files={"ok.toml": CONFIG}),
+    Case("junit in a missing folder", "config", ["check", "--config", "{tmp}/ok.toml", "--junit", "{tmp}/no/r.xml"], "does not exist", files={"ok.toml": CONFIG}),
+    # ------------------------------------------------------------------ command line
+    Case("not an integer", "cli", _fit("--batch-size", "x"), "--batch-size"),
+    Case("unknown device", "cli", _fit("--device", "tpu"), "--device 'tpu'"),
+    Case("unknown mode", "cli", _fit("--mode", "disk"), "--mode"),
+    Case("zero epochs", "cli", _fit("--epochs", "0"), "--epochs"),
+    Case("bad maxlen", "cli", _fit("--maxlen", "b=x"), "--maxlen"),
+    Case("validation split out of range", "cli", _fit("--validation-split", "1.5"), "--validation-split"),
+    Case("save not .keras", "cli", _fit("--save", "{out}/m.h5"), "must end in .keras"),
+    Case("save into a missing folder", "cli", _fit("--save", "{tmp}/no/m.keras"), "does not exist"),
+    Case("trace into a missing folder", "cli", _fit("--trace", "{tmp}/no/t.jsonl"), "--trace"),
+    Case("report not .png", "cli", _fit("--report", "{out}/r.pdf"), "must end in .png"),
+    Case("checkpoint dir is a file", "cli", _fit("--checkpoint-dir", "{tmp}/notes.txt"), "is a file, not a folder"),
+    Case("resume without checkpoint dir", "cli", _fit("--resume"), "--resume needs --checkpoint-dir"),
+    Case("resume with nothing saved", "cli", _fit("--resume", "--checkpoint-dir", "{tmp}/empty"), "holds no checkpoint"),
+    Case("stale checkpoint", "cli", _fit("--checkpoint-dir", "{tmp}/ck"), "pass --resume"),
+    Case("suggest with an unknown flag", "cli", _suggest("--bach-size", "8"), "unrecognized arguments"),
+    Case("report of a missing trace", "cli", ["report", "{tmp}/none.jsonl", "-o", "{out}/r.png"], "does not exist"),
+    Case("report of a torn trace", "cli", ["report", "{tmp}/torn.jsonl", "-o", "{out}/r.png"], "torn.jsonl, line 2", files={"torn.jsonl": '{"kind": "sample", "t": 0, "rss": 1}\n{"kind": "sam\n'}),
+]  # fmt: skip
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+    """The user's files every case points at, made once."""
+    tmp = tmp_path_factory.mktemp("world")
+    seq = pd.DataFrame(
+        {"a": [[0.5, 1.0], [2.0], [1.5, 2.5, 3.5]], "b": [[1, 2, 3], [4], []], "answer": [0, 1, 0]}
+    )
+    data = write_csv_shards(tmp / "shards", [seq, seq, seq])
+    (tmp / "empty").mkdir()
+    mixed = write_csv_shards(tmp / "mixed", [pd.DataFrame({"a": [1]})])
+    pq.write_table(pa.table({"a": [1]}), mixed / "1.parquet")
+    (tmp / "badcell").mkdir()
+    (tmp / "badcell" / "0.csv").write_text('a,b,answer\n"[1, 2]","[1]",0\n"[1, ?]","[2]",1\n')
+    (tmp / "allempty").mkdir()
+    (tmp / "allempty" / "0.csv").write_text("a,b,answer\n")
+    write_csv_shards(
+        tmp / "missing",
+        [
+            pd.DataFrame({"a": ["[1]"], "b": ["[1]"], "answer": [0]}),
+            pd.DataFrame({"a": ["[1]"], "answer": [0]}),
+        ],
+    )
+    (tmp / "notes.txt").write_text("not data")
+    (tmp / "junk.keras").write_text("not a zip")
+    (tmp / "ck").mkdir()
+    (tmp / "ck" / "training_metadata.json").write_text("{}")
+    model = write_factory(tmp / "m.py", MODEL)
+    write_factory(
+        tmp / "u.py", "return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])"
+    )
+    write_factory(tmp / "n.py", "return 42")
+    write_factory(
+        tmp / "c.py",
+        """
+x = keras.Input((2,), name="zzz"); y = keras.Input((2,), name="a")
+m = keras.Model([x, y], keras.layers.Dense(1)(keras.layers.Concatenate()([x, y])))
+m.compile("adam", "mse"); return m""",
+    )
+    return {"tmp": tmp, "model": model, "data": str(data)}
+
+
+def test_the_catalogue_covers_every_area() -> None:
+    areas = {case.area for case in BAD_INPUTS}
+    assert areas == {"data", "model", "budget", "config", "cli"}
+    assert len(BAD_INPUTS) >= 20
+    assert len({case.name for case in BAD_INPUTS}) == len(BAD_INPUTS)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[case.name for case in BAD_INPUTS])
+def test_bad_input(case: Case, world: dict[str, Path | str], tmp_path: Path, capfd) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    names = {"tmp": str(world["tmp"]), "model": str(world["model"]), "data": str(world["data"])}
+    for relative, text in case.files.items():
+        for key, value in names.items():
+            text = text.replace("{" + key + "}", value)
+        (Path(world["tmp"]) / relative).write_text(text)
+    argv = [arg.format(out=out, **names) for arg in case.argv]
+    if argv[0] == "fit":  # every output memtune writes, where a leftover would show
+        wanted = {
+            "--save": f"{out}/model.keras",
+            "--trace": f"{out}/trace.jsonl",
+            "--report": f"{out}/report.png",
+            "--checkpoint-dir": f"{out}/ck",
+            "--tensorboard": f"{out}/tb",
+        }
+        for flag, value in wanted.items():
+            if flag not in argv and not (flag == "--checkpoint-dir" and "--resume" in argv):
+                argv += [flag, value]
+        argv += ["--no-dashboard"]
+    before = _snapshot(Path(world["tmp"]))
+    code = main(argv)
+    _, err = capfd.readouterr()
+    assert code == case.code, (argv, err)
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert case.fragment in err, err
+    assert "Traceback" not in err
+    assert list(out.rglob("*")) == [], f"left behind: {list(out.rglob('*'))}"
+    assert _snapshot(Path(world["tmp"])) == before, "a user's file changed"
