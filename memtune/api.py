@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from memtune import distribute
 from memtune.data.scan import DataInfo, scan
+from memtune.distribute import Topology
 from memtune.errors import MemtuneError
 from memtune.estimate.curve import MemoryCurve
 from memtune.footprint import Footprint, ModelSignature, TensorSpec, footprint
@@ -60,15 +62,30 @@ def probe() -> Probe:
 
 
 def prepare(
-    model: Any, data: Any, options: Options, *, probe_result: Probe | None = None
+    model: Any,
+    data: Any,
+    options: Options,
+    *,
+    probe_result: Probe | None = None,
+    topology: Topology | None = None,
 ) -> Prepared:
     """Scan the data, load the model, size one sample, estimate and plan."""
     from memtune import model as model_mod
     from memtune.estimate.analytic import analytic_curve, profile_model
 
     seen = probe_result or _probe()
-    # A bad --device fails before any work.
+    # A bad --device or --strategy fails before any work.
     device = resolve_device(seen, options.device, virtual=options.gpu_memory_bytes is not None)
+    if topology is None:
+        topology = distribute.resolve(options.strategy, options.cpu_replicas, seen, device)
+    if topology.active:
+        device = distribute.tightest_device(topology, seen, device)
+        if options.effective_batch_size is not None:
+            raise MemtuneError(
+                "--effective-batch-size needs gradient accumulation, which Keras 3 does not run "
+                f"under tf.distribute ({topology.strategy}); the global batch is the per-replica "
+                "batch × replicas"
+            )
     info = scan(data)
     keras_model = model_mod.load_model(model)
     fp = footprint(
@@ -80,8 +97,20 @@ def prepare(
     else:
         budget = resolve_budget(seen, device, options.budget_bytes)
     prior = analytic_curve(profile_model(keras_model, fp), fp, gpu=device != "cpu")
+    cpu_replicas = topology.local_replicas if device == "cpu" else 1
+    if cpu_replicas > 1:  # replicas on one CPU share its RAM: each step is the global batch
+        prior = replace(prior, per_sample_bytes=prior.per_sample_bytes * cpu_replicas)
     notes = list(info.warnings) + fp.notes
-    plan_options = options.plan_options(any(f.sequence for f in fp.feeds))
+    if topology.active and device != "cpu" and len(topology.devices) > 1:
+        notes.append(f"planned per replica against {device}, the GPU with the least free memory")
+    plan_options = replace(
+        options.plan_options(any(f.sequence for f in fp.feeds)),
+        local_replicas=topology.local_replicas,
+        strategy=topology.strategy,
+        replicas=topology.replicas,
+        workers=topology.workers,
+        worker_index=topology.worker_index,
+    )
 
     def plan_for(curve: MemoryCurve, verified: int | None, extra: list[str] | None = None) -> Plan:
         return make_plan(
@@ -115,7 +144,13 @@ def prepare(
         from memtune.estimate import measured
 
         setup = measured.setup(
-            keras_model, fp, options, budget, seen, _train_samples(info, options)
+            keras_model,
+            fp,
+            options,
+            budget,
+            seen,
+            _train_samples(info, options) // topology.workers,
+            cpu_replicas=cpu_replicas,
         )
         if options.batch_size is not None:  # forced: earlier trials may still inform the peak
             curve, trials = measured.cached_curve(setup, prior)

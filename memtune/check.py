@@ -44,6 +44,8 @@ KEYS: dict[str, tuple[type, ...]] = {
     "validation_data": (str,),
     "analytic": (bool,),
     "no_cache": (bool,),
+    "strategy": (str,),
+    "cpu_replicas": (int,),
     "profile": (str,),
     "profiles": (dict,),
 }

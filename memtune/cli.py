@@ -71,6 +71,15 @@ def _plan_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
         "--analytic", action="store_true", help="estimate from the model alone, no trials"
     )
     p.add_argument("--no-cache", action="store_true", help="run trials even when cached")
+    p.add_argument(
+        "--strategy",
+        choices=("auto", "none", "mirrored", "multiworker"),
+        default="auto",
+        help="tf.distribute (auto: mirrored on several GPUs, multiworker under TF_CONFIG)",
+    )
+    p.add_argument(
+        "--cpu-replicas", type=int, metavar="N", help="split the CPU into N logical devices"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p)
     if not required:
@@ -98,6 +107,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "no_cache": args.no_cache,
         "validation_data": args.validation_data,
         "validation_split": args.validation_split,
+        "strategy": args.strategy,
+        "cpu_replicas": args.cpu_replicas,
     }
 
 
@@ -151,6 +162,7 @@ def _dashboard(
             trace=trace,
             show=show,
             tensorboard=tensorboard,
+            worker=f"{plan.worker_index + 1}/{plan.workers}" if plan.workers > 1 else "",
         )
         if tensorboard:
             keras = _tf.keras()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from memtune.distribute import STRATEGIES
 from memtune.errors import MemtuneError
 from memtune.footprint import parse_maxlen
 from memtune.plan import Mode, PlanOptions
@@ -35,6 +36,8 @@ class Options:
     no_cache: bool = False
     validation_data: Any = None
     validation_split: float | None = None
+    strategy: str = "auto"
+    cpu_replicas: int | None = None
 
     def plan_options(self, has_sequences: bool) -> PlanOptions:
         return PlanOptions(
@@ -59,6 +62,9 @@ def _positive_int(flag: str, value: Any) -> int | None:
 def make_options(**kwargs: Any) -> Options:
     """Options from keyword arguments (the Python API and the CLI share this)."""
     known = {f.name for f in fields(Options)} | {"budget", "gpu_memory"}
+    strategy = str(kwargs.get("strategy") or "auto").strip().lower()
+    if strategy not in STRATEGIES:
+        raise MemtuneError(f"--strategy {strategy!r}: expected {', '.join(STRATEGIES)}")
     for key in kwargs:
         if key not in known:
             raise MemtuneError(f"unknown option {key!r}")
@@ -119,4 +125,6 @@ def make_options(**kwargs: Any) -> Options:
         no_cache=bool(kwargs.get("no_cache", False)),
         validation_data=kwargs.get("validation_data"),
         validation_split=None if split is None else float(split),
+        strategy=strategy,
+        cpu_replicas=_positive_int("--cpu-replicas", kwargs.get("cpu_replicas")),
     )

@@ -57,6 +57,11 @@ class PlanOptions:
     force: bool = False
     has_sequences: bool = False
     verified_cap: int | None = None  # the largest batch a trial has shown to fit
+    local_replicas: int = 1  # replicas this process feeds: its pipeline holds their batches
+    strategy: str = "none"
+    replicas: int = 1  # in sync, over every worker
+    workers: int = 1
+    worker_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,19 @@ class Plan:
     predicted_peak_bytes: int
     trials: list[Trial] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    strategy: str = "none"
+    replicas: int = 1
+    workers: int = 1
+    worker_index: int = 0
 
     @property
     def effective_batch_size(self) -> int:
         return self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples one training step takes over every replica (``batch_size`` is per replica)."""
+        return self.batch_size * self.replicas
 
     @property
     def dataset_bytes(self) -> int:
@@ -100,6 +114,11 @@ class Plan:
                 {"batch_size": t.batch_size, "peak_bytes": t.peak_bytes} for t in self.trials
             ],
             "reasons": list(self.reasons),
+            "strategy": self.strategy,
+            "replicas": self.replicas,
+            "global_batch_size": self.global_batch_size,
+            "workers": self.workers,
+            "worker_index": self.worker_index,
         }
 
 
@@ -194,7 +213,7 @@ def make_plan(
     def host_extra(mode: Mode, batch: int) -> int:
         return pipeline_bytes(
             mode,
-            batch,
+            batch * options.local_replicas,
             num_samples=num_samples,
             per_sample_bytes=per_sample_bytes,
             with_queue=curve.source == "analytic",
@@ -229,7 +248,7 @@ def make_plan(
         if fits < 1:
             need = curve.peak(1) + extra(search_mode)(1)
             raise NothingFits(_nothing_fits(need, usable, options, gpu))
-        caps = [(num_samples, "the dataset's size")]
+        caps = [(-(-num_samples // options.replicas), "the dataset's size")]
         if options.max_batch_size is not None:
             caps.append((options.max_batch_size, "--max-batch-size"))
         if options.effective_batch_size is not None:
@@ -274,6 +293,12 @@ def make_plan(
             f"streaming: the padded dataset ({format_bytes(dataset)}) plus training would not fit;"
             " shards are read and padded one batch at a time"
         )
+    if options.strategy != "none":
+        where = f" over {options.workers} workers" if options.workers > 1 else ""
+        reasons.append(
+            f"{options.strategy} strategy, {options.replicas} replicas{where}: batch {batch} per "
+            f"replica, global batch {batch * options.replicas}"
+        )
     predicted = peak + extra(mode)(batch)
     how = "fitted to measured trials" if curve.source == "measured" else "analytic, unverified"
     reasons.append(f"predicted training peak {format_bytes(predicted)} ({how})")
@@ -294,6 +319,10 @@ def make_plan(
         predicted_peak_bytes=predicted,
         trials=list(trials or []),
         reasons=reasons,
+        strategy=options.strategy,
+        replicas=options.replicas,
+        workers=options.workers,
+        worker_index=options.worker_index,
     )
 
 

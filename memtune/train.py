@@ -10,17 +10,18 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from memtune import _tf
+from memtune import _tf, distribute
 from memtune.api import Prepared, layout_for, prepare
 from memtune.constants import BLOCK_ROWS, STREAM_QUEUE_BATCHES, WORKERS
 from memtune.data.blocks import Block
 from memtune.data.pipeline import (
     Arrays,
     BatchSource,
+    EvenBatches,
     InMemoryBatches,
     Layout,
     StreamingBatches,
@@ -28,13 +29,16 @@ from memtune.data.pipeline import (
     load_in_memory,
     row_range,
     split_blocks,
+    worker_blocks,
 )
 from memtune.data.scan import scan
+from memtune.distribute import Topology
 from memtune.errors import MemtuneError, TrainingFailed
 from memtune.footprint import Footprint
 from memtune.options import make_options
 from memtune.paths import output_dir, output_file
-from memtune.plan import Plan
+from memtune.plan import Plan, resolve_device
+from memtune.probe import probe
 from memtune.probe.host import read_host
 from memtune.watchdog import MemoryOverrun, Reading, Watchdog
 
@@ -209,12 +213,32 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     extra = {k: options.pop(k) for k in _FIT_ONLY if k in options}
     opts = make_options(**options)
     save = _check_save_path(extra.get("save"))
+    seen = probe()
+    device = resolve_device(seen, opts.device, virtual=opts.gpu_memory_bytes is not None)
+    topology = distribute.resolve(opts.strategy, opts.cpu_replicas, seen, device)
+    if topology.active and not isinstance(model, str):
+        raise MemtuneError(
+            f"--strategy {topology.strategy}: pass the model as a .keras file or a factory "
+            "(file.py:function), so it is built inside the strategy's scope"
+        )
+    multiworker = topology.strategy == "multiworker"
+    if multiworker and (opts.validation_data is not None or opts.validation_split):
+        raise MemtuneError("--strategy multiworker: validation is not supported yet")
+    if multiworker and extra.get("checkpoint_dir"):
+        raise MemtuneError("--strategy multiworker: --checkpoint-dir is not supported yet")
     callbacks = _checkpoint_callback(extra) + list(extra.get("callbacks") or [])
-    prepared = prepare(model, data, opts)
+    strategy = distribute.make_strategy(topology)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        prepared = prepare(model, data, opts, probe_result=seen, topology=topology)
+    if multiworker:
+        agreed = distribute.agree_on_batch(strategy, prepared.plan.batch_size)
+        if agreed != prepared.plan.batch_size:
+            plan = prepared.plan_at(agreed, prepared.plan.mode)
+            prepared = replace(prepared, plan=plan)
     val_layout = _validation_layout(prepared)  # checked before any output is opened
     if extra.get("plan_callbacks"):
         callbacks += list(extra["plan_callbacks"](prepared.plan))
-    return _train(prepared, val_layout, epochs, save, callbacks, extra)
+    return _train(prepared, val_layout, epochs, save, callbacks, extra, (topology, strategy))
 
 
 def _validation_layout(prepared: Prepared) -> Layout | None:
@@ -233,14 +257,37 @@ def _validation_layout(prepared: Prepared) -> Layout | None:
 
 
 def _fit_data(
-    prepared: Prepared, val_layout: Layout | None, feed: _Feed, shuffle: bool, seed: int | None
+    prepared: Prepared,
+    val_layout: Layout | None,
+    feed: _Feed,
+    shuffle: bool,
+    seed: int | None,
+    topology: Topology,
 ) -> tuple[dict[str, Any], BatchSource]:
-    """``model.fit`` keyword arguments for validation, and the training batch source."""
+    """``model.fit`` keyword arguments for validation, and the training batch source.
+
+    Under a strategy the source's batch is this process's share of the global batch (every
+    local replica's); a multi-worker source holds this worker's share of the data only.
+    """
     plan, opts = prepared.plan, prepared.options
     layout = layout_for(prepared.info, prepared.footprint, opts)
     split = opts.validation_split if val_layout is None else None
-    block_rows = max(plan.batch_size, BLOCK_ROWS)
-    blocks = blocks_of(prepared.info, block_rows)
+    batch = plan.batch_size * topology.local_replicas
+    block_rows = max(batch, BLOCK_ROWS)
+    workers, index = topology.workers, topology.worker_index
+    blocks = worker_blocks(prepared.info, workers, index, block_rows)
+    if workers > 1:
+        shares = [
+            sum(b.rows for b in worker_blocks(prepared.info, workers, k, block_rows))
+            for k in range(workers)
+        ]
+        steps = max(math.ceil(n / batch) for n in shares)
+        mine = (
+            InMemoryBatches(*load_in_memory(layout, blocks), batch, shuffle=shuffle, seed=seed)
+            if plan.mode == "in-memory"
+            else StreamingBatches(layout, blocks, batch, shuffle=shuffle, seed=seed)
+        )
+        return {}, EvenBatches(mine, steps)
     if plan.mode == "in-memory":
         inputs, targets = load_in_memory(layout, blocks)
         n = cut = prepared.info.num_samples
@@ -249,28 +296,28 @@ def _fit_data(
         train: BatchSource = InMemoryBatches(
             row_range(inputs, 0, cut),
             row_range(targets, 0, cut),
-            plan.batch_size,
+            batch,
             shuffle=shuffle,
             seed=seed,
         )
         held: BatchSource | None = None
         if split:
-            held = InMemoryBatches(row_range(inputs, cut), row_range(targets, cut), plan.batch_size)
+            held = InMemoryBatches(row_range(inputs, cut), row_range(targets, cut), batch)
     else:
         held_blocks: list[Block] = []
         if split:  # whole trailing shards
             blocks, held_blocks = split_blocks(blocks, split)
-        train = StreamingBatches(layout, blocks, plan.batch_size, shuffle=shuffle, seed=seed)
-        held = StreamingBatches(layout, held_blocks, plan.batch_size) if held_blocks else None
+        train = StreamingBatches(layout, blocks, batch, shuffle=shuffle, seed=seed)
+        held = StreamingBatches(layout, held_blocks, batch) if held_blocks else None
     kwargs: dict[str, Any] = {}
     if held is not None:
         kwargs["validation_data"] = feed.stream(held)
     if val_layout is not None:
         val_blocks = blocks_of(val_layout.info, block_rows)
         source: BatchSource = (
-            InMemoryBatches(*load_in_memory(val_layout, val_blocks), plan.batch_size)
+            InMemoryBatches(*load_in_memory(val_layout, val_blocks), batch)
             if plan.mode == "in-memory"
-            else StreamingBatches(val_layout, val_blocks, plan.batch_size)
+            else StreamingBatches(val_layout, val_blocks, batch)
         )
         kwargs["validation_data"] = feed.stream(source)
     return kwargs, train
@@ -337,12 +384,16 @@ def _train(
     save: Path | None,
     callbacks: list[Any],
     extra: dict[str, Any],
+    distributed: tuple[Topology, Any] = (Topology(), None),
 ) -> FitResult:
     plan, model = prepared.plan, prepared.model
+    topology, strategy = distributed
+    local = topology.local_replicas
     feed = _Feed(prepared.footprint)
-    val_kwargs, train = _fit_data(
-        prepared, val_layout, feed, bool(extra.get("shuffle", True)), extra.get("seed")
-    )
+    shuffle, seed = bool(extra.get("shuffle", True)), extra.get("seed")
+    val_kwargs, train = _fit_data(prepared, val_layout, feed, shuffle, seed, topology)
+    if topology.strategy == "multiworker":
+        distribute.build_for_multiworker(model, strategy, feed.pair(*train[0]))
     accumulation = plan.gradient_accumulation_steps
     set_accumulation(model, accumulation)
     progress, guard = _progress_callbacks(plan)
@@ -358,9 +409,13 @@ def _train(
         train.set_epoch(first_epoch)  # the pipeline's length is fixed when it is built
         # A continued epoch is shorter than the rest: it runs alone, then the others.
         last = first_epoch + 1 if train.position else epochs
+        data: Any = feed.stream(train)
+        if topology.strategy == "multiworker":  # each worker feeds its own share
+            data = strategy.distribute_datasets_from_function(lambda _, d=data: d)
+            val_kwargs = {"steps_per_epoch": len(train)}
         fit_kwargs: dict[str, Any] = {
             **val_kwargs,
-            "x": feed.stream(train),
+            "x": data,
             "epochs": last,
             "initial_epoch": first_epoch,
             "shuffle": False,  # the batch sources shuffle, seeded, per epoch
@@ -386,18 +441,26 @@ def _train(
                 raise TrainingFailed(
                     f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 ) from exc
-            batch = train.batch_size
+            what = "out of memory"
+            if isinstance(exc, MemoryOverrun):
+                what = f"{exc.reason} ({exc})"
+            if topology.strategy == "multiworker":
+                raise TrainingFailed(
+                    f"{what} on worker {topology.worker_index}: a multi-worker run cannot change "
+                    f"its batch on one worker; restart every worker with --batch-size "
+                    f"{max(1, train.batch_size // local // 2)}"
+                ) from exc
+            batch = train.batch_size // local  # per replica
             if batch == 1:
-                what = "out of memory"
-                if isinstance(exc, MemoryOverrun):
-                    what = f"{exc.reason} ({exc})"
                 raise TrainingFailed(
                     f"{what} even at batch 1 (after halving from {plan.batch_size}); "
                     "try a smaller --maxlen, mixed precision or more memory"
                 ) from exc
-            done = train.position + progress.steps * batch
-            new_batch, accumulation = batch // 2, accumulation * 2
-            train.resize(new_batch, epoch=progress.epoch, start=done)
+            done = train.position + progress.steps * train.batch_size
+            new_batch = batch // 2
+            if not topology.active:  # Keras 3 has no gradient accumulation under a strategy
+                accumulation *= 2
+            train.resize(new_batch * local, epoch=progress.epoch, start=done)
             set_accumulation(model, accumulation)
             _release_freed_memory()
             first_epoch = progress.epoch

@@ -174,7 +174,10 @@ class EpochOrder:
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} of {len(self)}")
         lo = self.start + i * self.batch_size
-        hi = min(lo + self.batch_size, self.total)
+        return self.pieces(lo, min(lo + self.batch_size, self.total))
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[int, np.ndarray]]:
+        """Positions ``lo:hi`` of this epoch's order as (block, rows) pieces."""
         pieces = []
         k = int(np.searchsorted(self.ends, lo, side="right"))
         while lo < hi:
@@ -291,10 +294,18 @@ class StreamingBatches:
             self._padded(index)
 
     def __getitem__(self, i: int) -> tuple[Arrays, Arrays]:
-        parts = [(self._padded(block), rows) for block, rows in self.order.batch(i)]
+        pieces = self.order.batch(i)
         following = self.order.block_after(i)
         if following is not None:
             self._read_ahead(following)
+        return self._gather(pieces)
+
+    def span(self, lo: int, hi: int) -> tuple[Arrays, Arrays]:
+        """Positions ``lo:hi`` of this epoch's order, as one batch."""
+        return self._gather(self.order.pieces(lo, hi))
+
+    def _gather(self, pieces: list[tuple[int, np.ndarray]]) -> tuple[Arrays, Arrays]:
+        parts = [(self._padded(block), rows) for block, rows in pieces]
         if len(parts) == 1:
             (inputs, targets), rows = parts[0]
             return _take(inputs, rows), _take(targets, rows)
@@ -351,7 +362,10 @@ class InMemoryBatches:
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} of {len(self)}")
         lo = self.position + i * self.batch_size
-        hi = min(lo + self.batch_size, self.num_samples)
+        return self.span(lo, min(lo + self.batch_size, self.num_samples))
+
+    def span(self, lo: int, hi: int) -> tuple[Arrays, Arrays]:
+        """Positions ``lo:hi`` of this epoch's order, as one batch."""
         if self.order is None:
             return row_range(self.inputs, lo, hi), row_range(self.targets, lo, hi)
         rows = np.sort(self.order[lo:hi])  # sorted: a friendlier gather, same set of rows
@@ -360,6 +374,90 @@ class InMemoryBatches:
     def __iter__(self) -> Iterator[tuple[Arrays, Arrays]]:
         for i in range(len(self)):
             yield self[i]
+
+
+class EvenBatches:
+    """Exactly ``steps`` batches over a source's epoch, their sizes as equal as they can be.
+
+    Every MultiWorkerMirroredStrategy worker must take the same number of steps, and the
+    workers' shares of the data differ by a few rows: each worker cuts its own share into
+    the steps of the largest share, so no sample is dropped or repeated and no batch is
+    larger than the plan's.
+    """
+
+    def __init__(self, source: StreamingBatches | InMemoryBatches, steps: int) -> None:
+        n = source.num_samples
+        if n < steps:
+            raise MemtuneError(
+                f"this worker's share holds {n} samples, fewer than the {steps} steps every "
+                "worker takes; use fewer workers or a larger batch"
+            )
+        self.source = source
+        self.steps = steps
+        self.num_samples = n
+        self.failure: MemtuneError | None = None
+        self._bounds = [i * n // steps for i in range(steps + 1)]
+
+    @property
+    def batch_size(self) -> int:
+        return self.source.batch_size
+
+    @property
+    def position(self) -> int:
+        return 0
+
+    def resize(self, batch_size: int, *, epoch: int, start: int) -> None:
+        raise MemtuneError("a multi-worker run cannot change its batch on one worker alone")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.source.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> tuple[Arrays, Arrays]:
+        if not 0 <= i < self.steps:
+            raise IndexError(f"batch {i} of {self.steps}")
+        return self.source.span(self._bounds[i], self._bounds[i + 1])
+
+
+def worker_blocks(info: DataInfo, workers: int, index: int, block_rows: int) -> list[Block]:
+    """Worker ``index``'s share of the data: whole shards when there are enough of them,
+    else runs of rows; shares are contiguous, disjoint, cover every row, and balanced."""
+    blocks = blocks_of(info, block_rows)
+    if workers == 1:
+        return blocks
+    n = info.num_samples
+    if n < workers:
+        raise MemtuneError(f"{n} samples cannot be shared between {workers} workers")
+    units: list[list[Block]] = []
+    for block in blocks:
+        if units and units[-1][0].shard is block.shard:
+            units[-1].append(block)
+        else:
+            units.append([block])
+    if len(units) < workers:  # fewer shards than workers: split rows
+        units = [[b] for b in blocks_of(info, max(1, n // workers))]
+    cuts = balanced_cuts([sum(b.rows for b in unit) for unit in units], workers)
+    return [b for unit in units[cuts[index] : cuts[index + 1]] for b in unit]
+
+
+def balanced_cuts(sizes: list[int], parts: int) -> list[int]:
+    """Cut ``sizes`` (in order) into ``parts`` non-empty runs of nearly equal sums; returns
+    the ``parts + 1`` boundaries."""
+    if len(sizes) < parts:
+        raise ValueError(f"{len(sizes)} units cannot make {parts} parts")
+    ends = np.cumsum(sizes)
+    total = int(ends[-1]) if len(ends) else 0
+    cuts = [0]
+    for j in range(1, parts):
+        goal = total * j / parts
+        k = int(np.argmin(np.abs(ends - goal))) + 1  # cut after the unit nearest the goal
+        k = max(k, cuts[-1] + 1)  # every part non-empty ...
+        k = min(k, len(sizes) - (parts - j))  # ... and room left for the parts after it
+        cuts.append(k)
+    cuts.append(len(sizes))
+    return cuts
 
 
 def row_range(arrays: Arrays, lo: int, hi: int | None = None) -> Arrays:

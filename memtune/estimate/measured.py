@@ -33,6 +33,7 @@ class Setup:
     limit_bytes: int
     cache: TrialCache
     num_samples: int
+    cpu_replicas: int = 1  # trials run under MirroredStrategy on this many logical CPUs
 
 
 def setup(
@@ -42,6 +43,7 @@ def setup(
     budget: Budget,
     seen: Probe,
     num_samples: int,
+    cpu_replicas: int = 1,
 ) -> Setup:
     """Trial parameters and the cache keyed by everything that shapes a trial's peak."""
     tf, keras = _tf.tensorflow(), _tf.keras()
@@ -58,6 +60,7 @@ def setup(
             "keras": keras.__version__,
             "format": MEMTUNE_TRIAL_FORMAT,
             "num_samples": num_samples,
+            "cpu_replicas": cpu_replicas,
         }
     )
     if budget.device == "cpu":  # a trial may never take more than the host can give
@@ -65,7 +68,7 @@ def setup(
     else:
         limit = budget.budget_bytes
     cache = TrialCache(key, enabled=not options.no_cache)
-    return Setup(feeds, accumulation, budget.device, limit, cache, num_samples)
+    return Setup(feeds, accumulation, budget.device, limit, cache, num_samples, cpu_replicas)
 
 
 def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]]:
@@ -91,7 +94,12 @@ def measured_plan(
             notes.append("no trials: the model could not be saved for a trial process; unverified")
             return plan_for(prior, None, notes), prior
         trial_spec = TrialSpec(
-            model_arg, s.feeds, s.accumulation, s.device, num_samples=s.num_samples
+            model_arg,
+            s.feeds,
+            s.accumulation,
+            s.device,
+            num_samples=s.num_samples,
+            cpu_replicas=s.cpu_replicas,
         )
 
         def measure(batch: int) -> Trial:

@@ -12,6 +12,7 @@ stdin and prints one JSON line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,6 +52,9 @@ class TrialSpec:
     # The epoch's size: its last, partial batch has other shapes, and TensorFlow's memory
     # for a second set of shapes adds to the first, so the trial ends with one too.
     num_samples: int | None = None
+    # >1: train under MirroredStrategy on this many logical CPU devices, as fit will; the
+    # trial's batch is per replica and the whole process (every replica) is measured.
+    cpu_replicas: int = 1
 
     def to_json(self, batch_size: int, limit_bytes: int, debug: bool) -> str:
         out = asdict(self)
@@ -204,7 +208,15 @@ def _child() -> int:
         tf = _tf.tensorflow()
         device = raw["device"]
         gpus = tf.config.list_physical_devices("GPU")
-        if device == "cpu":
+        replicas = int(raw.get("cpu_replicas") or 1)
+        scope: Any = contextlib.nullcontext()
+        if replicas > 1:
+            from memtune.distribute import Topology, make_strategy
+
+            devices = tuple(f"cpu:{i}" for i in range(replicas))
+            topology = Topology("mirrored", replicas, devices=devices, cpu_replicas=replicas)
+            scope = make_strategy(topology).scope()
+        elif device == "cpu":
             tf.config.set_visible_devices([], "GPU")
         else:
             index = int(device.split(":")[1])
@@ -217,8 +229,9 @@ def _child() -> int:
         feeds = tuple(
             FeedSpec(f["name"], f["role"], tuple(f["shape"]), f["dtype"]) for f in raw["feeds"]
         )
-        model = load_model(raw["model"])
-        set_accumulation(model, int(raw["accumulation"]))
+        with scope:
+            model = load_model(raw["model"])
+            set_accumulation(model, int(raw["accumulation"]))
         footprint = Footprint(
             tuple(
                 Feed(f.name, "input", (), f.shape, f.dtype, False)
@@ -231,7 +244,7 @@ def _child() -> int:
                 if f.role == "target"
             ),
         )
-        batch, total = int(raw["batch_size"]), raw.get("num_samples")
+        batch, total = int(raw["batch_size"]) * replicas, raw.get("num_samples")
         last = total % batch if total and total > batch else 0
         steps = int(raw["steps"])
         if total:  # an epoch shorter than the trial: run exactly its steps

@@ -37,6 +37,7 @@ class DashboardState:
     samples_per_second: float = 0.0
     eta_seconds: float | None = None
     tf_peak: dict[str, int] = field(default_factory=dict)  # device → TensorFlow's peak bytes
+    worker: str = ""  # "2/4" on a multi-worker run: each worker shows its own memory
 
 
 def sparkline(values: list[int], ceiling: int | None = None, width: int = 40) -> str:
@@ -50,7 +51,8 @@ def sparkline(values: list[int], ceiling: int | None = None, width: int = 40) ->
 
 def render(state: DashboardState, history: list[Sample], peak_rss: int) -> RenderableType:
     latest = history[-1] if history else None
-    head = Text(f"memtune — epoch {state.epoch + 1}/{state.epochs}  step {state.step}")
+    who = f"worker {state.worker} — " if state.worker else ""
+    head = Text(f"memtune — {who}epoch {state.epoch + 1}/{state.epochs}  step {state.step}")
     if state.steps:
         head.append(f"/{state.steps}")
     if state.eta_seconds is not None:
@@ -82,8 +84,9 @@ def render(state: DashboardState, history: list[Sample], peak_rss: int) -> Rende
 def plain_line(state: DashboardState, peak_rss: int) -> str:
     metrics = " ".join(f"{k} {v:.4g}" for k, v in state.logs.items())
     usable = f" of {format_bytes(state.usable_bytes)} usable" if state.usable_bytes else ""
+    who = f"worker {state.worker}, " if state.worker else ""
     return (
-        f"epoch {state.epoch + 1}/{state.epochs}: {metrics} — {state.samples_per_second:,.0f} "
+        f"{who}epoch {state.epoch + 1}/{state.epochs}: {metrics} — {state.samples_per_second:,.0f} "
         f"samples/s, peak RSS {format_bytes(peak_rss)}{usable}"
     )
 
@@ -119,10 +122,14 @@ def memory_dashboard_class() -> Any:
             nvml: Any = None,
             show: bool = True,
             tensorboard: str | None = None,
+            worker: str = "",
         ) -> None:
             super().__init__()
             self.state = DashboardState(
-                usable_bytes=usable_bytes, batch_size=batch_size, accumulation=accumulation
+                usable_bytes=usable_bytes,
+                batch_size=batch_size,
+                accumulation=accumulation,
+                worker=worker,
             )
             self.console = console or make_console()
             self.trace = Trace(trace) if trace else None

@@ -60,6 +60,14 @@ def render_probe(result: Probe, out: Console) -> None:
         out.print(f"warning: {warning}", soft_wrap=True)
 
 
+def _strategy(plan: Plan) -> str:
+    worker = f", worker {plan.worker_index + 1} of {plan.workers}" if plan.workers > 1 else ""
+    return (
+        f"{plan.strategy}: {plan.replicas} replicas{worker}; batch size is per replica, "
+        f"global batch {plan.global_batch_size:,}"
+    )
+
+
 def render_plan(plan: Plan, out: Console) -> None:
     table = Table(title="memtune plan", title_justify="left", show_header=False)
     table.add_column("key", style="bold")
@@ -68,6 +76,8 @@ def render_plan(plan: Plan, out: Console) -> None:
     if plan.gradient_accumulation_steps > 1:
         table.add_row("accumulation steps", str(plan.gradient_accumulation_steps))
         table.add_row("effective batch", f"{plan.effective_batch_size:,}")
+    if plan.strategy != "none":
+        table.add_row("strategy", _strategy(plan))
     table.add_row("data mode", plan.mode)
     table.add_row("device", plan.device)
     table.add_row("budget", format_bytes(plan.budget_bytes))
@@ -92,6 +102,8 @@ def render_fit(result: FitResult, out: Console) -> None:
     table.add_row(
         "batch size", f"{plan.batch_size:,} × {plan.gradient_accumulation_steps} accumulation"
     )
+    if plan.strategy != "none":
+        table.add_row("strategy", _strategy(plan))
     table.add_row("data mode", plan.mode)
     epochs = len(next(iter(result.history.values()), []))
     table.add_row("epochs", str(epochs))
