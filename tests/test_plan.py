@@ -36,9 +36,14 @@ def test_largest_batch_under_usable() -> None:
     assert plan(safety=0.0).batch_size > p.batch_size
 
 
-def test_json_has_exactly_the_contract_keys() -> None:
+def test_json_has_the_contract_keys_and_the_distribution_ones() -> None:
     keys = set(plan().to_json())
     assert keys == {
+        "strategy",  # added by memtune beside the contract's keys (#7)
+        "replicas",
+        "global_batch_size",
+        "workers",
+        "worker_index",
         "batch_size",
         "gradient_accumulation_steps",
         "effective_batch_size",
@@ -56,6 +61,7 @@ def test_json_has_exactly_the_contract_keys() -> None:
     j = plan(n=10, per=7).to_json()
     assert j["dataset_bytes"] == 70
     assert j["effective_batch_size"] == j["batch_size"] * j["gradient_accumulation_steps"]
+    assert (j["strategy"], j["replicas"], j["global_batch_size"]) == ("none", 1, j["batch_size"])
 
 
 def test_capped_by_dataset_and_max_batch() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from memtune.errors import NothingFits
 from memtune.estimate.curve import MemoryCurve
-from memtune.estimate.search import MAX_TRIALS, search
+from memtune.estimate.search import AIM, MAX_TRIALS, search
 from memtune.plan import Budget, Plan, PlanOptions, Trial, make_plan
 
 MiB = 1024**2
@@ -63,8 +63,9 @@ def test_linear_truth_finds_near_best_batch() -> None:
     result = search(prior, measure, planner(2 * GiB))
     check(result, truth, usable)
     best = max(b for b in range(1, 10**5) if truth(b) + 5 * 8192 * 100 + 4 * 0 <= usable)
-    assert result.plan.batch_size >= 0.97 * best
-    assert result.plan.predicted_peak_bytes <= usable
+    # aimed at AIM of usable, leaving room for fit's longer run: close to the best, not at it
+    assert 0.93 * usable <= result.plan.predicted_peak_bytes <= AIM * usable
+    assert result.plan.batch_size >= 0.90 * best
     assert len(calls) == 3  # a small batch, a guess, the verified best
 
 
@@ -82,7 +83,8 @@ def test_optimistic_prior_overshoots_then_steps_down() -> None:
     assert any(t.exceeded for t in result.trials)
     assert any("was stopped" in n for n in result.notes)
     best = max(b for b in range(1, 10**4) if truth(b) + 5 * 8192 * 100 <= usable)
-    assert result.plan.batch_size >= 0.97 * best
+    assert result.plan.batch_size >= 0.90 * best
+    assert 0.90 * usable <= result.plan.predicted_peak_bytes <= AIM * usable
     assert calls[-1] == result.plan.batch_size
 
 

@@ -18,6 +18,10 @@ from memtune.units import format_bytes
 MAX_TRIALS = 4
 FIRST_BATCH = 8
 NONLINEAR = 0.05  # a verification this far off the line means the curve bends
+# Trials aim at this share of the usable budget, not all of it: a verification then rarely
+# overshoots (spending a trial to step down), and ``fit``'s long run, which peaks 1-4 %
+# above a few-step trial, stays under the budget.
+AIM = 0.95
 
 Measure = Callable[[int], Trial]
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, verified cap) -> plan
@@ -77,7 +81,7 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
         )
     while len(trials) < MAX_TRIALS:
         plan = plan_for(curve, None)
-        b = plan.batch_size
+        b = _aimed(curve, plan)
         bound = min((t.batch_size for t in trials if t.exceeded), default=None)
         if bound is not None and b >= bound:
             b = max(max(good) + 1, int(math.sqrt(max(good) * bound)))
@@ -96,3 +100,10 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
         curve = record(t)
     best = max(good)
     return SearchResult(plan_for(curve, best), curve, trials, notes)
+
+
+def _aimed(curve: MemoryCurve, plan: Plan) -> int:
+    """The batch whose predicted peak, with the pipeline beside it, is ``AIM`` of usable
+    (never more than the plan's own batch, which caps and the dataset may have limited)."""
+    extra = plan.predicted_peak_bytes - curve.peak(plan.batch_size)
+    return max(1, min(plan.batch_size, curve.largest_batch(int(plan.usable_bytes * AIM) - extra)))
