@@ -101,6 +101,8 @@ BAD_INPUTS: list[Case] = [
     Case("resume without checkpoint dir", "cli", _fit("--resume"), "--resume needs --checkpoint-dir"),
     Case("resume with nothing saved", "cli", _fit("--resume", "--checkpoint-dir", "{tmp}/empty"), "holds no checkpoint"),
     Case("stale checkpoint", "cli", _fit("--checkpoint-dir", "{tmp}/ck"), "pass --resume"),
+    Case("multiworker without TF_CONFIG", "cli", _fit("--strategy", "multiworker"), "needs TF_CONFIG"),
+    Case("zero CPU replicas", "cli", _fit("--cpu-replicas", "0"), "--cpu-replicas 0"),
     Case("suggest with an unknown flag", "cli", _suggest("--bach-size", "8"), "unrecognized arguments"),
     Case("report of a missing trace", "cli", ["report", "{tmp}/none.jsonl", "-o", "{out}/r.png"], "does not exist"),
     Case("report of a torn trace", "cli", ["report", "{tmp}/torn.jsonl", "-o", "{out}/r.png"], "torn.jsonl, line 2", files={"torn.jsonl": '{"kind": "sample", "t": 0, "rss": 1}\n{"kind": "sam\n'}),

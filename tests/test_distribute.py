@@ -297,3 +297,13 @@ def test_two_workers_on_loopback_share_the_data_and_stay_in_sync(tmp_path: Path)
     ]
     for a, b in zip(weights[0].get_weights(), weights[1].get_weights(), strict=True):
         np.testing.assert_allclose(a, b)
+
+
+def test_each_worker_dashboard_names_the_worker() -> None:
+    from memtune.ui.dashboard import DashboardState, plain_line, render
+    from tests.test_dashboard import text_of
+
+    state = DashboardState(epochs=2, worker="2/3", usable_bytes=1024**3)
+    assert plain_line(state, 512 * 1024**2).startswith("worker 2/3, epoch 1/2:")
+    assert text_of(render(state, [], 0)).startswith("memtune — worker 2/3 — epoch 1/2")
+    assert not plain_line(DashboardState(), 0).startswith("worker")

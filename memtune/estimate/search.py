@@ -18,10 +18,6 @@ from memtune.units import format_bytes
 MAX_TRIALS = 4
 FIRST_BATCH = 8
 NONLINEAR = 0.05  # a verification this far off the line means the curve bends
-# Trials aim at this share of the usable budget, not all of it: a verification then rarely
-# overshoots (spending a trial to step down), and ``fit``'s long run, which peaks 1-4 %
-# above a few-step trial, stays under the budget.
-AIM = 0.95
 
 Measure = Callable[[int], Trial]
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, verified cap) -> plan
@@ -40,7 +36,8 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
 
     The curve is fitted to the trials that completed; a stopped trial only bounds the
     search from above. When the curve points at or past such a bound, the next try is the
-    geometric mean of the largest good batch and the bound.
+    geometric mean of the largest good batch and the bound. A choice at or under a batch
+    already measured to fit needs no trial: memory does not shrink as the batch grows.
     """
     trials: list[Trial] = []
     notes: list[str] = []
@@ -60,10 +57,7 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
         else:
             verified = plan_for(curve, t.batch_size)
             extra = verified.predicted_peak_bytes - curve.peak(verified.batch_size)
-            if (
-                verified.batch_size == t.batch_size
-                and t.peak_bytes + extra <= verified.usable_bytes
-            ):
+            if t.peak_bytes + extra <= verified.usable_bytes:
                 good.append(t.batch_size)
         return curve
 
@@ -81,14 +75,14 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
         )
     while len(trials) < MAX_TRIALS:
         plan = plan_for(curve, None)
-        b = _aimed(curve, plan)
+        b = plan.batch_size
         bound = min((t.batch_size for t in trials if t.exceeded), default=None)
         if bound is not None and b >= bound:
             b = max(max(good) + 1, int(math.sqrt(max(good) * bound)))
             if b >= bound:
                 break
-        if b in good:
-            return SearchResult(plan_for(curve, b), curve, trials, notes)
+        if b <= max(good):  # at or under a batch measured to fit: safe, no trial needed
+            return SearchResult(plan_for(curve, max(good)), curve, trials, notes)
         predicted = curve.peak(b)
         t = measure(b)
         if not t.exceeded and predicted and abs(t.peak_bytes - predicted) > NONLINEAR * predicted:
@@ -100,10 +94,3 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
         curve = record(t)
     best = max(good)
     return SearchResult(plan_for(curve, best), curve, trials, notes)
-
-
-def _aimed(curve: MemoryCurve, plan: Plan) -> int:
-    """The batch whose predicted peak, with the pipeline beside it, is ``AIM`` of usable
-    (never more than the plan's own batch, which caps and the dataset may have limited)."""
-    extra = plan.predicted_peak_bytes - curve.peak(plan.batch_size)
-    return max(1, min(plan.batch_size, curve.largest_batch(int(plan.usable_bytes * AIM) - extra)))
