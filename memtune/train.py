@@ -323,6 +323,9 @@ def _fit_data(
     return kwargs, train
 
 
+WATCH_SECONDS = 0.01
+
+
 def _progress_callbacks(plan: Plan) -> tuple[Any, Any]:
     """A step counter (where an interrupted epoch stands, per-epoch logs) and, on the CPU,
     the memory watchdog, which raises :class:`MemoryOverrun` after a step when RSS passed
@@ -353,9 +356,13 @@ def _progress_callbacks(plan: Plan) -> tuple[Any, Any]:
             self.watchdog = (
                 Watchdog(plan.budget_bytes, plan.usable_bytes) if plan.device == "cpu" else None
             )
+            self.next_check = 0.0
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            if self.watchdog is not None:
+            # A reading costs ~70 µs (/proc and cgroup files): at most one per WATCH_SECONDS.
+            now = time.monotonic()
+            if self.watchdog is not None and now >= self.next_check:
+                self.next_check = now + WATCH_SECONDS
                 rss = int(self.process.memory_info().rss)
                 self.watchdog.check(Reading(rss, read_host().available_bytes))
 
