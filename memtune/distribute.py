@@ -13,6 +13,7 @@ under the same strategy and measure the whole process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -135,7 +136,8 @@ def make_strategy(topology: Topology) -> Any:
     tf = _tf.tensorflow()
     on_cpu = topology.devices[0].startswith("cpu")
     if on_cpu:
-        tf.config.set_visible_devices([], "GPU")
+        with contextlib.suppress(RuntimeError):  # already started: _split_cpu says so if needed
+            tf.config.set_visible_devices([], "GPU")
         _split_cpu(tf, topology.cpu_replicas)
     if topology.strategy == "multiworker":
         with _tf.native_stderr_quiet():

@@ -216,6 +216,8 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     seen = probe()
     device = resolve_device(seen, opts.device, virtual=opts.gpu_memory_bytes is not None)
     topology = distribute.resolve(opts.strategy, opts.cpu_replicas, seen, device)
+    if topology.active and not isinstance(model, str) and opts.strategy == "auto":
+        topology = Topology()  # a model object was built outside any scope: one device
     if topology.active and not isinstance(model, str):
         raise MemtuneError(
             f"--strategy {topology.strategy}: pass the model as a .keras file or a factory "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,27 @@ def test_plan_invariants(
         assert p.predicted_peak_bytes <= p.usable_bytes  # within the plan's own prediction
         assert p.batch_size >= 1
         assert p.batch_size <= n
+
+
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=40), st.integers(1, 12))
+def test_workers_shares_are_contiguous_nonempty_and_cover(sizes: list[int], parts: int) -> None:
+    from memtune.data.pipeline import balanced_cuts
+
+    if len(sizes) < parts:
+        return
+    cuts = balanced_cuts(sizes, parts)
+    assert cuts[0] == 0 and cuts[-1] == len(sizes) and len(cuts) == parts + 1
+    assert all(a < b for a, b in itertools.pairwise(cuts))  # every share non-empty
+
+
+@given(st.integers(1, 5000), st.integers(0, 40), st.integers(1, 300))
+def test_every_worker_takes_the_largest_shares_steps(largest: int, less: int, batch: int) -> None:
+    """A share cut into the steps of the largest share: sizes differ by at most one, none
+    empty or larger than the batch, and they add up to the share."""
+    from memtune.data.pipeline import even_bounds
+
+    steps = -(-largest // batch)
+    share = max(steps, largest - less)  # EvenBatches refuses a share smaller than the steps
+    sizes = [b - a for a, b in itertools.pairwise(even_bounds(share, steps))]
+    assert len(sizes) == steps and sum(sizes) == share
+    assert min(sizes) >= 1 and max(sizes) <= batch and max(sizes) - min(sizes) <= 1

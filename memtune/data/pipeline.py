@@ -396,7 +396,7 @@ class EvenBatches:
         self.steps = steps
         self.num_samples = n
         self.failure: MemtuneError | None = None
-        self._bounds = [i * n // steps for i in range(steps + 1)]
+        self._bounds = even_bounds(n, steps)
 
     @property
     def batch_size(self) -> int:
@@ -419,6 +419,11 @@ class EvenBatches:
         if not 0 <= i < self.steps:
             raise IndexError(f"batch {i} of {self.steps}")
         return self.source.span(self._bounds[i], self._bounds[i + 1])
+
+
+def even_bounds(n: int, steps: int) -> list[int]:
+    """Positions cutting ``n`` samples into ``steps`` batches whose sizes differ by at most 1."""
+    return [i * n // steps for i in range(steps + 1)]
 
 
 def worker_blocks(info: DataInfo, workers: int, index: int, block_rows: int) -> list[Block]:
