@@ -82,7 +82,9 @@ def prepare(
     # A bad --device or --strategy fails before any work.
     device = resolve_device(seen, options.device, virtual=options.gpu_memory_bytes is not None)
     if topology is None:
-        topology = distribute.resolve(options.strategy, options.cpu_replicas, seen, device)
+        topology = distribute.resolve(
+            options.strategy, options.cpu_replicas, seen, device, options.device
+        )
     if topology.active:
         device = distribute.tightest_device(topology, seen, device)
         if options.effective_batch_size is not None:

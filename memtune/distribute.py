@@ -74,9 +74,14 @@ def resolve_topology(
     probe: Probe,
     device: str,
     tf_config: str | None = None,
+    *,
+    pinned: bool = False,
 ) -> Topology:
     """The strategy the flags ask for on this machine (``auto``: mirrored on several GPUs,
-    multiworker when ``TF_CONFIG`` names several workers, ``--cpu-replicas`` > 1 mirrored)."""
+    multiworker when ``TF_CONFIG`` names several workers, ``--cpu-replicas`` > 1 mirrored).
+
+    ``pinned``: the user named one GPU (``--device gpu:1``), so ``auto`` keeps to it.
+    """
     if strategy not in STRATEGIES:
         raise MemtuneError(f"--strategy {strategy!r}: expected {', '.join(STRATEGIES)}")
     if cpu_replicas is not None and device != "cpu":
@@ -89,7 +94,7 @@ def resolve_topology(
     if strategy == "auto":
         if cluster is not None and cluster[0] > 1:
             strategy = "multiworker"
-        elif len(gpus) > 1 or cpus > 1:
+        elif (len(gpus) > 1 and not pinned) or cpus > 1:
             strategy = "mirrored"
         else:
             strategy = "none"
@@ -115,9 +120,14 @@ def tightest_device(topology: Topology, probe: Probe, device: str) -> str:
     return min(topology.devices, key=lambda d: (free.get(d, 0), d))
 
 
-def resolve(strategy: str, cpu_replicas: int | None, probe: Probe, device: str) -> Topology:
-    """:func:`resolve_topology` with this process's ``TF_CONFIG``."""
-    return resolve_topology(strategy, cpu_replicas, probe, device, os.environ.get("TF_CONFIG"))
+def resolve(
+    strategy: str, cpu_replicas: int | None, probe: Probe, device: str, requested: str
+) -> Topology:
+    """:func:`resolve_topology` with this process's ``TF_CONFIG``; ``requested`` is the
+    ``--device`` flag as given (``gpu:N`` pins one GPU)."""
+    pinned = requested.strip().lower().startswith("gpu:")
+    config = os.environ.get("TF_CONFIG")
+    return resolve_topology(strategy, cpu_replicas, probe, device, config, pinned=pinned)
 
 
 # ------------------------------------------------------------------ TensorFlow from here on

@@ -215,7 +215,7 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     save = _check_save_path(extra.get("save"))
     seen = probe()
     device = resolve_device(seen, opts.device, virtual=opts.gpu_memory_bytes is not None)
-    topology = distribute.resolve(opts.strategy, opts.cpu_replicas, seen, device)
+    topology = distribute.resolve(opts.strategy, opts.cpu_replicas, seen, device, opts.device)
     if topology.active and not isinstance(model, str) and opts.strategy == "auto":
         topology = Topology()  # a model object was built outside any scope: one device
     if topology.active and not isinstance(model, str):

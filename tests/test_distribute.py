@@ -57,6 +57,12 @@ def test_auto_is_mirrored_on_two_gpus_planned_against_the_tighter() -> None:
     assert tightest_device(topology, seen, "gpu:1") == "gpu:0"
 
 
+def test_auto_keeps_to_a_gpu_the_user_named() -> None:
+    seen = probe(nvml=SCENARIOS["two_gpus"]())
+    assert not resolve_topology("auto", None, seen, "gpu:1", pinned=True).active
+    assert resolve_topology("mirrored", None, seen, "gpu:1", pinned=True).replicas == 2
+
+
 def test_auto_on_one_gpu_or_a_plain_cpu_is_no_strategy() -> None:
     assert not resolve_topology("auto", None, probe(nvml=SCENARIOS["one_gpu"]()), "gpu:0").active
     assert not resolve_topology("auto", None, probe(nvml=None), "cpu").active
