@@ -17,16 +17,7 @@ import pytest
 
 from memtune.cli import main
 from tests.conftest import write_csv_shards, write_factory
-
-MODEL = """
-a = keras.Input((2,), name="a")
-b = keras.Input((None,), dtype="int32", name="b")
-e = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 2)(b))
-x = keras.layers.Concatenate()([a, e])
-model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1, name="answer")(x))
-model.compile("adam", "mse")
-return model
-"""
+from tests.test_cli import MODEL
 
 
 @dataclass
