@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from memtune import _tf
+from memtune import _tf, signals
 from memtune.errors import MemtuneError
 
 
@@ -146,7 +146,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def _dashboard(
-    show: bool, trace: str | None, tensorboard: str | None = None
+    show: bool, trace: str | None, tensorboard: str | None = None, resume: bool = False
 ) -> Callable[[Any], list[Any]]:
     """Plan → the live dashboard callback (and trace writer), once the plan is known."""
 
@@ -163,6 +163,7 @@ def _dashboard(
             show=show,
             tensorboard=tensorboard,
             worker=f"{plan.worker_index + 1}/{plan.workers}" if plan.workers > 1 else "",
+            append_trace=resume,
         )
         if tensorboard:
             keras = _tf.keras()
@@ -182,7 +183,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise MemtuneError(
                 "--tensorboard needs the tensorboard package: pip install 'memtune[tensorboard]'"
             )
-    from memtune.paths import output_dir, output_file
+    from memtune.paths import output_dir, output_file, outside_folder
 
     if args.trace:
         output_file("--trace", args.trace, (".jsonl",))
@@ -190,12 +191,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         output_file("--report", args.report, (".png",))
     if args.tensorboard:
         output_dir("--tensorboard", args.tensorboard)
+    for flag in ("--trace", "--report", "--tensorboard"):
+        value = getattr(args, flag[2:])
+        if value and args.checkpoint_dir:
+            outside_folder(flag, value, "--checkpoint-dir", args.checkpoint_dir)
     show = not (args.no_dashboard or args.json)
     trace = args.trace
     with contextlib.ExitStack() as stack:
         if args.report and not trace:
             trace = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "trace.jsonl")
-        result = _fit_with(fit, args, _dashboard(show, trace, args.tensorboard), show)
+        appends = args.resume and trace == args.trace  # a resumed run continues its trace
+        board = _dashboard(show, trace, args.tensorboard, resume=appends)
+        result = _fit_with(fit, args, board, show)
         if args.report:
             from memtune.ui.report import write_report
 
@@ -345,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in raw
     _tf.set_debug(debug)
+    signals.install()
     try:
         args = parser.parse_args(raw)
         handler: Callable[[argparse.Namespace], int] = args.handler
@@ -357,11 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"memtune: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         where = getattr(args, "checkpoint_dir", None) if "args" in locals() else None
         kept = f"; the checkpoint in {where} is kept (--resume continues)" if where else ""
-        print(f"memtune: interrupted{kept}", file=sys.stderr)
-        return 130
+        how = f"stopped by {exc.args[0]}" if isinstance(exc, signals.Stopped) else "interrupted"
+        print(f"memtune: {how}{kept}", file=sys.stderr)
+        return signals.exit_code(exc)
     except Exception as exc:
         if debug:
             traceback.print_exc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -51,7 +52,10 @@ def _call_factory(location: str, function: str, text: str) -> Any:
         file = Path(location)
         if not file.is_file():
             raise MemtuneError(f"model factory file {location!r} does not exist")
-        name = f"_memtune_model_{abs(hash(file.resolve()))}"
+        # Stable across processes (``hash`` is salted per process): custom layers' module
+        # names land in the model's config, which keys the trial cache.
+        digest = hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:16]
+        name = f"_memtune_model_{digest}"
         module_spec = importlib.util.spec_from_file_location(name, file)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)

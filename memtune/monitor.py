@@ -43,13 +43,23 @@ class Sample:
 
 
 class Trace:
-    """A JSONL file of samples and events, one object a line, flushed as it goes."""
+    """A JSONL file of samples and events, one object a line, flushed as it goes.
 
-    def __init__(self, path: str | Path) -> None:
+    ``append`` continues an earlier run's trace (``fit --resume``) after a ``resumed`` event
+    instead of replacing it; a line a killed run left unfinished is ended first.
+    """
+
+    def __init__(self, path: str | Path, *, append: bool = False) -> None:
         self.path = Path(path)
-        self._file: IO[str] = open(self.path, "w")  # noqa: SIM115 - closed in close()
+        cut = append and self.path.is_file() and not self.path.read_bytes().endswith(b"\n")
+        mode = "a" if append else "w"
+        self._file: IO[str] = open(self.path, mode)  # noqa: SIM115 - closed in close()
         self._lock = threading.Lock()
         self.start = time.monotonic()
+        if cut and self.path.stat().st_size:
+            self._file.write("\n")
+        if append:
+            self.event("resumed")
 
     def write(self, record: dict[str, Any]) -> None:
         with self._lock:

@@ -28,3 +28,13 @@ def output_dir(flag: str, value: str | Path) -> Path:
     if not path.exists() and not path.parent.is_dir():
         raise MemtuneError(f"{flag} {str(value)!r}: folder {str(path.parent)!r} does not exist")
     return path
+
+
+def outside_folder(flag: str, value: str | Path, folder_flag: str, folder: str | Path) -> None:
+    """Refuse an output inside a folder memtune cleans up (links resolved on both sides)."""
+    inner, outer = Path(value).resolve(), Path(folder).resolve()
+    if inner == outer or inner.is_relative_to(outer):
+        raise MemtuneError(
+            f"{flag} {str(value)!r} lies inside {folder_flag} {str(folder)!r}, which memtune "
+            "empties once training is saved; write it elsewhere"
+        )

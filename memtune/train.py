@@ -10,12 +10,16 @@ import os
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from memtune import _tf, distribute
+import psutil
+
+from memtune import _tf, checkpoint, distribute, failpoints
 from memtune.api import Prepared, layout_for, prepare
+from memtune.checkpoint import Checkpoint, CheckpointDir
 from memtune.constants import BLOCK_ROWS, STREAM_QUEUE_BATCHES, WORKERS
 from memtune.data.blocks import Block
 from memtune.data.pipeline import (
@@ -36,7 +40,7 @@ from memtune.distribute import Topology
 from memtune.errors import MemtuneError, TrainingFailed
 from memtune.footprint import Footprint
 from memtune.options import make_options
-from memtune.paths import output_dir, output_file
+from memtune.paths import output_file, outside_folder
 from memtune.plan import Plan, resolve_device
 from memtune.probe import probe
 from memtune.probe.host import read_host
@@ -55,6 +59,7 @@ class FitResult:
     model: Any = field(repr=False, default=None)
     saved: str | None = None
     batch_size_changes: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: str | None = None  # the final checkpoint, kept because nothing was saved
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +70,7 @@ class FitResult:
             "samples_per_second": round(self.samples_per_second, 1),
             "saved": self.saved,
             "batch_size_changes": self.batch_size_changes,
+            "checkpoint": self.checkpoint,
         }
 
 
@@ -153,13 +159,26 @@ def _check_save_path(save: str | None) -> Path | None:
     return output_file("--save", save, (".keras",))
 
 
-def save_atomically(model: Any, path: Path) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written model."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+_SAVE_TMP = ".memtune-tmp.keras"
+
+
+def save_atomically(model: Any, path: Path, epochs: int = 0) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename: never a half-written
+    model, and the old file (if any) stays whole until the new one replaces it."""
+    for stale in path.parent.glob(f".{path.stem}.*{_SAVE_TMP}"):  # a killed save's leftover
+        pid = stale.name[len(path.stem) + 2 : -len(_SAVE_TMP)]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{_SAVE_TMP}")
     try:
         with _tf.native_stderr_quiet():
             model.save(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        failpoints.hit("save-written", epochs)
         os.replace(tmp, path)
+        with contextlib.suppress(OSError):
+            checkpoint.fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -175,23 +194,25 @@ def set_accumulation(model: Any, steps: int) -> None:
     model.compile_from_config(config)
 
 
-def _checkpoint_callback(options: dict[str, Any]) -> list[Any]:
+def _warn(message: str) -> None:
+    print(f"memtune: warning: {message}", file=sys.stderr)
+
+
+def _open_checkpoint(
+    options: dict[str, Any], save: Path | None
+) -> tuple[CheckpointDir | None, Checkpoint | None]:
+    """The checkpoint folder (validated, marked as memtune's) and, with --resume, the
+    checkpoint to continue from; --save may not lie inside the folder memtune cleans."""
     directory, resume = options.get("checkpoint_dir"), bool(options.get("resume"))
     if directory is None:
         if resume:
             raise MemtuneError("--resume needs --checkpoint-dir (where the earlier run saved)")
-        return []
-    path = output_dir("--checkpoint-dir", directory)
-    has_backup = path.is_dir() and any(path.iterdir())
-    if has_backup and not resume:
-        raise MemtuneError(
-            f"--checkpoint-dir {directory!r} holds a checkpoint from an earlier run; "
-            "pass --resume to continue it, or name another folder"
-        )
-    if resume and not has_backup:
-        raise MemtuneError(f"--resume: --checkpoint-dir {directory!r} holds no checkpoint")
-    keras = _tf.keras()
-    return [keras.callbacks.BackupAndRestore(str(path), save_freq="epoch", delete_checkpoint=True)]
+        return None, None
+    if save is not None:
+        outside_folder("--save", save, "--checkpoint-dir", directory)
+    return CheckpointDir.open(
+        "--checkpoint-dir", directory, resume=resume, warn=options.get("warn") or _warn
+    )
 
 
 _FIT_ONLY = (
@@ -203,6 +224,7 @@ _FIT_ONLY = (
     "shuffle",
     "callbacks",
     "plan_callbacks",  # plan -> callbacks: how the CLI adds its dashboard once the plan exists
+    "warn",  # str -> None: where warnings go (stderr by default)
 )
 
 
@@ -228,7 +250,8 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
         raise MemtuneError("--strategy multiworker: validation is not supported yet")
     if multiworker and extra.get("checkpoint_dir"):
         raise MemtuneError("--strategy multiworker: --checkpoint-dir is not supported yet")
-    callbacks = _checkpoint_callback(extra) + list(extra.get("callbacks") or [])
+    store, resumed = _open_checkpoint(extra, save)
+    callbacks = list(extra.get("callbacks") or [])
     strategy = distribute.make_strategy(topology)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         prepared = prepare(model, data, opts, probe_result=seen, topology=topology)
@@ -240,7 +263,24 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     val_layout = _validation_layout(prepared)  # checked before any output is opened
     if extra.get("plan_callbacks"):
         callbacks += list(extra["plan_callbacks"](prepared.plan))
-    return _train(prepared, val_layout, epochs, save, callbacks, extra, (topology, strategy))
+    return _train(
+        prepared,
+        val_layout,
+        _Run(epochs, save, store, resumed),
+        callbacks,
+        extra,
+        (topology, strategy),
+    )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a training run is asked for: epochs, where to save, where to checkpoint."""
+
+    epochs: int
+    save: Path | None = None
+    store: CheckpointDir | None = None
+    resumed: Checkpoint | None = None
 
 
 def _validation_layout(prepared: Prepared) -> Layout | None:
@@ -332,7 +372,6 @@ def _progress_callbacks(plan: Plan) -> tuple[Any, Any]:
     """A step counter (where an interrupted epoch stands, per-epoch logs) and, on the CPU,
     the memory watchdog, which raises :class:`MemoryOverrun` after a step when RSS passed
     the usable budget or other processes took the memory the plan counted on."""
-    import psutil
 
     keras = _tf.keras()
 
@@ -389,8 +428,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def _train(
     prepared: Prepared,
     val_layout: Layout | None,
-    epochs: int,
-    save: Path | None,
+    run: _Run,
     callbacks: list[Any],
     extra: dict[str, Any],
     distributed: tuple[Topology, Any] = (Topology(), None),
@@ -403,18 +441,32 @@ def _train(
     val_kwargs, train = _fit_data(prepared, val_layout, feed, shuffle, seed, topology)
     if topology.strategy == "multiworker":
         distribute.build_for_multiworker(model, strategy, feed.pair(*train[0]))
+    epochs, save = run.epochs, run.save
     accumulation = plan.gradient_accumulation_steps
-    set_accumulation(model, accumulation)
+    first_epoch = 0
+    if run.resumed is not None:
+        first_epoch, accumulation = _restore(model, run.resumed, train, local, strategy)
+    else:
+        set_accumulation(model, accumulation)
     progress, guard = _progress_callbacks(plan)
     changes: list[dict[str, Any]] = []
-    first_epoch = 0
-    started = time.perf_counter()
-    while first_epoch < epochs:
-        # After a batch change, checkpoints restored by BackupAndRestore would rewind the
-        # epoch being continued: the continuation runs without them.
-        extra_callbacks = [
-            c for c in callbacks if not (changes and type(c).__name__ == "BackupAndRestore")
+    if run.store is not None:
+        from memtune.callbacks.epoch_checkpoint import EpochCheckpoint
+
+        run.store.claim(fresh=run.resumed is None)
+
+        callbacks = [
+            *callbacks,
+            EpochCheckpoint(
+                run.store,
+                lambda: train.batch_size // local,
+                seed=seed,
+                resumed=run.resumed,
+            ),
         ]
+    started = time.perf_counter()
+    pending = True  # fit runs at least once: a resumed, finished run opens and closes its trace
+    while pending:
         train.set_epoch(first_epoch)  # the pipeline's length is fixed when it is built
         # A continued epoch is shorter than the rest: it runs alone, then the others.
         last = first_epoch + 1 if train.position else epochs
@@ -428,12 +480,13 @@ def _train(
             "epochs": last,
             "initial_epoch": first_epoch,
             "shuffle": False,  # the batch sources shuffle, seeded, per epoch
-            "callbacks": [feed.epoch_callback(), progress, guard, *extra_callbacks],
+            "callbacks": [feed.epoch_callback(), progress, guard, *callbacks],
             "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
         }
         try:
             model.fit(**fit_kwargs)
             first_epoch = last
+            pending = first_epoch < epochs
         except KeyboardInterrupt:
             for callback in callbacks:  # restore the terminal; checkpoints stay on disk
                 close = getattr(callback, "interrupted", None)
@@ -488,15 +541,22 @@ def _train(
                 if hook is not None:
                     hook(changes[-1])
     seconds = time.perf_counter() - started
+    logs = dict(enumerate(run.resumed.state.history)) if run.resumed else {}
+    logs.update(progress.logs)
     history: dict[str, list[float]] = {}
-    for epoch in sorted(progress.logs):
-        for key, value in progress.logs[epoch].items():
+    for epoch in sorted(logs):
+        for key, value in logs[epoch].items():
             history.setdefault(key, []).append(value)
-    done_epochs = len(progress.logs) or epochs
-    saved = None
+    done_epochs = len(progress.logs)
+    saved = kept = None
     if save is not None:
-        save_atomically(model, save)
+        save_atomically(model, save, epochs)
         saved = str(save)
+        failpoints.hit("save-landed", epochs)
+        if run.store is not None:  # only now: the trained model is safe elsewhere
+            run.store.finish(saved)
+    elif run.store is not None:
+        kept = str(run.store.path)
     return FitResult(
         plan=plan,
         history=history,
@@ -506,7 +566,36 @@ def _train(
         model=model,
         saved=saved,
         batch_size_changes=changes,
+        checkpoint=kept,
     )
+
+
+def _restore(
+    model: Any, resumed: Checkpoint, train: BatchSource, local: int, strategy: Any
+) -> tuple[int, int]:
+    """Load a checkpoint's weights and optimizer state; continue at its batch (unless the
+    new plan's is smaller). Returns the first epoch to train and the accumulation."""
+    state = resumed.state
+    accumulation = state.accumulation
+    if state.batch_size * local < train.batch_size:
+        train.resize(state.batch_size * local, epoch=state.epochs_done, start=0)
+    elif state.batch_size * local > train.batch_size:  # less memory now than then
+        accumulation = 1
+    set_accumulation(model, accumulation)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if not model.optimizer.built:  # else Keras skips the optimizer's saved variables
+            model.optimizer.build(model.trainable_variables)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", UserWarning)
+                with _tf.native_stderr_quiet():
+                    model.load_weights(str(resumed.weights))
+        except Exception as exc:
+            raise MemtuneError(
+                f"--resume: checkpoint {str(resumed.folder)!r} does not fit this model "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            ) from exc
+    return state.epochs_done, accumulation
 
 
 def _memtune_cause(exc: BaseException) -> MemtuneError | None:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from memtune.checkpoint import CheckpointDir, EpochState
 from memtune.cli import main
 from tests.conftest import write_csv_shards, write_factory
 from tests.test_cli import MODEL
@@ -90,8 +91,13 @@ BAD_INPUTS: list[Case] = [
     Case("report not .png", "cli", _fit("--report", "{out}/r.pdf"), "must end in .png"),
     Case("checkpoint dir is a file", "cli", _fit("--checkpoint-dir", "{tmp}/notes.txt"), "is a file, not a folder"),
     Case("resume without checkpoint dir", "cli", _fit("--resume"), "--resume needs --checkpoint-dir"),
-    Case("resume with nothing saved", "cli", _fit("--resume", "--checkpoint-dir", "{tmp}/empty"), "holds no checkpoint"),
+    Case("resume with nothing saved", "cli", _fit("--resume", "--checkpoint-dir", "{tmp}/empty"), "holds no complete checkpoint"),
     Case("stale checkpoint", "cli", _fit("--checkpoint-dir", "{tmp}/ck"), "pass --resume"),
+    Case("resume of a damaged checkpoint", "cli", _fit("--resume", "--checkpoint-dir", "{tmp}/ckbad"), "epoch-000001' is damaged"),
+    Case("checkpoint dir is the user's folder", "cli", _fit("--checkpoint-dir", "{tmp}/missing"), "holds files memtune did not write (e.g. '0.csv')"),
+    Case("resume in the user's folder", "cli", _fit("--resume", "--checkpoint-dir", "{tmp}/missing"), "holds files memtune did not write"),
+    Case("save inside the checkpoint dir", "cli", _fit("--checkpoint-dir", "{tmp}/empty", "--save", "{tmp}/empty/m.keras"), "--save '{tmp}/empty/m.keras' lies inside --checkpoint-dir"),
+    Case("trace inside the checkpoint dir", "cli", _fit("--checkpoint-dir", "{tmp}/empty", "--trace", "{tmp}/empty/t.jsonl"), "--trace '{tmp}/empty/t.jsonl' lies inside"),
     Case("multiworker without TF_CONFIG", "cli", _fit("--strategy", "multiworker"), "needs TF_CONFIG"),
     Case("zero CPU replicas", "cli", _fit("--cpu-replicas", "0"), "--cpu-replicas 0"),
     Case("suggest with an unknown flag", "cli", _suggest("--bach-size", "8"), "unrecognized arguments"),
@@ -132,8 +138,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     )
     (tmp / "notes.txt").write_text("not data")
     (tmp / "junk.keras").write_text("not a zip")
-    (tmp / "ck").mkdir()
-    (tmp / "ck" / "training_metadata.json").write_text("{}")
+    for name in ("ck", "ckbad"):  # a complete memtune checkpoint after one epoch
+        store, _ = CheckpointDir.open("--checkpoint-dir", tmp / name, resume=False)
+        store.claim(fresh=True)
+        store.commit(EpochState(1, 8, 1), lambda path: path.write_bytes(b"weights"))
+    (tmp / "ckbad" / "epoch-000001" / "model.weights.h5").write_bytes(b"weighs")
     model = write_factory(tmp / "m.py", MODEL)
     write_factory(
         tmp / "u.py", "return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])"
@@ -183,7 +192,7 @@ def test_bad_input(case: Case, world: dict[str, Path | str], tmp_path: Path, cap
     _, err = capfd.readouterr()
     assert code == case.code, (argv, err)
     assert err.count("\n") == 1 and err.endswith("\n"), err
-    assert case.fragment in err, err
+    assert case.fragment.format(**names) in err, err
     assert "Traceback" not in err
     assert list(out.rglob("*")) == [], f"left behind: {list(out.rglob('*'))}"
     assert _snapshot(Path(world["tmp"])) == before, "a user's file changed"

@@ -8,10 +8,12 @@ treated as empty.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,20 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _peak(value: Any) -> int | None:
+    """A cached peak: positive int bytes (``true``, floats, negatives read as missing)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value
+
+
 class TrialCache:
-    """Measured peaks by batch for one key. Only completed trials are kept."""
+    """Measured peaks by batch for one key. Only completed trials are kept.
+
+    Anything in the file that is not a positive int of bytes under a batch number reads as
+    missing. Writes hold an exclusive ``flock`` across read-modify-replace, so concurrent
+    suggests lose none of each other's trials.
+    """
 
     def __init__(self, key: str, *, enabled: bool = True, directory: Path | None = None) -> None:
         self.key = key
@@ -40,18 +54,29 @@ class TrialCache:
         self.path = (directory or cache_dir()) / "trials.json"
         self.hits = 0
 
-    def _load(self) -> dict[str, dict[str, int]]:
+    def _load(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, UnicodeDecodeError):
             return {}
         return data if isinstance(data, dict) else {}
+
+    def _mine(self) -> dict[int, int]:
+        found = self._load().get(self.key)
+        if not isinstance(found, dict):
+            return {}
+        peaks: dict[int, int] = {}
+        for batch, value in found.items():
+            peak = _peak(value)
+            if peak is not None and str(batch).isdigit() and int(batch) > 0:
+                peaks[int(batch)] = peak
+        return peaks
 
     def get(self, batch_size: int) -> Trial | None:
         if not self.enabled:
             return None
-        peak = self._load().get(self.key, {}).get(str(batch_size))
-        if not isinstance(peak, int):
+        peak = self._mine().get(batch_size)
+        if peak is None:
             return None
         self.hits += 1
         return Trial(batch_size, peak)
@@ -60,20 +85,32 @@ class TrialCache:
         """Every cached trial for this key, by batch."""
         if not self.enabled:
             return []
-        found = self._load().get(self.key, {})
-        return sorted(
-            (Trial(int(b), p) for b, p in found.items() if isinstance(p, int)),
-            key=lambda t: t.batch_size,
-        )
+        return [Trial(b, p) for b, p in sorted(self._mine().items())]
 
     def put(self, trial: Trial) -> None:
-        if not self.enabled or trial.exceeded:
+        if not self.enabled or trial.exceeded or _peak(trial.peak_bytes) is None:
             return
-        data = self._load()
-        data.setdefault(self.key, {})[str(trial.batch_size)] = trial.peak_bytes
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError), self._locked():
+            data = self._load()
+            mine = data.get(self.key)
+            if not isinstance(mine, dict):
+                mine = data[self.key] = {}
+            mine[str(trial.batch_size)] = trial.peak_bytes
             fd, tmp = tempfile.mkstemp(prefix=".trials.", dir=self.path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.path)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f)
+                os.replace(tmp, self.path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / "trials.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

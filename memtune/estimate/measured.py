@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import json
 import tempfile
 from collections.abc import Callable
@@ -61,6 +63,7 @@ def setup(
             "format": MEMTUNE_TRIAL_FORMAT,
             "num_samples": num_samples,
             "cpu_replicas": cpu_replicas,
+            "custom": _custom_classes(keras_model),
         }
     )
     if budget.device == "cpu":  # a trial may never take more than the host can give
@@ -158,9 +161,31 @@ def _renamed(value: Any, model: Any) -> Any:
             return {k: walk(x) for k, x in v.items()}
         if isinstance(v, list):
             return [walk(x) for x in v]
+        if isinstance(v, str) and v.startswith("_memtune_model_"):
+            return "user-module"  # a factory file's module: its path is not the model
         return names.get(v, v) if isinstance(v, str) else v
 
     return walk(value)
+
+
+def _custom_classes(model: Any) -> list[str]:
+    """Layers defined outside Keras, by qualified name and a hash of their source: their
+    config may stay the same when their code changes what a step holds in memory."""
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = list(flatten(include_self=True, recursive=True)) if flatten else model.layers
+    found = set()
+    for layer in layers:
+        cls = type(layer)
+        if cls.__module__.split(".")[0] in ("keras", "tensorflow", "tf_keras"):
+            continue
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            source = ""
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        module = "user-module" if cls.__module__.startswith("_memtune_model_") else cls.__module__
+        found.add(f"{module}:{cls.__qualname__}:{digest}")
+    return sorted(found)
 
 
 def _saved_copy(keras_model: Any, stack: contextlib.ExitStack) -> str | None:

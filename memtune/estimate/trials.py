@@ -13,8 +13,10 @@ stdin and prints one JSON line.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +32,8 @@ from memtune.plan import Trial
 TRIAL_STEPS = 3
 POLL_SECONDS = 0.005
 GPU_CONTEXT_BYTES = 512 * 1024**2
+PARENT_ENV = "MEMTUNE_TRIAL_PARENT"
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ def run_trial(
     """Measure one trial; a child that passes ``limit_bytes`` is stopped and reported."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env[PARENT_ENV] = str(os.getpid())
+    # Its own session: a terminal's Ctrl-C reaches memtune, which stops the child itself.
     proc = subprocess.Popen(
         [sys.executable, "-m", "memtune.estimate.trials"],
         stdin=subprocess.PIPE,
@@ -80,7 +86,38 @@ def run_trial(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,
     )
+    try:
+        return _watch_trial(proc, spec, batch_size, limit_bytes, timeout_s, debug)
+    finally:
+        _reap(proc)
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the trial's process group and wait for it, whatever ended the trial (a signal
+    turned into an exception included): no trial outlives the call."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(proc.pid, 0)
+    proc.returncode = -signal.SIGKILL
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def _watch_trial(
+    proc: subprocess.Popen[str],
+    spec: TrialSpec,
+    batch_size: int,
+    limit_bytes: int,
+    timeout_s: float,
+    debug: bool,
+) -> Trial:
     stopped = threading.Event()
     over = threading.Event()
 
@@ -108,14 +145,16 @@ def run_trial(
         w.start()
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     try:
-        proc.stdin.write(spec.to_json(batch_size, limit_bytes, debug))
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stopped.set()
+        try:
+            proc.stdin.write(spec.to_json(batch_size, limit_bytes, debug))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        out, err = proc.stdout.read(), proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        stopped.set()  # the watchers stop before the pid can be reused
     rss_peak = int(usage.ru_maxrss) * 1024
     if over.is_set():
         return Trial(batch_size, max(rss_peak, limit_bytes), exceeded=True)
@@ -199,7 +238,19 @@ class _RepeatBatch:
         raise NotImplementedError("a trial measures one batch size")
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGKILL when memtune dies, even by SIGKILL. If memtune is
+    already gone (it died before this line), exit at once."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = os.environ.get(PARENT_ENV)
+    if parent and os.getppid() != int(parent):
+        os._exit(1)
+
+
 def _child() -> int:
+    _die_with_parent()
     raw = json.loads(sys.stdin.read())
     from memtune import _tf
 

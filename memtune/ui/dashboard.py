@@ -123,6 +123,7 @@ def memory_dashboard_class() -> Any:
             show: bool = True,
             tensorboard: str | None = None,
             worker: str = "",
+            append_trace: bool = False,
         ) -> None:
             super().__init__()
             self.state = DashboardState(
@@ -132,7 +133,7 @@ def memory_dashboard_class() -> Any:
                 worker=worker,
             )
             self.console = console or make_console()
-            self.trace = Trace(trace) if trace else None
+            self.trace = Trace(trace, append=append_trace) if trace else None
             if nvml is None:
                 from memtune.probe.nvml import load_pynvml
 

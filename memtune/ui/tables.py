@@ -125,6 +125,11 @@ def render_fit(result: FitResult, out: Console) -> None:
         )
     if result.saved:
         table.add_row("saved", result.saved)
+    if result.checkpoint:
+        table.add_row(
+            "checkpoint",
+            f"kept in {result.checkpoint} (no --save): --resume --save FILE.keras writes the model",
+        )
     out.print(table)
 
 

@@ -1,0 +1,1 @@
+"""memtune's Keras callbacks, one per module. Importing one loads Keras (quietly)."""

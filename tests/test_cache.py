@@ -1,0 +1,124 @@
+"""The trial cache: only sound values are trusted, concurrent writers lose nothing, a damaged
+or odd file never crashes or leaks, and models with custom layers hit it again."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memtune.estimate.cache import TrialCache
+from memtune.plan import Trial
+from tests.conftest import write_csv_shards
+
+
+def test_only_positive_int_bytes_are_trusted(tmp_path: Path) -> None:
+    values = {"8": True, "16": -5, "24": 0, "32": 1.5, "64": "9", "x": 100, "-1": 7, "128": 1000}
+    (tmp_path / "trials.json").write_text(json.dumps({"k": values}))
+    cache = TrialCache("k", directory=tmp_path)
+    assert cache.all() == [Trial(128, 1000)]
+    assert [cache.get(b) for b in (8, 16, 24, 32, 64)] == [None] * 5
+    assert cache.get(128) == Trial(128, 1000)
+
+
+@pytest.mark.parametrize("odd", [[1, 2], "text", 5, None])
+def test_a_key_holding_no_mapping_reads_as_empty_and_is_replaced(tmp_path: Path, odd) -> None:
+    (tmp_path / "trials.json").write_text(json.dumps({"k": odd, "other": {"8": 10}}))
+    cache = TrialCache("k", directory=tmp_path)
+    assert cache.all() == [] and cache.get(8) is None
+    cache.put(Trial(8, 123))
+    assert cache.all() == [Trial(8, 123)]
+    assert TrialCache("other", directory=tmp_path).all() == [Trial(8, 10)]
+
+
+def test_bad_trials_are_not_written(tmp_path: Path) -> None:
+    cache = TrialCache("k", directory=tmp_path)
+    cache.put(Trial(8, -1))
+    cache.put(Trial(16, 99, exceeded=True))
+    assert cache.all() == []
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"\xff\xfe", b"[1, 2]"])
+def test_a_damaged_file_reads_as_empty(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "trials.json").write_bytes(content)
+    cache = TrialCache("k", directory=tmp_path)
+    assert cache.all() == []
+    cache.put(Trial(4, 40))
+    assert cache.all() == [Trial(4, 40)]
+
+
+def test_a_folder_in_the_way_neither_crashes_nor_leaks(tmp_path: Path) -> None:
+    (tmp_path / "trials.json").mkdir()
+    cache = TrialCache("k", directory=tmp_path)
+    for batch in (1, 2, 3):
+        cache.put(Trial(batch, 10))
+    assert cache.all() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.json", "trials.lock"]
+
+
+def _writer(directory: str, worker: int) -> None:
+    cache = TrialCache("k", directory=Path(directory))
+    for i in range(25):
+        cache.put(Trial(worker * 100 + i + 1, 1000 + i))
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_writer, args=(str(tmp_path), w)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    batches = [t.batch_size for t in TrialCache("k", directory=tmp_path).all()]
+    assert sorted(batches) == sorted(w * 100 + i + 1 for w in range(4) for i in range(25))
+
+
+CUSTOM = """
+import keras
+
+
+class Scale(keras.layers.Layer):
+    def call(self, x):
+        return x * 2.0
+
+
+def build():
+    x = keras.Input((2,), name="x")
+    model = keras.Model(x, keras.layers.Dense(1, name="answer")(Scale()(x)))
+    model.compile("adam", "mse")
+    return model
+"""
+
+
+@pytest.mark.slow
+def test_a_model_with_a_custom_layer_hits_the_cache_in_a_new_process(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.random(300), "b": rng.random(300), "answer": rng.random(300)})
+    data = write_csv_shards(tmp_path / "d", [frame])
+    (tmp_path / "m.py").write_text(CUSTOM)
+    argv = [
+        *(sys.executable, "-m", "memtune", "suggest", "--model", f"{tmp_path / 'm.py'}:build"),
+        *("--data", str(data), "--target", "answer", "--json"),
+    ]
+    env = {**os.environ, "MEMTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run(argv, capture_output=True, text=True, env=env) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+
+    def counts(stdout: str) -> tuple[int, int]:
+        line = next(r for r in json.loads(stdout)["reasons"] if "from the cache" in r)
+        found = re.search(r"(\d+) trial\(s\).*; (\d+) from the cache", line)
+        assert found, line
+        return int(found[1]), int(found[2])
+
+    trials, hits = counts(runs[1].stdout)
+    assert trials >= 1 and hits == trials  # the second process ran no trial
+    assert counts(runs[0].stdout)[1] == 0
