@@ -17,7 +17,7 @@ from typing import Any
 
 from memtune.errors import MemtuneError, NothingFits
 from memtune.plan import Plan
-from memtune.units import format_bytes
+from memtune.units import format_bytes, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,8 +29,8 @@ KEYS: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "data": (str,),
     "target": (str, list),
-    "budget": (str, int),
-    "gpu_memory": (str, int),
+    "budget": (str,),  # a size with a unit, or "auto": a bare number is refused
+    "gpu_memory": (str,),
     "device": (str,),
     "batch_size": (int,),
     "effective_batch_size": (int,),
@@ -104,7 +104,10 @@ def load_config(path: Path | None, profile: str | None = None) -> dict[str, Any]
             raise MemtuneError(
                 f"{where}: no profile {chosen!r} (profiles: {', '.join(profiles) or 'none'})"
             )
-        config.update(_validated(profiles[chosen], f"{where} profiles.{chosen}", nested=True))
+        chosen_table = _validated(profiles[chosen], f"{where} profiles.{chosen}", nested=True)
+        if "budget" not in chosen_table and {"gpu_memory", "device"} & chosen_table.keys():
+            config.pop("budget", None)  # the profile names other hardware: its size wins
+        config.update(chosen_table)
     base = path.resolve().parent
     for key in ("data", "validation_data"):
         if key in config and not Path(config[key]).is_absolute():
@@ -125,6 +128,13 @@ def _validated(table: Any, where: str, *, nested: bool = False) -> dict[str, Any
             raise MemtuneError(f"{where}: unknown key {key!r}")
         accepted = KEYS[key]
         ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
+        if key in ("budget", "gpu_memory") and isinstance(value, int | float):
+            raise MemtuneError(
+                f"{where}: key {key!r} = {value!r} needs a unit, e.g. \"{value}GiB\" "
+                "(a bare number could mean bytes or GiB)"
+            )
+        if key in ("budget", "gpu_memory") and ok and value.strip().lower() != "auto":
+            parse_size(value, what=f"{where}: key {key!r}")
         if not ok:
             expected = " or ".join(_TYPE_NAMES[t] for t in accepted)
             raise MemtuneError(f"{where}: key {key!r} must be {expected}, not {value!r}")
@@ -157,7 +167,7 @@ def run_check(config: dict[str, Any]) -> CheckResult:
         prepared = prepare(config["model"], config["data"], options)
     except NothingFits as exc:
         return CheckResult(False, None, configured, 0, str(exc), False)
-    largest = prepared.plan.batch_size
+    largest = prepared.plan.largest_safe_batch_size or prepared.plan.batch_size
     estimate_only = any(r.startswith("estimate:") for r in prepared.plan.reasons)
     if configured is None:
         plan = prepared.plan

@@ -162,7 +162,7 @@ def _dashboard(
             trace=trace,
             show=show,
             tensorboard=tensorboard,
-            worker=f"{plan.worker_index + 1}/{plan.workers}" if plan.workers > 1 else "",
+            worker=f"index {plan.worker_index} of {plan.workers}" if plan.workers > 1 else "",
             append_trace=resume,
         )
         if tensorboard:

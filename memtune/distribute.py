@@ -109,6 +109,11 @@ def resolve_topology(
             )
         workers, index = cluster
         return Topology("multiworker", len(local_devices), workers, index, local_devices, cpus)
+    if not on_gpu and cpus == 1:
+        raise MemtuneError(
+            "--strategy mirrored: no GPU to mirror over on this plan's device (cpu); add "
+            "--cpu-replicas N to split the CPU into N replicas, or drop --strategy"
+        )
     return Topology("mirrored", len(local_devices), 1, 0, local_devices, cpus)
 
 

@@ -20,6 +20,10 @@ from memtune.estimate.curve import MemoryCurve
 from memtune.probe import Probe
 from memtune.units import format_bytes
 
+MIN_STEPS = 16  # a default plan keeps at least this many training steps per epoch
+# Caps that bound what is safe (not merely sensible): largest_safe_batch_size honours them.
+_SAFETY_CAPS = ("the dataset's size", "the largest batch a trial verified")
+
 Mode = Literal["in-memory", "streaming"]
 
 
@@ -84,6 +88,7 @@ class Plan:
     replicas: int = 1
     workers: int = 1
     worker_index: int = 0
+    largest_safe_batch_size: int = 0  # the memory bound alone, before the step floor
 
     @property
     def effective_batch_size(self) -> int:
@@ -120,6 +125,7 @@ class Plan:
             "global_batch_size": self.global_batch_size,
             "workers": self.workers,
             "worker_index": self.worker_index,
+            "largest_safe_batch_size": self.largest_safe_batch_size,
         }
 
 
@@ -238,6 +244,7 @@ def make_plan(
         if options.effective_batch_size is not None:
             accumulation = max(1, -(-options.effective_batch_size // batch))
         reasons.append(f"batch {batch} forced by --batch-size")
+        largest_safe = max(0, min(curve.largest_batch(usable, extra(search_mode)), num_samples))
     else:
         fits = curve.largest_batch(usable, extra(search_mode))
         if fits >= 1 and options.aim < 1:
@@ -254,14 +261,23 @@ def make_plan(
         caps = [(-(-num_samples // options.replicas), "the dataset's size")]
         if options.max_batch_size is not None:
             caps.append((options.max_batch_size, "--max-batch-size"))
+        else:
+            per_step = max(1, num_samples // (MIN_STEPS * options.replicas))
+            caps.append((per_step, f"keeping at least {MIN_STEPS} steps per epoch"))
         if options.effective_batch_size is not None:
             caps.append((options.effective_batch_size, "--effective-batch-size"))
         if options.verified_cap is not None:
             caps.append((options.verified_cap, "the largest batch a trial verified"))
         cap, cap_why = min(caps, key=lambda c: c[0])
         batch = min(fits, cap)
+        largest_safe = min([fits, *(c for c, why in caps if why in _SAFETY_CAPS)])
         if fits > cap:
             reasons.append(f"more than {cap:,} would fit; batch {cap:,} is capped by {cap_why}")
+            if cap_why.startswith("keeping"):
+                reasons.append(
+                    f"the memory allows batch {largest_safe:,} (largest_safe_batch_size); "
+                    f"--max-batch-size N lifts the {MIN_STEPS}-step floor"
+                )
         elif options.aim < 1:
             reasons.append(
                 f"batch {batch:,} is the largest whose predicted peak fits in {options.aim:.0%} "
@@ -327,6 +343,7 @@ def make_plan(
         predicted_peak_bytes=predicted,
         trials=list(trials or []),
         reasons=reasons,
+        largest_safe_batch_size=largest_safe,
         strategy=options.strategy,
         replicas=options.replicas,
         workers=options.workers,

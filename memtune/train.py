@@ -508,7 +508,8 @@ def _train(
                 what = f"{exc.reason} ({exc})"
             if topology.strategy == "multiworker":
                 raise TrainingFailed(
-                    f"{what} on worker {topology.worker_index}: a multi-worker run cannot change "
+                    f"{what} on worker index {topology.worker_index}: a multi-worker run cannot "
+                    "change "
                     f"its batch on one worker; restart every worker with --batch-size "
                     f"{max(1, train.batch_size // local // 2)}"
                 ) from exc

@@ -94,6 +94,9 @@ def test_flags_override_the_file(repo: Path, capfd) -> None:
         ('batch_size = "big"\n', "key 'batch_size' must be an integer"),
         ("safety = true\n", "key 'safety' must be a number"),
         ('model = "nope.py:build"\n', "does not exist"),
+        ("budget = 6\n", "key 'budget' = 6 needs a unit, e.g. \"6GiB\""),
+        ("gpu_memory = 16\n", "key 'gpu_memory' = 16 needs a unit"),
+        ('budget = "6 parsecs"\n', "key 'budget' '6 parsecs'"),
     ],
 )
 def test_bad_config_exit_2(repo: Path, capfd, table: str, fragment: str) -> None:
@@ -105,6 +108,26 @@ def test_bad_config_exit_2(repo: Path, capfd, table: str, fragment: str) -> None
     code, _, err = run(capfd, "--config", str(config))
     assert code == 2, err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_a_gpu_profile_plans_its_own_memory_not_the_top_level_budget(
+    repo: Path, capfd
+) -> None:
+    """README's own config: ``--profile t4`` is planned against the T4's 15 GiB."""
+    (repo / "pyproject.toml").write_text(
+        '[tool.memtune]\nmodel = "model.py:build"\ndata = "data"\nbatch_size = 64\n'
+        'budget = "6GiB"\nanalytic = true\n\n'
+        '[tool.memtune.profiles.t4]\ndevice = "gpu"\ngpu_memory = "15GiB"\n'
+        '[tool.memtune.profiles.small]\nbudget = "3GiB"\n'
+    )
+    code, out, err = run(capfd, "--profile", "t4", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["device"], result["budget_bytes"]) == ("gpu:0", 15 * 1024**3)
+    code, out, err = run(capfd, "--json")
+    assert (code, json.loads(out)["budget_bytes"]) == (0, 6 * 1024**3)
+    code, out, err = run(capfd, "--profile", "small", "--json")
+    assert (code, json.loads(out)["budget_bytes"]) == (0, 3 * 1024**3)
 
 
 def test_missing_config_and_profile(repo: Path, capfd) -> None:

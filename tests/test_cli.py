@@ -66,7 +66,8 @@ def test_suggest_json_has_exact_bytes(project, capfd) -> None:
     assert plan["usable_bytes"] == int(4 * 1024**3 * 0.9)
     assert plan["device"] == "cpu"
     assert plan["mode"] == "in-memory"
-    assert plan["batch_size"] == 9
+    assert plan["batch_size"] == 1  # 9 rows: the 16-step floor
+    assert plan["largest_safe_batch_size"] == 9
     assert plan["trials"] == []
     assert any("analytic" in r for r in plan["reasons"])
 

@@ -88,6 +88,7 @@ def test_cpu_replicas_and_tf_config() -> None:
         (("multiworker", None, "cpu", None), "needs TF_CONFIG"),
         (("none", 2, "cpu", None), "--cpu-replicas needs a strategy"),
         (("mirrored", 2, "gpu:0", None), "--cpu-replicas splits the CPU"),
+        (("mirrored", None, "cpu", None), "no GPU to mirror over .* add --cpu-replicas N"),
         (("auto", None, "cpu", "{not json"), "TF_CONFIG: expected JSON"),
         (("auto", None, "cpu", tf_config(2, 5)), "task index 5 is not one of 2 workers"),
         (("ring", None, "cpu", None), "--strategy 'ring'"),
@@ -309,7 +310,7 @@ def test_each_worker_dashboard_names_the_worker() -> None:
     from memtune.ui.dashboard import DashboardState, plain_line, render
     from tests.test_dashboard import text_of
 
-    state = DashboardState(epochs=2, worker="2/3", usable_bytes=1024**3)
-    assert plain_line(state, 512 * 1024**2).startswith("worker 2/3, epoch 1/2:")
-    assert text_of(render(state, [], 0)).startswith("memtune — worker 2/3 — epoch 1/2")
+    state = DashboardState(epochs=2, worker="index 0 of 3", usable_bytes=1024**3)
+    assert plain_line(state, 512 * 1024**2).startswith("worker index 0 of 3, epoch 1/2:")
+    assert text_of(render(state, [], 0)).startswith("memtune — worker index 0 of 3 — epoch 1/2")
     assert not plain_line(DashboardState(), 0).startswith("worker")

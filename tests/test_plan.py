@@ -44,6 +44,7 @@ def test_json_has_the_contract_keys_and_the_distribution_ones() -> None:
         "global_batch_size",
         "workers",
         "worker_index",
+        "largest_safe_batch_size",  # the contract: the memory bound beside the step floor
         "batch_size",
         "gradient_accumulation_steps",
         "effective_batch_size",
@@ -65,10 +66,23 @@ def test_json_has_the_contract_keys_and_the_distribution_ones() -> None:
 
 
 def test_capped_by_dataset_and_max_batch() -> None:
-    assert plan(n=50).batch_size == 50
+    assert plan(n=50, max_batch_size=10**6).batch_size == 50
     p = plan(max_batch_size=64)
     assert p.batch_size == 64
     assert any("--max-batch-size" in r for r in p.reasons)
+
+
+@pytest.mark.parametrize(("n", "batch"), [(12_000, 750), (50, 3), (15, 1), (10**6, None)])
+def test_a_default_plan_keeps_sixteen_steps_per_epoch(n: int, batch: int | None) -> None:
+    p = plan(n=n)
+    memory_bound = plan(n=n, max_batch_size=10**9).batch_size
+    assert p.largest_safe_batch_size == memory_bound
+    if batch is None:  # memory binds before the floor does
+        assert p.batch_size == memory_bound and -(-n // p.batch_size) >= 16
+        return
+    assert p.batch_size == batch and -(-n // batch) >= min(16, n)  # 15 rows: 15 steps
+    assert any("at least 16 steps per epoch" in r for r in p.reasons)
+    assert any("--max-batch-size N lifts" in r for r in p.reasons)
 
 
 def test_in_memory_when_dataset_fits_else_streaming() -> None:

@@ -17,13 +17,13 @@ GiB = 1024**3
 
 
 def planner(
-    budget: int, n: int = 10**7, per: int = 100
+    budget: int, n: int = 10**7, per: int = 100, **opts: int
 ) -> Callable[[MemoryCurve, int | None], Plan]:
     b = Budget("cpu", budget, "test", budget)
 
     def plan_for(curve: MemoryCurve, cap: int | None) -> Plan:
         aim = AIM if curve.source == "measured" else 1.0  # as memtune's own planner does
-        options = PlanOptions(verified_cap=cap, aim=aim)
+        options = PlanOptions(verified_cap=cap, aim=aim, **opts)
         return make_plan(b, curve, num_samples=n, per_sample_bytes=per, options=options)
 
     return plan_for
@@ -124,7 +124,8 @@ def test_capped_by_dataset_takes_one_or_two_trials() -> None:
         return 700 * MiB + 1000 * b
 
     measure, calls = machine(truth, GiB)
-    result = search(MemoryCurve(600 * MiB, 1000), measure, planner(2 * GiB, n=5))
+    plan_for = planner(2 * GiB, n=5, max_batch_size=10**6)  # no step floor
+    result = search(MemoryCurve(600 * MiB, 1000), measure, plan_for)
     assert result.plan.batch_size == 5
     assert calls == [5]
 

@@ -61,7 +61,8 @@ def render_probe(result: Probe, out: Console) -> None:
 
 
 def _strategy(plan: Plan) -> str:
-    worker = f", worker {plan.worker_index + 1} of {plan.workers}" if plan.workers > 1 else ""
+    # TF_CONFIG's own numbering, as the user wrote it ("index": 0 is the chief).
+    worker = f", worker index {plan.worker_index} of {plan.workers}" if plan.workers > 1 else ""
     return (
         f"{plan.strategy}: {plan.replicas} replicas{worker}; batch size is per replica, "
         f"global batch {plan.global_batch_size:,}"
