@@ -53,7 +53,7 @@ class Prepared:
         return make_plan(
             self.budget,
             self.curve,
-            num_samples=self.info.num_samples,
+            num_samples=self.info.num_samples - self.plan_options.held_out,
             per_sample_bytes=self.footprint.per_sample_bytes,
             options=replace(self.plan_options, batch_size=batch_size, mode=mode, force=True),
             trials=self.plan.trials,
@@ -93,11 +93,11 @@ def prepare(
                 f"under tf.distribute ({topology.strategy}); the global batch is the per-replica "
                 "batch × replicas"
             )
-    info = scan(data)
     keras_model = model_mod.load_model(model)
-    fp = footprint(
-        model_mod.signature(keras_model), info, targets=options.target, maxlen=options.maxlen
-    )
+    sig = model_mod.signature(keras_model)
+    data, options = _named(data, sig, options)
+    info = _scan(data, sig, options)
+    fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
     virtual = device != "cpu" and not seen.gpus  # --gpu-memory: a GPU this machine lacks
     if options.budget_bytes is None and options.gpu_memory_bytes is not None and device != "cpu":
         budget = resolve_budget(seen, device, options.gpu_memory_bytes, "--gpu-memory")
@@ -110,8 +110,14 @@ def prepare(
     notes = list(info.warnings) + fp.notes
     if topology.active and device != "cpu" and len(topology.devices) > 1:
         notes.append(f"planned per replica against {device}, the GPU with the least free memory")
+    plan_options = options.plan_options(any(f.sequence for f in fp.feeds))
+    if info.source.kind == "dataset":
+        why = f"the {info.source.label[1:-1]} (memtune streams it)"
+        plan_options = replace(plan_options, mode="streaming", mode_why=why)
+    train_samples = _train_samples(info, options)
     plan_options = replace(
-        options.plan_options(any(f.sequence for f in fp.feeds)),
+        plan_options,
+        held_out=info.num_samples - train_samples,
         local_replicas=topology.local_replicas,
         strategy=topology.strategy,
         replicas=topology.replicas,
@@ -124,7 +130,7 @@ def prepare(
         return make_plan(
             budget,
             curve,
-            num_samples=info.num_samples,
+            num_samples=train_samples,
             per_sample_bytes=fp.per_sample_bytes,
             options=replace(plan_options, verified_cap=verified, aim=aim),
             notes=notes if extra is None else extra,
@@ -170,6 +176,38 @@ def prepare(
     return Prepared(options, info, keras_model, fp, seen, plan, curve, budget, plan_options, notes)
 
 
+def _named(data: Any, sig: ModelSignature, options: Options) -> tuple[Any, Options]:
+    """``(x, y)`` as a dict of columns named after the model's inputs and outputs; ``y``'s
+    names become the targets. Anything else passes through."""
+    from memtune.data.python import check_kind, is_pair, name_pair
+
+    check_kind(data)
+    if not is_pair(data):
+        return data, options
+    inputs, outputs = [s.name for s in sig.inputs], [s.name for s in sig.outputs]
+    columns, targets = name_pair(data, inputs, outputs, options.target)
+    return columns, replace(options, target=targets)
+
+
+def _scan(data: Any, sig: ModelSignature, options: Options) -> DataInfo:
+    """:func:`scan` for files and tables; one pass over a tf.data / PyDataset pipeline."""
+    from memtune.data.python import is_dataset
+
+    if not is_dataset(data):
+        return scan(data)
+    from memtune.data.tfdata import is_batched, scan_dataset
+
+    if options.validation_split or options.validation_data is not None:
+        raise MemtuneError(
+            "validation with a tf.data pipeline as DATA is not supported yet; "
+            "pass the data as a file, a table or (x, y) arrays to validate"
+        )
+    inputs = [s.name for s in sig.inputs]
+    targets = list(options.target) or [s.name for s in sig.outputs]
+    batched = is_batched(data, [(s.name, s.shape) for s in sig.inputs])
+    return scan_dataset(data, inputs, targets, batched)
+
+
 def _train_samples(info: DataInfo, options: Options) -> int:
     """Samples one training epoch sees (a validation split holds some out)."""
     if options.validation_split and options.validation_data is None:
@@ -178,7 +216,26 @@ def _train_samples(info: DataInfo, options: Options) -> int:
 
 
 def suggest(model: Any, data: Any, **options: Any) -> Plan:
-    """The largest safe batch and the data mode for training ``model`` on ``data``."""
+    """The largest safe batch and the data mode for training ``model`` on ``data``.
+
+    ``model``: a compiled ``keras.Model``, a ``.keras`` path, or ``"file.py:function"`` /
+    ``"package.module:function"`` returning one. ``data``: a ``.csv`` / ``.parquet`` path or
+    a folder of shards, a pandas DataFrame, a dict of arrays, an ``(x, y)`` pair of numpy
+    arrays (or of dicts keyed by input / output name), or a ``tf.data.Dataset`` /
+    ``keras.utils.PyDataset`` yielding ``(x, y)``.
+
+    Keywords (the CLI flags in snake_case): ``target`` (str or list: target columns),
+    ``maxlen`` (int, ``{column: int}`` or ``"COL=N"`` strings), ``padding`` / ``truncating``
+    (``"pre"`` | ``"post"``), ``budget`` (``"8GiB"``, int bytes, or ``"auto"``), ``safety``
+    (fraction kept free, 0.10), ``device`` (``"auto"`` | ``"cpu"`` | ``"gpu"`` | ``"gpu:I"``),
+    ``gpu_memory`` (plan for a GPU of this size), ``effective_batch_size``,
+    ``max_batch_size``, ``batch_size`` and ``mode`` (force), ``force``, ``validation_data``,
+    ``validation_split``, ``analytic`` (no trials), ``no_cache``, ``strategy``
+    (``"auto"`` | ``"none"`` | ``"mirrored"`` | ``"multiworker"``), ``cpu_replicas``.
+
+    Raises :class:`MemtuneError` (one line) for bad input and :class:`NothingFits` when even
+    batch 1 exceeds the usable budget.
+    """
     return prepare(model, data, make_options(**options)).plan
 
 
@@ -206,23 +263,48 @@ def batches(
     """One epoch of ``(inputs, targets)`` numpy batches, dicts keyed by name.
 
     With a model, inputs and targets are named and padded as the model declares; without
-    one, every non-target column is an input named after itself.
+    one, every non-target column is an input named after itself. ``data`` is anything
+    :func:`suggest` takes (an ``(x, y)`` pair or a tf.data / PyDataset pipeline needs the
+    model, for the names). ``mode``: ``"streaming"`` reads shards a block at a time,
+    ``"in-memory"`` loads them first; ``shuffle`` / ``seed`` shuffle per epoch (every
+    sample still exactly once). Every batch holds ``batch_size`` samples but the last.
     """
     from memtune.data.pipeline import batches as _batches
 
     options = make_options(
         target=target, maxlen=maxlen, padding=padding, truncating=truncating, batch_size=batch_size
     )
-    info = scan(data)
     if model is not None:
         from memtune import model as model_mod
 
         sig = model_mod.signature(model_mod.load_model(model))
+        data, options = _named(data, sig, options)
+        info = _scan(data, sig, options)
     else:
+        info = scan(data)
         sig = _columns_signature(info, options.target)
     fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
+    if info.source.kind == "dataset":
+        yield from dataset_source(info, fp, options, batch_size).numpy()
+        return
     yield from _batches(
         layout_for(info, fp, options), batch_size, mode=mode, shuffle=shuffle, seed=seed
+    )
+
+
+def dataset_source(info: DataInfo, fp: Footprint, options: Options, batch_size: int) -> Any:
+    """The user's tf.data / PyDataset pipeline as a batch source at ``batch_size``."""
+    from memtune.data.tfdata import DatasetBatches
+
+    shard = info.source.shards[0]
+    return DatasetBatches(
+        shard.dataset,
+        fp,
+        batch_size,
+        num_samples=info.num_samples,
+        batched=shard.batched,
+        padding=options.padding,
+        truncating=options.truncating,
     )
 
 

@@ -58,11 +58,13 @@ class PlanOptions:
     max_batch_size: int | None = None
     batch_size: int | None = None
     mode: Mode | None = None
+    mode_why: str = "--mode"  # what forced ``mode``, for the reason line
     force: bool = False
     has_sequences: bool = False
     verified_cap: int | None = None  # the largest batch a trial has shown to fit
     aim: float = 1.0  # choose the largest batch predicted to fit in this share of usable
     local_replicas: int = 1  # replicas this process feeds: its pipeline holds their batches
+    held_out: int = 0  # validation rows loaded beside the training samples (in-memory)
     strategy: str = "none"
     replicas: int = 1  # in sync, over every worker
     workers: int = 1
@@ -71,7 +73,18 @@ class PlanOptions:
 
 @dataclass(frozen=True)
 class Plan:
-    """What memtune suggests; ``to_json`` is the contract's ``suggest --json``."""
+    """What memtune suggests; ``to_json`` is the contract's ``suggest --json``.
+
+    Attributes: ``batch_size`` (per replica) and ``gradient_accumulation_steps`` (their
+    product is ``effective_batch_size``); ``mode`` (``"in-memory"`` | ``"streaming"``);
+    ``device``; ``budget_bytes`` and ``usable_bytes`` (budget less the safety margin);
+    ``num_samples`` and ``per_sample_bytes`` (all inputs and targets of one padded sample;
+    ``dataset_bytes`` is their product); ``predicted_peak_bytes`` (the whole training
+    process: host RSS on cpu, device memory on gpu); ``trials`` (measured runs);
+    ``reasons`` (why, one line each); ``largest_safe_batch_size`` (the memory bound alone,
+    before the 16-steps-per-epoch floor); ``strategy``, ``replicas``, ``workers`` and
+    ``worker_index`` (tf.distribute; ``global_batch_size`` = batch × replicas).
+    """
 
     batch_size: int
     gradient_accumulation_steps: int
@@ -221,7 +234,7 @@ def make_plan(
         return pipeline_bytes(
             mode,
             batch * options.local_replicas,
-            num_samples=num_samples,
+            num_samples=num_samples + options.held_out,
             per_sample_bytes=per_sample_bytes,
             with_queue=curve.source == "analytic",
         )
@@ -233,8 +246,9 @@ def make_plan(
     reasons = [
         f"budget {format_bytes(budget.budget_bytes)} ({budget.source}) less a "
         f"{options.safety:.0%} safety margin: {format_bytes(usable)} usable on {budget.device}",
-        f"one sample is {per_sample_bytes:,} B after padding; {num_samples:,} samples are "
-        f"{format_bytes(dataset)}",
+        f"one sample is {per_sample_bytes:,} B after padding; {num_samples:,} training samples "
+        f"are {format_bytes(dataset)}"
+        + (f" ({options.held_out:,} more held out for validation)" if options.held_out else ""),
         *(notes or []),
     ]
     search_mode: Mode = options.mode or "streaming"
@@ -305,7 +319,7 @@ def make_plan(
         mode = options.mode
         if mode == "in-memory" and not in_memory_fits and not options.force:
             raise NothingFits(_in_memory_refused(in_memory_peak, usable, dataset))
-        reasons.append(f"{mode} forced by --mode")
+        reasons.append(f"{mode} forced by {options.mode_why}")
     elif in_memory_fits:
         mode = "in-memory"
         reasons.append(

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from memtune import _tf, checkpoint, distribute, failpoints
-from memtune.api import Prepared, layout_for, prepare
+from memtune.api import Prepared, dataset_source, layout_for, prepare
 from memtune.checkpoint import Checkpoint, CheckpointDir
 from memtune.constants import BLOCK_ROWS, STREAM_QUEUE_BATCHES, WORKERS
 from memtune.data.blocks import Block
@@ -36,6 +36,7 @@ from memtune.data.pipeline import (
     worker_blocks,
 )
 from memtune.data.scan import scan
+from memtune.data.tfdata import DatasetBatches
 from memtune.distribute import Topology
 from memtune.errors import MemtuneError, TrainingFailed
 from memtune.footprint import Footprint
@@ -229,7 +230,18 @@ _FIT_ONLY = (
 
 
 def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
-    """Plan, build the pipeline, train for ``epochs`` and (optionally) save the model."""
+    """Plan, build the pipeline, train for ``epochs`` and (optionally) save the model.
+
+    ``model``, ``data`` and the planning keywords are :func:`memtune.suggest`'s. Beside them:
+    ``save`` (a ``.keras`` path, written atomically), ``checkpoint_dir`` and ``resume``
+    (crash-safe epoch checkpoints; see README "What memtune promises"), ``seed`` (the
+    per-epoch shuffle), ``shuffle`` (default True), ``callbacks`` (more Keras callbacks),
+    ``verbose`` (Keras's), ``warn`` (where warnings go; stderr by default).
+
+    Returns a :class:`FitResult` (``history``, ``peak_bytes``, ``batch_size_changes``, the
+    trained ``model``). Raises :class:`MemtuneError` for bad input, :class:`NothingFits`,
+    and :class:`TrainingFailed` when training fails after every recovery.
+    """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise MemtuneError(f"--epochs {epochs!r}: must be a positive integer")
     extra = {k: options.pop(k) for k in _FIT_ONLY if k in options}
@@ -312,6 +324,10 @@ def _fit_data(
     local replica's); a multi-worker source holds this worker's share of the data only.
     """
     plan, opts = prepared.plan, prepared.options
+    if prepared.info.source.kind == "dataset":
+        if topology.active:
+            raise MemtuneError("--strategy with a tf.data pipeline as DATA is not supported yet")
+        return {}, dataset_source(prepared.info, prepared.footprint, opts, plan.batch_size)
     layout = layout_for(prepared.info, prepared.footprint, opts)
     split = opts.validation_split if val_layout is None else None
     batch = plan.batch_size * topology.local_replicas
@@ -470,7 +486,9 @@ def _train(
         train.set_epoch(first_epoch)  # the pipeline's length is fixed when it is built
         # A continued epoch is shorter than the rest: it runs alone, then the others.
         last = first_epoch + 1 if train.position else epochs
-        data: Any = feed.stream(train)
+        data: Any = (
+            train.as_dataset(feed.pair) if isinstance(train, DatasetBatches) else feed.stream(train)
+        )
         if topology.strategy == "multiworker":  # each worker feeds its own share
             data = strategy.distribute_datasets_from_function(lambda _, d=data: d)
             val_kwargs = {"steps_per_epoch": len(train)}

@@ -19,7 +19,7 @@ import pandas as pd
 from memtune.data.cells import Ragged, parse_cells, scalars_as_ragged
 from memtune.errors import MemtuneError
 
-Kind = Literal["csv", "parquet", "frame"]
+Kind = Literal["csv", "parquet", "frame", "dataset"]
 Column = np.ndarray | Ragged
 _SUFFIXES: dict[str, Kind] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _NUMBER = re.compile(r"\d+")
@@ -34,6 +34,8 @@ class Shard:
     kind: Kind
     path: Path | None = None
     frame: pd.DataFrame | None = None
+    dataset: Any = None  # a tf.data.Dataset / PyDataset (memtune.data.tfdata reads it)
+    batched: bool = False  # whether that pipeline yields batches or single samples
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ def shard_order(paths: Sequence[Path]) -> list[Path]:
 
 def open_source(data: Any) -> Source:
     """Resolve DATA (path, DataFrame or dict of arrays) to a :class:`Source`."""
+    from memtune.data.python import check_kind
+
+    check_kind(data)
     if isinstance(data, pd.DataFrame):
         return Source("<DataFrame>", "frame", (Shard("<DataFrame>", "frame", frame=data),))
     if isinstance(data, Mapping):
@@ -100,7 +105,10 @@ def _dict_frame(data: Mapping[str, Any]) -> pd.DataFrame:
         if arr is not None and arr.ndim == 2:
             columns[str(name)] = list(arr)
         elif arr is not None and arr.ndim > 2:
-            raise MemtuneError(f"data key {name!r}: arrays of more than 2 dimensions are not data")
+            raise MemtuneError(
+                f"data key {name!r} has shape {arr.shape}; memtune reads one number or one "
+                "sequence per sample (at most 2-D arrays)"
+            )
         else:
             columns[str(name)] = list(value) if not isinstance(value, np.ndarray) else value
     lengths = {k: len(v) for k, v in columns.items()}

@@ -1,0 +1,92 @@
+"""Data a Keras user holds in Python, named the way memtune reads columns.
+
+``(x, y)`` as ``model.fit`` takes it — numpy arrays, or dicts of arrays keyed by input /
+output name — becomes a dict of columns named after the model's inputs and outputs, and
+``y``'s names become the targets. DataFrames, dicts of arrays and paths pass through.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from memtune.errors import MemtuneError
+
+KINDS = (
+    "a .csv / .parquet path or folder, a pandas DataFrame, a dict of arrays, an (x, y) pair "
+    "of numpy arrays (or of dicts keyed by input / output name), or a tf.data.Dataset / "
+    "keras.utils.PyDataset yielding (x, y)"
+)
+
+
+def is_pair(data: Any) -> bool:
+    """``(x, y)``: a tuple (or list) of two array-likes or dicts, not a path."""
+    return isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], str)
+
+
+def check_kind(data: Any) -> None:
+    """One clear line for anything memtune cannot read as data."""
+    import pandas as pd
+
+    if isinstance(data, str | os.PathLike | pd.DataFrame | Mapping) or is_pair(data):
+        return
+    if is_dataset(data):
+        return
+    raise MemtuneError(f"data: expected {KINDS}; got {type(data).__name__}")
+
+
+def is_dataset(data: Any) -> bool:
+    """A ``tf.data.Dataset`` or ``keras.utils.PyDataset`` (checked without importing TF)."""
+    import sys
+
+    tf, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
+    if tf is not None and isinstance(data, tf.data.Dataset):
+        return True
+    return keras is not None and isinstance(data, keras.utils.PyDataset)
+
+
+def name_pair(
+    data: Any, inputs: Sequence[str], outputs: Sequence[str], targets: Sequence[str]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``(x, y)`` → a dict of columns keyed by input / target name, and the target names."""
+    x, y = data
+    columns = _named(x, inputs, "x", "input")
+    labels = _named(y, list(targets) or outputs, "y", "output")
+    clash = sorted(set(columns) & set(labels))
+    if clash:
+        raise MemtuneError(f"(x, y): {clash[0]!r} names both an input and a target")
+    return {**columns, **labels}, tuple(labels)
+
+
+def _named(value: Any, names: Sequence[str], what: str, kind: str) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return {str(k): _array(v, f"{what}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, tuple | list) and len(value) == len(names) and len(names) > 1:
+        pairs = enumerate(zip(names, value, strict=True))
+        return {n: _array(v, f"{what}[{i}]") for i, (n, v) in pairs}
+    if len(names) != 1:
+        raise MemtuneError(
+            f"(x, y): {what} is one array but the model has {len(names)} {kind}s "
+            f"({', '.join(names)}); pass a dict keyed by {kind} name"
+        )
+    return {names[0]: _array(value, what)}
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise MemtuneError(f"(x, y): {what} is not an array ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise MemtuneError(f"(x, y): {what} holds {array.dtype} values, not numbers")
+    if array.ndim == 0:
+        raise MemtuneError(f"(x, y): {what} is a single number, not one value per sample")
+    if array.ndim > 2:
+        raise MemtuneError(
+            f"(x, y): {what} has shape {array.shape}; memtune reads one number or one "
+            "sequence per sample (at most 2-D arrays)"
+        )
+    return array

@@ -1,0 +1,178 @@
+"""The Python API takes what Keras users hold: (x, y) arrays, dicts of arrays, tf.data and
+PyDataset pipelines; anything else is one MemtuneError line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import memtune
+from memtune.errors import MemtuneError
+
+pytestmark = pytest.mark.slow  # real models, real training
+
+N = 300
+
+
+def dense(inputs: int = 3) -> Any:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((inputs,), name="x")
+    model = keras.Model(x, keras.layers.Dense(1, name="y")(keras.layers.Dense(4)(x)))
+    model.compile("adam", "mse")
+    return model
+
+
+def two_way() -> Any:
+    import keras
+
+    a = keras.Input((2,), name="a")
+    seq = keras.Input((None,), dtype="int32", name="seq")
+    e = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 4)(seq))
+    h = keras.layers.Concatenate()([a, e])
+    model = keras.Model(
+        {"a": a, "seq": seq},
+        {"p": keras.layers.Dense(1, name="p")(h), "q": keras.layers.Dense(3, name="q")(h)},
+    )
+    model.compile("adam", {"p": "mse", "q": "mse"})
+    return model
+
+
+def xy() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.random((N, 3)).astype("float32")
+    return x, (x @ np.array([1.0, 2.0, -1.0])).astype("float32")
+
+
+def test_suggest_takes_an_x_y_pair() -> None:
+    plan = memtune.suggest(dense(), xy(), budget="3GiB", analytic=True)
+    assert plan.num_samples == N
+    assert plan.per_sample_bytes == 3 * 4 + 4
+    assert plan.batch_size == N // 16  # the default keeps 16 steps per epoch
+    assert plan.largest_safe_batch_size == N
+
+
+def test_dicts_of_arrays_keyed_by_input_and_output_name() -> None:
+    rng = np.random.default_rng(0)
+    x = {"a": rng.random((N, 2)), "seq": rng.integers(1, 50, (N, 7))}
+    y = {"p": rng.random(N), "q": rng.random((N, 3))}
+    plan = memtune.suggest(two_way(), (x, y), budget="3GiB", analytic=True)
+    assert plan.per_sample_bytes == (2 + 7 + 1 + 3) * 4
+    inputs, targets = next(
+        memtune.batches((x, y), target=["p", "q"], batch_size=8, model=two_way())
+    )
+    assert inputs["seq"].dtype == np.int32 and inputs["seq"].shape == (8, 7)
+    np.testing.assert_array_equal(targets["q"], y["q"][:8].astype("float32"))
+
+
+def recording(seen: list[int]) -> Any:
+    """A model that records the ids it trains on (eagerly)."""
+    import keras
+
+    class Record(keras.layers.Layer):
+        def call(self, x: Any, training: bool = False) -> Any:
+            if training:
+                seen.extend(int(v) for v in np.asarray(x).reshape(-1))
+            return x
+
+    ids = keras.Input((1,), name="id")
+    model = keras.Model(ids, keras.layers.Dense(1, name="answer")(Record()(ids)))
+    model.compile("sgd", "mse", run_eagerly=True)
+    return model
+
+
+def id_pipelines() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    ids = np.arange(N, dtype="float32")
+
+    class Pages(keras.utils.PyDataset):
+        def __len__(self) -> int:
+            return 7
+
+        def __getitem__(self, i: int) -> Any:
+            part = ids[i * 43 : (i + 1) * 43]
+            return part.reshape(-1, 1), part % 2
+
+    return {
+        "pair": (ids.reshape(-1, 1), ids % 2),
+        "tf.data unbatched": tf.data.Dataset.from_tensor_slices((ids, ids % 2)),
+        "tf.data batched": tf.data.Dataset.from_tensor_slices((ids.reshape(-1, 1), ids % 2)).batch(
+            32
+        ),
+        "PyDataset": Pages(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["pair", "tf.data unbatched", "tf.data batched", "PyDataset"])
+def test_every_sample_once_per_epoch_through_a_recovery(kind: str) -> None:
+    from tests.test_fit import _Exhaust
+
+    seen: list[int] = []
+    result = memtune.fit(
+        recording(seen),
+        id_pipelines()[kind],
+        epochs=2,
+        batch_size=16,
+        analytic=True,
+        verbose=0,
+        callbacks=[_Exhaust.at({(0, 3)})],
+    )
+    assert [c["to"] for c in result.batch_size_changes] == [8]
+    assert len(seen) == 2 * N
+    assert sorted(seen[:N]) == list(range(N)) and sorted(seen[N:]) == list(range(N))
+
+
+def test_a_tf_data_pipeline_is_planned_streamed_and_padded_as_declared() -> None:
+    import tensorflow as tf
+
+    lengths = [1, 4, 2, 9, 3]
+    rows = [list(range(1, n + 1)) for n in lengths] * 20
+    ds = tf.data.Dataset.from_generator(
+        lambda: ((np.array(r, "int32"), np.float32(len(r))) for r in rows),
+        output_signature=(tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.float32)),
+    )
+    plan = memtune.suggest(two_way_seq(), ds, budget="3GiB", analytic=True)
+    assert plan.num_samples == len(rows) and plan.mode == "streaming"
+    assert plan.per_sample_bytes == 9 * 4 + 4  # the longest sequence, then the target
+    assert any("memtune rebatches your pipeline" in r for r in plan.reasons)
+    inputs, _ = next(memtune.batches(ds, target="y", batch_size=5, model=two_way_seq()))
+    assert inputs["seq"][1].tolist() == [0] * 5 + [1, 2, 3, 4]  # pre-padding, as Keras pads
+
+
+def two_way_seq() -> Any:
+    import keras
+
+    seq = keras.Input((None,), dtype="int32", name="seq")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 4)(seq))
+    model = keras.Model(seq, keras.layers.Dense(1, name="y")(h))
+    model.compile("adam", "mse")
+    return model
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (5, "data: expected a .csv / .parquet path or folder"),
+        ((np.zeros((4, 3)),), "got tuple"),
+        ((np.zeros((4, 3)), np.zeros((4, 2, 2))), "y has shape (4, 2, 2)"),
+        ((np.array([["a"] * 3] * 4), np.zeros(4)), "x holds <U1 values, not numbers"),
+        (({"a": np.zeros((4, 3))}, np.zeros(4)), "model input 'x' has no column"),
+    ],
+    ids=["int", "one-tuple", "3-D y", "strings", "input missing"],
+)
+def test_wrong_data_is_one_memtune_error(data: Any, fragment: str) -> None:
+    with pytest.raises(MemtuneError) as caught:
+        memtune.suggest(dense(), data, budget="3GiB", analytic=True)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_validation_split_plans_the_training_samples() -> None:
+    plan = memtune.suggest(dense(), xy(), budget="3GiB", analytic=True, validation_split=0.2)
+    assert plan.num_samples == int(N * 0.8)
+    assert any(f"{N - int(N * 0.8)} more held out for validation" in r for r in plan.reasons)
+    assert plan.batch_size == int(N * 0.8) // 16
