@@ -130,7 +130,7 @@ def _validated(table: Any, where: str, *, nested: bool = False) -> dict[str, Any
         ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
         if key in ("budget", "gpu_memory") and isinstance(value, int | float):
             raise MemtuneError(
-                f"{where}: key {key!r} = {value!r} needs a unit, e.g. \"{value}GiB\" "
+                f'{where}: key {key!r} = {value!r} needs a unit, e.g. "{value}GiB" '
                 "(a bare number could mean bytes or GiB)"
             )
         if key in ("budget", "gpu_memory") and ok and value.strip().lower() != "auto":

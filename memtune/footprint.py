@@ -230,6 +230,13 @@ def footprint(
             raise MemtuneError(
                 f"model input {spec.name!r} has no column of that name ({_columns_text(info)})"
             )
+    for spec in signature.inputs:
+        if spec.dtype in ("int64", "float64"):
+            small = "int32" if spec.dtype == "int64" else "float32"
+            notes.append(
+                f"{spec.name}: declared {spec.dtype}; memtune feeds {small} (4 B a value, as "
+                "counted here) and Keras casts it inside the model"
+            )
     target_feeds: list[Feed] = []
     for spec in signature.outputs:
         column = target_of[spec.name]

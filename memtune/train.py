@@ -396,15 +396,19 @@ def _progress_callbacks(plan: Plan) -> tuple[Any, Any]:
             super().__init__()
             self.epoch, self.steps = 0, 0
             self.logs: dict[int, dict[str, float]] = {}
+            self.seconds = 0.0  # time inside epochs: what samples/s is measured over
+            self._began = time.perf_counter()
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.epoch, self.steps = epoch, 0
+            self._began = time.perf_counter()
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.steps = batch + 1
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             self.logs[epoch] = {k: float(v) for k, v in (logs or {}).items()}
+            self.seconds += time.perf_counter() - self._began
 
     class Guard(keras.callbacks.Callback):  # type: ignore[name-defined]
         def __init__(self) -> None:
@@ -481,84 +485,81 @@ def _train(
             ),
         ]
     started = time.perf_counter()
-    pending = True  # fit runs at least once: a resumed, finished run opens and closes its trace
-    while pending:
-        train.set_epoch(first_epoch)  # the pipeline's length is fixed when it is built
-        # A continued epoch is shorter than the rest: it runs alone, then the others.
-        last = first_epoch + 1 if train.position else epochs
-        data: Any = (
-            train.as_dataset(feed.pair) if isinstance(train, DatasetBatches) else feed.stream(train)
-        )
-        if topology.strategy == "multiworker":  # each worker feeds its own share
-            data = strategy.distribute_datasets_from_function(lambda _, d=data: d)
-            val_kwargs = {"steps_per_epoch": len(train)}
-        fit_kwargs: dict[str, Any] = {
-            **val_kwargs,
-            "x": data,
-            "epochs": last,
-            "initial_epoch": first_epoch,
-            "shuffle": False,  # the batch sources shuffle, seeded, per epoch
-            "callbacks": [feed.epoch_callback(), progress, guard, *callbacks],
-            "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
-        }
-        try:
-            model.fit(**fit_kwargs)
-            first_epoch = last
-            pending = first_epoch < epochs
-        except KeyboardInterrupt:
-            for callback in callbacks:  # restore the terminal; checkpoints stay on disk
-                close = getattr(callback, "interrupted", None)
-                if close is not None:
-                    close()
-            raise
-        except MemtuneError:
-            raise
-        except Exception as exc:
-            if not _is_out_of_memory(exc):
-                cause = feed.failure() or _memtune_cause(exc)
-                if cause is not None:
-                    raise cause from exc
-                raise TrainingFailed(
-                    f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-                ) from exc
-            what = "out of memory"
-            if isinstance(exc, MemoryOverrun):
-                what = f"{exc.reason} ({exc})"
-            if topology.strategy == "multiworker":
-                raise TrainingFailed(
-                    f"{what} on worker index {topology.worker_index}: a multi-worker run cannot "
-                    "change "
-                    f"its batch on one worker; restart every worker with --batch-size "
-                    f"{max(1, train.batch_size // local // 2)}"
-                ) from exc
-            batch = train.batch_size // local  # per replica
-            if batch == 1:
-                raise TrainingFailed(
-                    f"{what} even at batch 1 (after halving from {plan.batch_size}); "
-                    "try a smaller --maxlen, mixed precision or more memory"
-                ) from exc
-            done = train.position + progress.steps * train.batch_size
-            new_batch = batch // 2
-            if not topology.active:  # Keras 3 has no gradient accumulation under a strategy
-                accumulation *= 2
-            train.resize(new_batch * local, epoch=progress.epoch, start=done)
-            set_accumulation(model, accumulation)
-            _release_freed_memory()
-            first_epoch = progress.epoch
-            changes.append(
-                {
-                    "epoch": progress.epoch,
-                    "sample": done,
-                    "from": batch,
-                    "to": new_batch,
-                    "gradient_accumulation_steps": accumulation,
-                    "reason": getattr(exc, "reason", "out of memory"),
-                }
+    _each(callbacks, "run_started", epochs, first_epoch)  # one dashboard for the whole run
+    try:
+        pending = True  # fit runs at least once: a resumed, finished run opens and closes its trace
+        while pending:
+            train.set_epoch(first_epoch)  # the pipeline's length is fixed when it is built
+            # A continued epoch is shorter than the rest: it runs alone, then the others.
+            last = first_epoch + 1 if train.position else epochs
+            data: Any = (
+                train.as_dataset(feed.pair)
+                if isinstance(train, DatasetBatches)
+                else feed.stream(train)
             )
-            for callback in callbacks:  # the dashboard and the trace show the change
-                hook = getattr(callback, "batch_changed", None)
-                if hook is not None:
-                    hook(changes[-1])
+            if topology.strategy == "multiworker":  # each worker feeds its own share
+                data = strategy.distribute_datasets_from_function(lambda _, d=data: d)
+                val_kwargs = {"steps_per_epoch": len(train)}
+            fit_kwargs: dict[str, Any] = {
+                **val_kwargs,
+                "x": data,
+                "epochs": last,
+                "initial_epoch": first_epoch,
+                "shuffle": False,  # the batch sources shuffle, seeded, per epoch
+                "callbacks": [feed.epoch_callback(), progress, guard, *callbacks],
+                "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
+            }
+            try:
+                model.fit(**fit_kwargs)
+                first_epoch = last
+                pending = first_epoch < epochs
+            except MemtuneError:
+                raise
+            except Exception as exc:
+                if not _is_out_of_memory(exc):
+                    cause = feed.failure() or _memtune_cause(exc)
+                    if cause is not None:
+                        raise cause from exc
+                    raise TrainingFailed(
+                        f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                    ) from exc
+                what = "out of memory"
+                if isinstance(exc, MemoryOverrun):
+                    what = f"{exc.reason} ({exc})"
+                if topology.strategy == "multiworker":
+                    raise TrainingFailed(
+                        f"{what} on worker index {topology.worker_index}: a multi-worker run "
+                        "cannot change its batch on one worker; restart every worker with "
+                        "--batch-size "
+                        f"{max(1, train.batch_size // local // 2)}"
+                    ) from exc
+                batch = train.batch_size // local  # per replica
+                if batch == 1:
+                    raise TrainingFailed(
+                        f"{what} even at batch 1 (after halving from {plan.batch_size}); "
+                        "try a smaller --maxlen, mixed precision or more memory"
+                    ) from exc
+                done = train.position + progress.steps * train.batch_size
+                new_batch = batch // 2
+                if not topology.active:  # Keras 3 has no gradient accumulation under a strategy
+                    accumulation *= 2
+                train.resize(new_batch * local, epoch=progress.epoch, start=done)
+                set_accumulation(model, accumulation)
+                _release_freed_memory()
+                first_epoch = progress.epoch
+                changes.append(
+                    {
+                        "epoch": progress.epoch,
+                        "sample": done,
+                        "from": batch,
+                        "to": new_batch,
+                        "gradient_accumulation_steps": accumulation,
+                        "reason": getattr(exc, "reason", "out of memory"),
+                    }
+                )
+                _each(callbacks, "batch_changed", changes[-1])  # the dashboard and the trace
+    finally:  # trained, failed or interrupted: the view closes, checkpoints stay on disk
+        _each(callbacks, "run_finished")
     seconds = time.perf_counter() - started
     logs = dict(enumerate(run.resumed.state.history)) if run.resumed else {}
     logs.update(progress.logs)
@@ -581,7 +582,9 @@ def _train(
         history=history,
         peak_bytes=peak_rss_bytes(),
         seconds=seconds,
-        samples_per_second=train.num_samples * done_epochs / seconds if seconds > 0 else math.nan,
+        samples_per_second=(
+            train.num_samples * done_epochs / progress.seconds if progress.seconds > 0 else 0.0
+        ),
         model=model,
         saved=saved,
         batch_size_changes=changes,
@@ -615,6 +618,14 @@ def _restore(
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
             ) from exc
     return state.epochs_done, accumulation
+
+
+def _each(callbacks: list[Any], hook: str, *args: Any) -> None:
+    """Call a run-level hook (``run_started``, ``batch_changed`` …) on callbacks that have it."""
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if method is not None:
+            method(*args)
 
 
 def _memtune_cause(exc: BaseException) -> MemtuneError | None:

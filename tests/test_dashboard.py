@@ -53,7 +53,7 @@ def test_render_golden() -> None:
         "gpu:0     N/A\n"
         "gpu:1     3.00 GiB / 8.00 GiB\n"
         "TF gpu:1  peak 2.00 GiB\n"
-        "memory    ▄▄▅▆\n"
+        "memory    ▁▃▆█  400 MiB–700 MiB\n"
         "metrics   loss 0.5  accuracy 0.75\n"
     )
     assert plain_line(state, 800 * MiB) == (
@@ -61,9 +61,12 @@ def test_render_golden() -> None:
     )
 
 
-def test_sparkline_scales_to_the_budget() -> None:
-    assert sparkline([0, 50, 100], ceiling=100) == "▁▄█"
-    assert sparkline([10, 10], ceiling=100) == "▁▁"
+def test_sparkline_scales_to_the_runs_own_range() -> None:
+    gib = 1024 * MiB
+    rss = [600 * MiB, 650 * MiB, 700 * MiB]
+    assert sparkline(rss, usable=20 * gib) == "▁▄█"  # a 20 GiB budget does not flatten it
+    assert sparkline(rss, usable=800 * MiB) == "▁▂▄"  # near the budget: scaled up to it
+    assert sparkline([10, 10], usable=100) == "▁▁"
     assert sparkline([]) == ""
 
 
@@ -171,3 +174,67 @@ def test_training_goes_on_when_a_gpu_is_lost_and_then_the_driver_fails(tmp_path:
     assert samples[-1] == [None, None]  # the driver erroring: N/A for all, no exception
     view = text_of(render(board.state, list(board.sampler.history), board.sampler.peak_rss))
     assert view.count("N/A") >= 2
+
+
+def screen_of(output: str, width: int = 100, height: int = 30) -> list[str]:
+    """What a VT terminal shows after ``output`` (the tty turns \\n into \\r\\n)."""
+    import pyte
+
+    screen = pyte.Screen(width, height)
+    pyte.Stream(screen).feed(output.replace("\n", "\r\n"))
+    return [line.rstrip() for line in screen.display if line.strip()]
+
+
+@pytest.mark.slow
+def test_one_clean_view_through_a_recovery(tmp_path: Path) -> None:
+    """A batch change mid-epoch: still one dashboard on screen, counting the run's epochs,
+    with the change as an event line (golden screen, machine-dependent numbers masked)."""
+    import memtune
+    from tests.conftest import write_factory
+    from tests.test_fit import FACTORY, _Exhaust
+    from tests.test_pipeline import id_shards
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, height=30, color_system=None)
+    board = memtune.MemoryDashboard(
+        512 * MiB, batch_size=8, console=console, nvml=SCENARIOS["no_driver"](), interval=0.01
+    )
+    result = memtune.fit(
+        write_factory(tmp_path / "m.py", FACTORY),
+        id_shards(tmp_path / "d"),
+        epochs=2,
+        batch_size=8,
+        target="answer",
+        analytic=True,
+        verbose=0,
+        callbacks=[board, _Exhaust.at({(0, 3)})],
+    )
+    assert [c["to"] for c in result.batch_size_changes] == [4]
+    masks = [
+        (r"\d[\d,]* samples/s", "# samples/s"),
+        (r"\d+ MiB", "# MiB"),
+        (r"available [\d.]+ GiB", "available # GiB"),
+        (r"memory    \S+", "memory    <sparkline>"),
+        (r"loss [\d.e+-]+", "loss #"),
+    ]
+    shown = []
+    for line in screen_of(out.getvalue()):
+        for pattern, mask in masks:
+            line = re.sub(pattern, mask, line)
+        shown.append(line)
+    assert shown == [
+        "memtune — epoch 2/2  step 17/17  ETA 0:00  # samples/s  batch 4 × 2",
+        "process   RSS # MiB (peak # MiB)  usable # MiB",
+        "host RAM  available # GiB",
+        "memory    <sparkline>  # MiB–# MiB",
+        "metrics   loss #",
+        "event     epoch 1, sample 24: out of memory at batch 8 — continuing at batch 4 × 2",
+    ]
+
+
+def test_before_the_first_step_the_view_says_what_it_is_doing() -> None:
+    state = DashboardState(epochs=3, batch_size=64, preparing="tracing the model")
+    head = text_of(render(state, [], 0)).splitlines()[0]
+    assert head == "memtune — epoch 1/3  preparing: tracing the model  batch 64 × 1"
+    state = DashboardState(epochs=1, step=5, steps=10, steps_per_second=2.5)
+    assert "2.5 steps/s" in text_of(render(state, [], 0))  # no batch size: no samples/s guess

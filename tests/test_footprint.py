@@ -92,3 +92,12 @@ def test_real_keras_signature(info) -> None:
     fp = footprint(signature(model), info)
     assert {f.name: f.shape for f in fp.inputs} == {"a": (4,), "b": (2,)}
     assert fp.per_sample_bytes == (4 + 2 + 1) * 4
+
+
+def test_an_int64_input_is_counted_at_int32_and_says_so(info) -> None:
+    signature = ModelSignature(
+        (TensorSpec("b", (None, None), "int64"),), (TensorSpec("answer", (None, 1)),)
+    )
+    fp = footprint(signature, info)
+    assert fp.inputs[0].dtype == "int32" and fp.per_sample_bytes == 3 * 4 + 4
+    assert any("declared int64; memtune feeds int32" in n for n in fp.notes)

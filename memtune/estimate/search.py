@@ -86,10 +86,12 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
         predicted = curve.peak(b)
         t = measure(b)
         if not t.exceeded and predicted and abs(t.peak_bytes - predicted) > NONLINEAR * predicted:
+            side = "below" if t.peak_bytes < predicted else "above"
             notes.append(
-                f"the measured peak at batch {b} ({format_bytes(t.peak_bytes)}) is "
-                f"{(t.peak_bytes - predicted) / predicted:+.0%} off the prediction from the "
-                "earlier trials; the curve follows the measured points"
+                f"batch {b} measured {format_bytes(t.peak_bytes)}, "
+                f"{abs(t.peak_bytes - predicted) / predicted:.0%} {side} the "
+                f"{format_bytes(predicted)} the earlier trials suggested; the plan uses the "
+                "measurement"
             )
         curve = record(t)
     best = max(good)
