@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from memtune.errors import MemtuneError, NothingFits
+from memtune.paths import as_new_file
 from memtune.plan import Plan
 from memtune.units import format_bytes, parse_size
 
@@ -216,6 +217,7 @@ def write_junit(result: CheckResult, path: Path) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(data + "\n")
+        as_new_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from memtune.errors import MemtuneError
@@ -38,3 +39,11 @@ def outside_folder(flag: str, value: str | Path, folder_flag: str, folder: str |
             f"{flag} {str(value)!r} lies inside {folder_flag} {str(folder)!r}, which memtune "
             "empties once training is saved; write it elsewhere"
         )
+
+
+def as_new_file(path: str | Path) -> None:
+    """Give a temporary file (mkstemp makes 0600) the mode a newly created file gets under
+    the umask, before it is renamed over an output the user will share."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

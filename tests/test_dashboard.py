@@ -238,3 +238,24 @@ def test_before_the_first_step_the_view_says_what_it_is_doing() -> None:
     assert head == "memtune — epoch 1/3  preparing: tracing the model  batch 64 × 1"
     state = DashboardState(epochs=1, step=5, steps=10, steps_per_second=2.5)
     assert "2.5 steps/s" in text_of(render(state, [], 0))  # no batch size: no samples/s guess
+
+
+def test_the_report_is_drawn_with_epochs_and_shared_permissions(tmp_path: Path) -> None:
+    import os
+
+    trace = tmp_path / "t.jsonl"
+    records = [{"kind": "start", "t": 0, "usable_bytes": 20 * 1024 * MiB}]
+    for i in range(40):
+        records.append({"kind": "sample", "t": i / 4, "rss": (600 + i) * MiB,
+                        "host_available": 1, "gpu_used": [], "gpu_total": []})  # fmt: skip
+        if i % 10 == 9:
+            records.append({"kind": "epoch", "t": i / 4, "epoch": i // 10})
+    records.append({"kind": "batch_change", "t": 5.0, "to": 4})
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    old = os.umask(0o022)
+    try:
+        assert main(["report", str(trace), "-o", str(tmp_path / "r.png")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from memtune.errors import MemtuneError
-from memtune.paths import output_file
+from memtune.paths import as_new_file, output_file
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
@@ -33,7 +33,9 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
 
 
 def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> None:
-    """Draw RSS (and GPU use) over time with the budget line and batch changes; atomic."""
+    """Draw RSS (and GPU use) over time on the run's own scale, with epoch ends, batch
+    changes and the usable budget (when the curve comes near it); written atomically, with
+    the permissions of any new file (0644 under the usual umask)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,20 +54,29 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
             ax.plot([t for t, _ in points], [u / mib for _, u in points], label=f"gpu:{i} used")
     start = next((r for r in records if r["kind"] == "start"), {})
     usable = usable_bytes or start.get("usable_bytes")
-    if usable:
+    low, high = ax.get_ylim()
+    if usable and usable / mib <= high + (high - low):  # in range: the budget line shows
         ax.axhline(usable / mib, color="red", linestyle="--", label="usable budget")
+    elif usable:
+        ax.set_title(f"usable budget {usable / mib:,.0f} MiB (above the chart)", fontsize=9)
+    at_top: dict[str, Any] = {"xycoords": ("data", "axes fraction"), "va": "top"}
+    for epoch in (r for r in records if r["kind"] == "epoch"):
+        ax.axvline(epoch["t"], color="grey", linewidth=0.6, alpha=0.6)
+        label = f"{epoch.get('epoch', 0) + 1}"
+        ax.annotate(label, (epoch["t"], 0.99), fontsize=7, color="grey", ha="right", **at_top)
     for change in (r for r in records if r["kind"] == "batch_change"):
         ax.axvline(change["t"], color="orange", linestyle=":")
-        ax.annotate(f"batch → {change.get('to')}", (change["t"], ax.get_ylim()[1] * 0.95))
-    ax.set_xlabel("seconds")
+        ax.annotate(f" batch → {change.get('to')}", (change["t"], 0.93), color="orange", **at_top)
+    ax.set_xlabel("seconds (grey lines: epoch ends)")
     ax.set_ylabel("MiB")
-    ax.set_title("memtune: memory over time")
+    fig.suptitle("memtune: memory over time")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
     os.close(fd)
     try:
         fig.savefig(tmp)
+        as_new_file(tmp)
         os.replace(tmp, out)
     finally:
         plt.close(fig)
