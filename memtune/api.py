@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from memtune import distribute
+from memtune import distribute, progress
 from memtune.data.scan import DataInfo, scan
 from memtune.distribute import Topology
 from memtune.errors import MemtuneError
@@ -93,10 +93,13 @@ def prepare(
                 f"under tf.distribute ({topology.strategy}); the global batch is the per-replica "
                 "batch × replicas"
             )
+    progress.report("stage", what="loading the model")
     keras_model = model_mod.load_model(model)
     sig = model_mod.signature(keras_model)
     data, options = _named(data, sig, options)
+    progress.report("stage", what="reading the data once (rows, lengths)")
     info = _scan(data, sig, options)
+    progress.report("scanned", rows=info.num_samples, shards=len(info.source.shards))
     fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
     virtual = device != "cpu" and not seen.gpus  # --gpu-memory: a GPU this machine lacks
     if options.budget_bytes is None and options.gpu_memory_bytes is not None and device != "cpu":

@@ -8,7 +8,7 @@ import json
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -133,7 +133,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from memtune.api import prepare
     from memtune.options import make_options
 
-    prepared = prepare(args.model, args.data, make_options(**_options(args)))
+    with _planning(args.json):
+        prepared = prepare(args.model, args.data, make_options(**_options(args)))
     for warning in prepared.probe.warnings:
         print(f"memtune: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -145,12 +146,28 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _planning(machine_output: bool) -> Iterator[Any]:
+    """Show planning's progress for the block (see ``memtune.ui.planning``)."""
+    from memtune import progress
+    from memtune.ui.planning import planning_view
+
+    with planning_view(machine_output) as view, progress.listening(view):
+        yield view
+
+
 def _dashboard(
-    show: bool, trace: str | None, tensorboard: str | None = None, resume: bool = False
+    show: bool,
+    trace: str | None,
+    tensorboard: str | None = None,
+    resume: bool = False,
+    planning: Any = None,
 ) -> Callable[[Any], list[Any]]:
     """Plan → the live dashboard callback (and trace writer), once the plan is known."""
 
     def callbacks(plan: Any) -> list[Any]:
+        if planning is not None:
+            planning.close()  # one live view at a time on the terminal
         if not show and not trace and not tensorboard:
             return []
         from memtune.ui.dashboard import memory_dashboard_class
@@ -201,8 +218,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.report and not trace:
             trace = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "trace.jsonl")
         appends = args.resume and trace == args.trace  # a resumed run continues its trace
-        board = _dashboard(show, trace, args.tensorboard, resume=appends)
+        planning = stack.enter_context(_planning(args.json))
+        board = _dashboard(show, trace, args.tensorboard, resume=appends, planning=planning)
         result = _fit_with(fit, args, board, show)
+        planning.close()
         if args.report:
             from memtune.ui.report import write_report
 
@@ -248,7 +267,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for key in ("model", "data"):
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
-    result = run_check({**config, **flags})
+    with _planning(args.json):
+        result = run_check({**config, **flags})
     if args.junit:
         write_junit(result, Path(args.junit))
     if args.json:
@@ -275,7 +295,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"$ memtune suggest --model {model} --data {data} --target answer --max-batch-size 256",
         soft_wrap=True,
     )
-    prepared = prepare(model, data, make_options(target=["answer"], max_batch_size=256))
+    with _planning(False):
+        prepared = prepare(model, data, make_options(target=["answer"], max_batch_size=256))
     render_plan(prepared.plan, out)
     saved = directory / "model.keras"
     out.print(
@@ -283,16 +304,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"--epochs 2 --save {saved}",
         soft_wrap=True,
     )
-    result = fit(
-        model,
-        data,
-        epochs=2,
-        target=["answer"],
-        max_batch_size=256,
-        save=str(saved),
-        verbose=0,
-        plan_callbacks=_dashboard(True, None),
-    )
+    with _planning(False) as planning:
+        result = fit(
+            model,
+            data,
+            epochs=2,
+            target=["answer"],
+            max_batch_size=256,
+            save=str(saved),
+            verbose=0,
+            plan_callbacks=_dashboard(True, None, planning=planning),
+        )
     render_fit(result, out)
     return 0
 

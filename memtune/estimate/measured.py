@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from memtune import _tf
+from memtune import _tf, progress
 from memtune.estimate.cache import TrialCache, cache_key
 from memtune.estimate.curve import MemoryCurve
 from memtune.estimate.search import search
@@ -106,13 +106,21 @@ def measured_plan(
         )
 
         def measure(batch: int) -> Trial:
-            hit = s.cache.get(batch)
-            if hit is not None:
-                return hit
-            trial = run_trial(
-                trial_spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled()
+            trial = s.cache.get(batch)
+            cached = trial is not None
+            if trial is None:
+                progress.report("trial", batch=batch, limit=s.limit_bytes)
+                trial = run_trial(
+                    trial_spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled()
+                )
+                s.cache.put(trial)
+            progress.report(
+                "trial_done",
+                batch=batch,
+                peak=trial.peak_bytes,
+                exceeded=trial.exceeded,
+                cached=cached,
             )
-            s.cache.put(trial)
             return trial
 
         result = search(prior, measure, lambda curve, cap: plan_for(curve, cap))

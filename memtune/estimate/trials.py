@@ -26,11 +26,13 @@ from typing import Any
 
 import psutil
 
+from memtune import progress
 from memtune.errors import MemtuneError
 from memtune.plan import Trial
 
 TRIAL_STEPS = 3
 POLL_SECONDS = 0.005
+PROGRESS_SECONDS = 0.25  # how often the watcher tells listeners the trial's memory
 GPU_CONTEXT_BYTES = 512 * 1024**2
 PARENT_ENV = "MEMTUNE_TRIAL_PARENT"
 PR_SET_PDEATHSIG = 1
@@ -122,13 +124,19 @@ def _watch_trial(
     over = threading.Event()
 
     def watch() -> None:
+        told = 0.0
         try:
             child = psutil.Process(proc.pid)
             while not stopped.is_set():
-                if child.memory_info().rss > limit_bytes and spec.device == "cpu":
+                rss = child.memory_info().rss
+                if rss > limit_bytes and spec.device == "cpu":
                     over.set()
                     child.kill()
                     return
+                now = time.monotonic()
+                if now - told >= PROGRESS_SECONDS:
+                    told = now
+                    progress.report("trial_peak", batch=batch_size, rss=int(rss))
                 time.sleep(POLL_SECONDS)
         except psutil.Error:
             return
