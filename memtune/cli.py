@@ -42,8 +42,18 @@ def _plan_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument(
         "--maxlen", action="append", metavar="N|COL=N", help="pad length where the model says None"
     )
-    p.add_argument("--padding", choices=("pre", "post"), default="pre")
-    p.add_argument("--truncating", choices=("pre", "post"), default="pre")
+    p.add_argument(
+        "--padding",
+        choices=("pre", "post"),
+        default="pre",
+        help="where zeros go in a short sequence (pre, as keras.utils.pad_sequences)",
+    )
+    p.add_argument(
+        "--truncating",
+        choices=("pre", "post"),
+        default="pre",
+        help="which end of a long sequence is cut (pre: keep the end)",
+    )
     p.add_argument(
         "--budget", default="auto", metavar="SIZE|auto", help="e.g. 8GiB; auto: what is free now"
     )
@@ -54,19 +64,41 @@ def _plan_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
         metavar="F",
         help="fraction of the budget kept free (0.10)",
     )
-    p.add_argument("--device", default="auto", metavar="auto|cpu|gpu|gpu:I")
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="auto|cpu|gpu|gpu:I",
+        help="where to train (auto: the GPU with most free memory, else the CPU)",
+    )
     p.add_argument(
         "--gpu-memory", metavar="SIZE", help="plan for a GPU of this size, present or not"
     )
-    p.add_argument("--effective-batch-size", type=int, metavar="N")
-    p.add_argument("--max-batch-size", type=int, metavar="N")
+    p.add_argument(
+        "--effective-batch-size",
+        type=int,
+        metavar="N",
+        help="samples per optimizer step; gradient accumulation makes up what memory cannot",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        metavar="N",
+        help="never plan a larger batch (default: keep at least 16 steps per epoch)",
+    )
     p.add_argument("--batch-size", type=int, metavar="N", help="force the batch size")
     p.add_argument("--mode", choices=("in-memory", "streaming"), help="force the data mode")
     p.add_argument(
         "--force", action="store_true", help="accept a forced mode that is predicted not to fit"
     )
-    p.add_argument("--validation-data", metavar="D")
-    p.add_argument("--validation-split", type=float, metavar="F")
+    p.add_argument(
+        "--validation-data", metavar="D", help="validate on this data (same form as --data)"
+    )
+    p.add_argument(
+        "--validation-split",
+        type=float,
+        metavar="F",
+        help="hold out this fraction (the last rows / shards) for validation",
+    )
     p.add_argument(
         "--analytic", action="store_true", help="estimate from the model alone, no trials"
     )
@@ -328,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     p = sub.add_parser("probe", help="host RAM and GPU memory as seen now")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p)
     p.set_defaults(handler=cmd_probe)
     p = sub.add_parser("suggest", help="the largest safe batch and the data mode")
@@ -336,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_suggest)
     p = sub.add_parser("fit", help="plan, then train with the plan")
     _plan_flags(p)
-    p.add_argument("--epochs", type=int, required=True, metavar="N")
+    p.add_argument("--epochs", type=int, required=True, metavar="N", help="epochs to train")
     p.add_argument(
         "--save", metavar="PATH", help="write the trained model here (.keras), atomically"
     )
@@ -349,8 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", metavar="DIR", help="memory scalars beside Keras's own logs")
     p.set_defaults(handler=cmd_fit)
     p = sub.add_parser("report", help="memory-over-time picture of a finished run")
-    p.add_argument("trace", metavar="TRACE.jsonl")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    p.add_argument("trace", metavar="TRACE.jsonl", help="a trace written by fit --trace")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the picture")
     _common(p)
     p.set_defaults(handler=cmd_report)
     p = sub.add_parser("check", help="CI preflight: does the configured batch fit?")
@@ -361,8 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="NAME", help="apply [tool.memtune.profiles.NAME]")
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
     p.set_defaults(handler=cmd_check)
-    p = sub.add_parser("demo", help="write the seed-shaped example and plan it")
-    p.add_argument("dir", nargs="?", default="memtune-demo", metavar="DIR")
+    p = sub.add_parser("demo", help="write an example dataset and model, plan it and train it")
+    p.add_argument(
+        "dir", nargs="?", default="memtune-demo", metavar="DIR", help="where (memtune-demo)"
+    )
     _common(p)
     p.set_defaults(handler=cmd_demo)
     return parser

@@ -187,3 +187,17 @@ def test_demo_writes_and_plans(tmp_path: Path, capfd) -> None:
     code, _, err = run(capfd, "demo", str(tmp_path / "mine"))
     assert code == 2 and "memtune did not write" in err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_every_flag_has_help_text() -> None:
+    from memtune.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, command in commands.choices.items()
+        for action in command._actions
+        if not action.help and action.dest != "help"
+    ]
+    assert missing == []
