@@ -1,14 +1,14 @@
 """memtune: train Keras / TensorFlow models on the memory you actually have.
 
-TensorFlow is imported only where a model is loaded, measured or trained, so importing
-memtune (and ``memtune --help`` / ``memtune probe``) stays instant.
+Public names load on first use: TensorFlow is imported only where a model is loaded,
+measured or trained (so ``memtune --help`` and ``memtune probe`` stay instant), and a trial
+child process imports only what builds batches and trains.
 """
 
+from importlib import import_module
 from typing import Any
 
-from memtune.api import probe, suggest
 from memtune.errors import MemtuneError, NothingFits, TrainingFailed
-from memtune.plan import Plan
 
 __all__ = [
     "MemoryDashboard",
@@ -23,19 +23,20 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+_LAZY = {
+    "probe": "memtune.api",
+    "suggest": "memtune.api",
+    "batches": "memtune.api",
+    "fit": "memtune.train",
+    "Plan": "memtune.plan",
+}
+
 
 def __getattr__(name: str) -> Any:
-    """``fit`` and ``batches`` load the pipeline modules on first use."""
-    if name == "fit":
-        from memtune.train import fit
-
-        return fit
     if name == "MemoryDashboard":
         from memtune.ui.dashboard import memory_dashboard_class
 
         return memory_dashboard_class()
-    if name == "batches":
-        from memtune.api import batches
-
-        return batches
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'memtune' has no attribute {name!r}")

@@ -21,8 +21,8 @@ from memtune.probe import Probe
 from memtune.units import format_bytes
 
 MIN_STEPS = 16  # a default plan keeps at least this many training steps per epoch
-# Caps that bound what is safe (not merely sensible): largest_safe_batch_size honours them.
-_SAFETY_CAPS = ("the dataset's size", "the largest batch a trial verified")
+# Caps that bound the memory bound itself: largest_safe_batch_size honours them.
+_SAFETY_CAPS = ("the dataset's size",)
 
 Mode = Literal["in-memory", "streaming"]
 
@@ -171,9 +171,24 @@ def resolve_device(probe: Probe, device: str, *, virtual: bool = False) -> str:
 def resolve_budget(
     probe: Probe, device: str, budget_bytes: int | None, source: str = "--budget"
 ) -> Budget:
-    """The budget for ``device``: as given, or ``auto`` (what is free there now)."""
+    """The budget for ``device``: as given, or ``auto`` (what is free there now).
+
+    On the CPU a given budget above what the host can give this process (what is available
+    plus what the process already holds) is clipped to that, and the source says so: a
+    budget the machine cannot honour would only let the plan run into the kernel.
+    """
     host = probe.host.available_bytes
     if budget_bytes is not None:
+        can_give = host + probe.host.process_bytes
+        if device == "cpu" and budget_bytes > can_give:
+            return Budget(
+                device,
+                can_give,
+                f"{source} {format_bytes(budget_bytes)} clipped to what the host can give: "
+                f"{format_bytes(host)} available + {format_bytes(probe.host.process_bytes)} "
+                "this process holds",
+                host,
+            )
         return Budget(device, budget_bytes, source, host)
     if device == "cpu":
         where = "available host memory" + (
@@ -288,8 +303,14 @@ def make_plan(
         if fits > cap:
             reasons.append(f"more than {cap:,} would fit; batch {cap:,} is capped by {cap_why}")
             if cap_why.startswith("keeping"):
+                verified = options.verified_cap
+                how = (
+                    f", predicted (trials verified up to batch {verified:,})"
+                    if verified is not None and verified < largest_safe
+                    else ""
+                )
                 reasons.append(
-                    f"the memory allows batch {largest_safe:,} (largest_safe_batch_size); "
+                    f"the memory allows batch {largest_safe:,} (largest_safe_batch_size{how}); "
                     f"--max-batch-size N lifts the {MIN_STEPS}-step floor"
                 )
         elif options.aim < 1:

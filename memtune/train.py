@@ -20,10 +20,9 @@ import psutil
 from memtune import _tf, checkpoint, distribute, failpoints
 from memtune.api import Prepared, dataset_source, layout_for, prepare
 from memtune.checkpoint import Checkpoint, CheckpointDir
-from memtune.constants import BLOCK_ROWS, STREAM_QUEUE_BATCHES, WORKERS
+from memtune.constants import BLOCK_ROWS
 from memtune.data.blocks import Block
 from memtune.data.pipeline import (
-    Arrays,
     BatchSource,
     EvenBatches,
     InMemoryBatches,
@@ -39,13 +38,12 @@ from memtune.data.scan import scan
 from memtune.data.tfdata import DatasetBatches
 from memtune.distribute import Topology
 from memtune.errors import MemtuneError, TrainingFailed
-from memtune.footprint import Footprint
+from memtune.feed import KerasFeed, set_accumulation
 from memtune.options import make_options
 from memtune.paths import output_file, outside_folder
 from memtune.plan import Plan, resolve_device
 from memtune.probe import probe
-from memtune.probe.host import read_host
-from memtune.watchdog import MemoryOverrun, Reading, Watchdog
+from memtune.watchdog import MemoryOverrun
 
 
 @dataclass
@@ -81,79 +79,6 @@ def peak_rss_bytes() -> int:
     return int(peak) * (1 if sys.platform == "darwin" else 1024)
 
 
-@dataclass
-class _Feed:
-    """Hands batches to Keras: a single input or output as its array, several as a dict."""
-
-    footprint: Footprint
-    streams: list[BatchSource] = field(default_factory=list)
-
-    @property
-    def single_input(self) -> str | None:
-        inputs = self.footprint.inputs
-        return inputs[0].name if len(inputs) == 1 else None
-
-    @property
-    def single_target(self) -> str | None:
-        targets = self.footprint.targets
-        return targets[0].name if len(targets) == 1 else None
-
-    def pair(self, inputs: Arrays, targets: Arrays) -> tuple[Any, Any]:
-        x = inputs[self.single_input] if self.single_input else inputs
-        y = targets[self.single_target] if self.single_target else targets
-        return x, y
-
-    def stream(self, batches: BatchSource) -> Any:
-        """A ``tf.data`` pipeline over batch indices: parallel workers, bounded prefetch.
-
-        Each epoch yields exactly ``len(batches)`` batches in order; which rows they hold
-        comes from the epoch set by :meth:`epoch_callback`.
-        """
-        tf = _tf.tensorflow()
-        self.streams.append(batches)
-        feeds = self.footprint.feeds
-        n_inputs = len(self.footprint.inputs)
-
-        def get(i: Any) -> list[Any]:
-            try:
-                inputs, targets = batches[int(i)]
-            except MemtuneError as exc:
-                batches.failure = exc
-                raise
-            return [(inputs if f.role == "input" else targets)[f.name] for f in feeds]
-
-        def load(i: Any) -> Any:
-            outs = tf.numpy_function(get, [i], [tf.as_dtype(f.dtype) for f in feeds])
-            arrays = {
-                f.name: tf.ensure_shape(o, (None, *f.shape))
-                for f, o in zip(feeds, outs, strict=True)
-            }
-            names = [f.name for f in feeds]
-            return self.pair(
-                {k: arrays[k] for k in names[:n_inputs]}, {k: arrays[k] for k in names[n_inputs:]}
-            )
-
-        return (
-            tf.data.Dataset.range(len(batches))
-            .map(load, num_parallel_calls=WORKERS, deterministic=True)
-            .prefetch(STREAM_QUEUE_BATCHES)
-        )
-
-    def epoch_callback(self) -> Any:
-        """Tell every stream which epoch Keras is starting (resumed runs included)."""
-        keras = _tf.keras()
-
-        def begin(epoch: int, logs: Any = None) -> None:
-            for stream in self.streams:
-                stream.set_epoch(epoch)
-
-        return keras.callbacks.LambdaCallback(on_epoch_begin=begin)
-
-    def failure(self) -> MemtuneError | None:
-        """A data error a pipeline worker met, to report instead of TensorFlow's wrapper."""
-        return next((s.failure for s in self.streams if s.failure is not None), None)
-
-
 def _check_save_path(save: str | None) -> Path | None:
     if save is None:
         return None
@@ -183,16 +108,6 @@ def save_atomically(model: Any, path: Path, epochs: int = 0) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-
-
-def set_accumulation(model: Any, steps: int) -> None:
-    """Recompile with ``gradient_accumulation_steps`` (Keras 3 optimizers carry it)."""
-    current = getattr(model.optimizer, "gradient_accumulation_steps", None) or 1
-    if steps == current:
-        return
-    config = model.get_compile_config()
-    config["optimizer"]["config"]["gradient_accumulation_steps"] = steps if steps > 1 else None
-    model.compile_from_config(config)
 
 
 def _warn(message: str) -> None:
@@ -313,7 +228,7 @@ def _validation_layout(prepared: Prepared) -> Layout | None:
 def _fit_data(
     prepared: Prepared,
     val_layout: Layout | None,
-    feed: _Feed,
+    feed: KerasFeed,
     shuffle: bool,
     seed: int | None,
     topology: Topology,
@@ -381,55 +296,6 @@ def _fit_data(
     return kwargs, train
 
 
-WATCH_SECONDS = 0.01
-
-
-def _progress_callbacks(plan: Plan) -> tuple[Any, Any]:
-    """A step counter (where an interrupted epoch stands, per-epoch logs) and, on the CPU,
-    the memory watchdog, which raises :class:`MemoryOverrun` after a step when RSS passed
-    the usable budget or other processes took the memory the plan counted on."""
-
-    keras = _tf.keras()
-
-    class Progress(keras.callbacks.Callback):  # type: ignore[name-defined]
-        def __init__(self) -> None:
-            super().__init__()
-            self.epoch, self.steps = 0, 0
-            self.logs: dict[int, dict[str, float]] = {}
-            self.seconds = 0.0  # time inside epochs: what samples/s is measured over
-            self._began = time.perf_counter()
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.epoch, self.steps = epoch, 0
-            self._began = time.perf_counter()
-
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.steps = batch + 1
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            self.logs[epoch] = {k: float(v) for k, v in (logs or {}).items()}
-            self.seconds += time.perf_counter() - self._began
-
-    class Guard(keras.callbacks.Callback):  # type: ignore[name-defined]
-        def __init__(self) -> None:
-            super().__init__()
-            self.process = psutil.Process()
-            self.watchdog = (
-                Watchdog(plan.budget_bytes, plan.usable_bytes) if plan.device == "cpu" else None
-            )
-            self.next_check = 0.0
-
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            # A reading costs ~70 µs (/proc and cgroup files): at most one per WATCH_SECONDS.
-            now = time.monotonic()
-            if self.watchdog is not None and now >= self.next_check:
-                self.next_check = now + WATCH_SECONDS
-                rss = int(self.process.memory_info().rss)
-                self.watchdog.check(Reading(rss, read_host().available_bytes))
-
-    return Progress(), Guard()
-
-
 def _release_freed_memory() -> None:
     """Give the C heap's free pages back to the OS after a batch change (glibc only)."""
     gc.collect()
@@ -456,7 +322,7 @@ def _train(
     plan, model = prepared.plan, prepared.model
     topology, strategy = distributed
     local = topology.local_replicas
-    feed = _Feed(prepared.footprint)
+    feed = KerasFeed(prepared.footprint)
     shuffle, seed = bool(extra.get("shuffle", True)), extra.get("seed")
     val_kwargs, train = _fit_data(prepared, val_layout, feed, shuffle, seed, topology)
     if topology.strategy == "multiworker":
@@ -468,7 +334,11 @@ def _train(
         first_epoch, accumulation = _restore(model, run.resumed, train, local, strategy)
     else:
         set_accumulation(model, accumulation)
-    progress, guard = _progress_callbacks(plan)
+    from memtune.callbacks.epoch_progress import EpochProgress
+    from memtune.callbacks.memory_guard import MemoryGuard
+
+    progress = EpochProgress()
+    guard = MemoryGuard(plan.budget_bytes, plan.usable_bytes, cpu=plan.device == "cpu")
     changes: list[dict[str, Any]] = []
     if run.store is not None:
         from memtune.callbacks.epoch_checkpoint import EpochCheckpoint

@@ -1,10 +1,12 @@
-"""Streaming vs in-memory vs the seed article's generator, side by side in one run.
+"""Streaming vs in-memory vs the original how-to's generator, side by side in one run.
 
-Seed-shaped data (numbered CSV shards, two list-cell history columns, target ``answer``)
-and the demo's two-GRU model. Every measurement runs in a fresh child process so peaks and
-warm-ups do not leak between them. Prints a table and, with ``--json``, one JSON line.
+Data shaped like the how-to's (numbered CSV shards, two list-cell history columns, target
+``answer``) and the demo's two-GRU model. Every measurement runs in a fresh child process so
+peaks and warm-ups do not leak between them; rounds alternate the pipelines (and their
+order), ratios are taken within a round, and their median and spread are printed. ``--json``
+adds one JSON line.
 
-    python scripts/bench_streaming.py [--samples 20000] [--json]
+    python scripts/bench_streaming.py [--samples 20000] [--rounds 3] [--json]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,8 +197,9 @@ def child_pipeline_only(folder: str, data: str, kind: str) -> dict[str, Any]:
         return {"samples_per_s": steps * BATCH / (time.perf_counter() - start), "peak_rss": _peak()}
     from memtune.api import prepare
     from memtune.data.pipeline import StreamingBatches
+    from memtune.feed import KerasFeed
     from memtune.options import make_options
-    from memtune.train import _Feed, blocks_of, layout_for
+    from memtune.train import blocks_of, layout_for
 
     prep = prepare(
         f"{folder}/model.py:build_model",
@@ -205,7 +209,7 @@ def child_pipeline_only(folder: str, data: str, kind: str) -> dict[str, Any]:
     layout = layout_for(prep.info, prep.footprint, prep.options)
     stream = StreamingBatches(layout, blocks_of(prep.info), BATCH, shuffle=True, seed=0)
     start = time.perf_counter()
-    for _ in _Feed(prep.footprint).stream(stream):
+    for _ in KerasFeed(prep.footprint).stream(stream):
         pass
     return {
         "samples_per_s": stream.num_samples / (time.perf_counter() - start),
@@ -234,6 +238,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=3, help="timed: the fastest after the first")
     parser.add_argument("--units", type=int, default=32, help="GRU units (32: the demo model)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,73 +253,84 @@ def main() -> None:
         print(json.dumps(out))
         return
 
+    trained = {  # the side-by-side comparisons: every round runs each, in alternating order
+        "in-memory (CSV)": ("in-memory", "csv"),
+        "streaming (CSV)": ("streaming", "csv"),
+        "streaming (Parquet)": ("streaming", "parquet"),
+        "seed generator, serial (CSV)": ("seed-serial", "csv"),
+        "seed generator, Keras 3 (CSV)": ("seed", "csv"),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trained}
     with tempfile.TemporaryDirectory(prefix="memtune-bench-") as tmp:
         small = make_data(Path(tmp) / "x1", args.samples, units=args.units)
         large = make_data(Path(tmp) / "x10", args.samples * 10, seed=1, units=args.units)
         parquet = to_parquet(small / "csv", small / "parquet")
+        paths = {"csv": str(small / "csv"), "parquet": str(parquet)}
         e = str(args.epochs)
-        rows = {
-            "in-memory (CSV)": run_child("in-memory", str(small), str(small / "csv"), e),
-            "streaming (CSV)": run_child("streaming", str(small), str(small / "csv"), e),
-            "streaming (Parquet)": run_child("streaming", str(small), str(parquet), e),
-            "seed generator, serial (CSV)": run_child(
-                "seed-serial", str(small), str(small / "csv"), e
-            ),
-            "seed generator, Keras 3 (CSV)": run_child("seed", str(small), str(small / "csv"), e),
+        for round_ in range(args.rounds):
+            names = list(trained) if round_ % 2 == 0 else list(trained)[::-1]
+            for name in names:
+                kind, form = trained[name]
+                runs[name].append(run_child(kind, str(small), paths[form], e))
+        once = {
             "streaming 10x (CSV)": run_child("streaming", str(small), str(large / "csv"), "1"),
-            "pipeline alone: streaming": run_child(
-                "pipeline", str(small), str(small / "csv"), "memtune"
-            ),
-            "pipeline alone: seed gen.": run_child(
-                "pipeline", str(small), str(small / "csv"), "seed"
-            ),
+            "pipeline alone: streaming": run_child("pipeline", str(small), paths["csv"], "memtune"),
+            "pipeline alone: seed gen.": run_child("pipeline", str(small), paths["csv"], "seed"),
         }
-    base = rows["streaming (CSV)"]
-    result = {
+
+    def ratio(a: str, b: str) -> list[float]:
+        """a / b within each round: the two ran minutes apart at most."""
+        return [x["samples_per_s"] / y["samples_per_s"] for x, y in zip(runs[a], runs[b], strict=True)]
+
+    def summary(values: list[float]) -> dict[str, float]:
+        return {
+            "median": round(statistics.median(values), 3),
+            "min": round(min(values), 3),
+            "max": round(max(values), 3),
+        }
+
+    median_rate = {k: statistics.median(r["samples_per_s"] for r in v) for k, v in runs.items()}
+    median_peak = {k: int(statistics.median(r["peak_rss"] for r in v)) for k, v in runs.items()}
+    ratios = {
+        "streaming_vs_in_memory": ratio("streaming (CSV)", "in-memory (CSV)"),
+        "streaming_vs_seed_generator": ratio("streaming (CSV)", "seed generator, serial (CSV)"),
+        "streaming_vs_seed_generator_keras_prefetch": ratio(
+            "streaming (CSV)", "seed generator, Keras 3 (CSV)"
+        ),
+        "in_memory_vs_seed_generator": ratio("in-memory (CSV)", "seed generator, serial (CSV)"),
+        "parquet_vs_csv": ratio("streaming (Parquet)", "streaming (CSV)"),
+    }
+    result: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores, {_total_gib():.0f} GiB, CPU only",
         "samples": args.samples,
         "gru_units": args.units,
         "batch_size": BATCH,
-        "samples_per_s": {k: round(v["samples_per_s"], 1) for k, v in rows.items()},
-        "peak_rss_bytes": {k: v["peak_rss"] for k, v in rows.items()},
-        "streaming_vs_in_memory": round(
-            base["samples_per_s"] / rows["in-memory (CSV)"]["samples_per_s"], 3
-        ),
-        "streaming_vs_seed_generator": round(
-            base["samples_per_s"] / rows["seed generator, serial (CSV)"]["samples_per_s"], 3
-        ),
-        "streaming_vs_seed_generator_keras_prefetch": round(
-            base["samples_per_s"] / rows["seed generator, Keras 3 (CSV)"]["samples_per_s"], 3
-        ),
-        "in_memory_vs_seed_generator": round(
-            rows["in-memory (CSV)"]["samples_per_s"]
-            / rows["seed generator, serial (CSV)"]["samples_per_s"],
-            3,
-        ),
-        "parquet_vs_csv": round(
-            rows["streaming (Parquet)"]["samples_per_s"] / base["samples_per_s"], 3
-        ),
+        "rounds": args.rounds,
+        "samples_per_s": {k: [round(r["samples_per_s"], 1) for r in v] for k, v in runs.items()},
+        "peak_rss_bytes": median_peak,
+        **{k: summary(v) for k, v in ratios.items()},
         "pipeline_alone_streaming_vs_seed_generator": round(
-            rows["pipeline alone: streaming"]["samples_per_s"]
-            / rows["pipeline alone: seed gen."]["samples_per_s"],
+            once["pipeline alone: streaming"]["samples_per_s"]
+            / once["pipeline alone: seed gen."]["samples_per_s"],
             3,
         ),
         "streaming_peak_growth_10x": round(
-            rows["streaming 10x (CSV)"]["peak_rss"] / base["peak_rss"] - 1, 4
+            once["streaming 10x (CSV)"]["peak_rss"] / median_peak["streaming (CSV)"] - 1, 4
         ),
     }
-    print(f"{'pipeline':<32}{'samples/s':>12}{'peak RSS':>12}")
-    for name, row in rows.items():
-        print(f"{name:<32}{row['samples_per_s']:>12,.0f}{row['peak_rss'] / 2**20:>9,.0f} MiB")
+    print(f"{'pipeline':<32}{'samples/s (median)':>20}{'peak RSS':>12}")
+    for name in runs:
+        print(f"{name:<32}{median_rate[name]:>20,.0f}{median_peak[name] / 2**20:>9,.0f} MiB")
+    for name, row in once.items():
+        peak = f"{row['peak_rss'] / 2**20:>9,.0f} MiB" if "alone" not in name else ""
+        print(f"{name:<32}{row['samples_per_s']:>20,.0f}{peak:>12}")
+    print(f"\n{'ratio (within each round)':<46}{'median':>8}{'min':>8}{'max':>8}")
+    for name in ratios:
+        r = result[name]
+        print(f"{name:<46}{r['median']:>8.2f}{r['min']:>8.2f}{r['max']:>8.2f}")
     print(
-        f"streaming / in-memory {result['streaming_vs_in_memory']:.2f} (target >= 0.90); "
-        f"streaming / seed generator in the training thread "
-        f"{result['streaming_vs_seed_generator']:.2f} (>= 1.5), under Keras 3's prefetch "
-        f"{result['streaming_vs_seed_generator_keras_prefetch']:.2f} (ceiling: in-memory / "
-        f"seed generator {result['in_memory_vs_seed_generator']:.2f}); "
-        f"peak growth at 10x data {result['streaming_peak_growth_10x']:+.1%} (<= +10%); "
-        f"Parquet / CSV {result['parquet_vs_csv']:.2f}; pipelines alone, streaming / seed "
-        f"generator {result['pipeline_alone_streaming_vs_seed_generator']:.2f}"
+        f"targets: streaming / in-memory >= 0.90; streaming / seed generator (serial) >= 1.5; "
+        f"peak growth at 10x data {result['streaming_peak_growth_10x']:+.1%} (<= +10%)"
     )
     if args.json:
         print(json.dumps(result))

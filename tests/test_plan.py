@@ -134,3 +134,17 @@ def test_bad_options() -> None:
 def test_larger_budget_never_smaller_batch() -> None:
     batches = [plan(budget=b * MiB).batch_size for b in range(200, 4000, 150)]
     assert batches == sorted(batches)
+
+
+def test_a_budget_the_host_cannot_give_is_clipped_and_says_so() -> None:
+    from memtune.plan import resolve_budget
+    from memtune.probe import Probe
+    from memtune.probe.host import HostMemory
+
+    seen = Probe(HostMemory(32 * GiB, 10 * GiB, None, process_bytes=GiB), [])
+    clipped = resolve_budget(seen, "cpu", 1024 * GiB)
+    assert clipped.budget_bytes == 11 * GiB
+    assert "--budget 1.00 TiB clipped to what the host can give" in clipped.source
+    assert resolve_budget(seen, "cpu", 8 * GiB).budget_bytes == 8 * GiB  # honoured as given
+    p = plan(budget=clipped.budget_bytes)
+    assert p.budget_bytes == 11 * GiB

@@ -6,7 +6,7 @@ import pytest
 from memtune.errors import MemtuneError
 from memtune.plan import resolve_budget, resolve_device
 from memtune.probe import probe
-from memtune.probe.host import cgroup_memory
+from memtune.probe.host import cgroup_memory, read_host
 from tests.nvml_fakes import SCENARIOS, GiB
 
 
@@ -107,3 +107,54 @@ def test_no_cgroup_files(tmp_path: Path) -> None:
     result = probe(nvml=None, cgroup_root=tmp_path)
     assert result.host.limit_bytes is None
     assert 0 < result.host.available_bytes <= result.host.total_bytes
+
+
+MiB = 1024**2
+
+
+def _tree(root: Path, files: dict[str, int | str]) -> None:
+    for name, value in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"{value}\n")
+
+
+def test_the_process_own_v2_cgroup_and_its_parents_are_read(tmp_path: Path) -> None:
+    """Inside an 1800 MiB cgroup the root shows no limit: memtune reads its own cgroup
+    (and every parent's), as /proc/self/cgroup names it."""
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/jobs/train/step\n")
+    root = tmp_path / "sys"
+    _tree(root, {
+        "memory.max": "max",  # the root: no limit, what memtune read before
+        "jobs/memory.max": "max",
+        "jobs/train/memory.max": 1800 * MiB,
+        "jobs/train/memory.current": 500 * MiB,
+        "jobs/train/step/memory.max": "max",
+        "jobs/train/step/memory.current": 300 * MiB,
+    })  # fmt: skip
+    assert cgroup_memory(root, proc) == (1800 * MiB, 500 * MiB)
+    host = read_host(root, proc)
+    assert host.limit_bytes == 1800 * MiB and host.available_bytes <= 1300 * MiB
+    (root / "jobs/train/step/memory.high").write_text(f"{1000 * MiB}\n")  # tighter, nearer
+    assert cgroup_memory(root, proc) == (1000 * MiB, 300 * MiB)
+
+
+def test_the_process_own_v1_memory_cgroup_is_read(tmp_path: Path) -> None:
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("5:cpu,cpuacct:/x\n4:memory:/process_api/abc\n0::/\n")
+    root = tmp_path / "sys"
+    _tree(root, {
+        "memory/memory.limit_in_bytes": 9223372036854771712,  # the root: "no limit"
+        "memory/process_api/memory.limit_in_bytes": 9223372036854771712,
+        "memory/process_api/abc/memory.limit_in_bytes": 2 * GiB,
+        "memory/process_api/abc/memory.usage_in_bytes": GiB,
+    })  # fmt: skip
+    assert cgroup_memory(root, proc) == (2 * GiB, GiB)
+
+
+def test_a_cgroup_path_this_mount_does_not_show_falls_back_to_the_root(tmp_path: Path) -> None:
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/some/host/path\n")
+    _tree(tmp_path / "sys", {"memory.max": 3 * GiB, "memory.current": GiB})
+    assert cgroup_memory(tmp_path / "sys", proc) == (3 * GiB, GiB)
+    assert cgroup_memory(tmp_path / "sys", tmp_path / "no-such-file") == (3 * GiB, GiB)

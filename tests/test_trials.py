@@ -110,4 +110,22 @@ def test_python_api_with_a_model_object(project) -> None:
     model = keras.Model(x, keras.layers.Dense(1, name="answer")(x))
     model.compile("sgd", "mse")
     plan = memtune.suggest(model, project["data"], budget="2GiB")
-    assert plan.trials and plan.batch_size == 800  # the whole dataset fits in one batch
+    assert plan.trials and plan.largest_safe_batch_size == 800  # the whole dataset would fit
+    assert plan.batch_size == 800 // 16  # the default keeps 16 steps per epoch
+
+
+def test_a_trial_child_imports_only_what_builds_batches_and_trains() -> None:
+    """No import circle: the child never loads planning or fit's orchestration."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, memtune.estimate.trials, memtune.feed; "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('memtune'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "memtune.feed" in loaded and "memtune.data.pipeline" in loaded
+    for above in ("memtune.api", "memtune.train", "memtune.estimate.measured", "memtune.cli"):
+        assert above not in loaded

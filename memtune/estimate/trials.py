@@ -281,9 +281,9 @@ def _child() -> int:
             index = int(device.split(":")[1])
             tf.config.set_visible_devices([gpus[index]], "GPU")
             tf.config.experimental.set_memory_growth(gpus[index], True)
+        from memtune.feed import KerasFeed, set_accumulation
         from memtune.footprint import Feed, Footprint
         from memtune.model import load_model
-        from memtune.train import _Feed, set_accumulation
 
         feeds = tuple(
             FeedSpec(f["name"], f["role"], tuple(f["shape"]), f["dtype"]) for f in raw["feeds"]
@@ -309,7 +309,7 @@ def _child() -> int:
         if total:  # an epoch shorter than the trial: run exactly its steps
             steps = min(steps, -(-int(total) // batch))
         source = _RepeatBatch(feeds, batch, steps, last)
-        feed = _Feed(footprint)
+        feed = KerasFeed(footprint)
         if device != "cpu":
             tf.config.experimental.reset_memory_stats("GPU:0")
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import psutil
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 # cgroup v1 writes "no limit" as a page-rounded LONG_MAX; anything this large means none.
 _NO_LIMIT = 1 << 60
 
@@ -19,6 +20,7 @@ class HostMemory:
     total_bytes: int
     available_bytes: int
     limit_bytes: int | None
+    process_bytes: int = 0  # this process's RSS now: part of what a budget may cover
 
     def to_json(self) -> dict[str, int | None]:
         return {
@@ -41,25 +43,71 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def cgroup_memory(root: Path = CGROUP_ROOT) -> tuple[int | None, int | None]:
-    """(limit, current usage) of this cgroup, v2 first then v1; None where unset or unknown."""
-    v2_limit = root / "memory.max"
-    if v2_limit.exists():
-        return _read_int(v2_limit), _read_int(root / "memory.current")
-    v1 = root / "memory"
-    limit = _read_int(v1 / "memory.limit_in_bytes")
+def own_cgroups(proc: Path = PROC_CGROUP) -> tuple[str | None, str | None]:
+    """This process's cgroup paths from ``/proc/self/cgroup``: (v2, v1 memory controller)."""
+    try:
+        text = proc.read_text()
+    except OSError:
+        return None, None
+    v2 = v1 = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _up_from(base: Path, path: str | None) -> list[Path]:
+    """The cgroup's folder under ``base`` and each parent up to ``base``, those that exist
+    (inside a container the path may name folders this mount does not show)."""
+    parts = [p for p in (path or "/").strip("/").split("/") if p]
+    found = [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+    return [folder for folder in found if folder.is_dir()]
+
+
+def _limits_v2(folder: Path) -> tuple[int | None, int | None]:
+    limits = [v for v in (_read_int(folder / f) for f in ("memory.max", "memory.high")) if v]
+    return (min(limits) if limits else None), _read_int(folder / "memory.current")
+
+
+def _limits_v1(folder: Path) -> tuple[int | None, int | None]:
+    limit = _read_int(folder / "memory.limit_in_bytes")
     if limit is not None and limit >= _NO_LIMIT:
         limit = None
-    return limit, _read_int(v1 / "memory.usage_in_bytes")
+    return limit, _read_int(folder / "memory.usage_in_bytes")
 
 
-def read_host(cgroup_root: Path = CGROUP_ROOT) -> HostMemory:
+def cgroup_memory(
+    root: Path = CGROUP_ROOT, proc: Path = PROC_CGROUP
+) -> tuple[int | None, int | None]:
+    """(limit, usage) of the tightest memory limit over this process's own cgroup and its
+    parents: v2 ``memory.max`` / ``memory.high``, v1 ``memory.limit_in_bytes``. The
+    tightest is the one with the least room left. None where no limit is set."""
+    v2_path, v1_path = own_cgroups(proc)
+    v2_base = root / "unified" if (root / "unified" / "cgroup.controllers").exists() else root
+    found = [_limits_v2(f) for f in _up_from(v2_base, v2_path) if (f / "memory.max").exists()]
+    found += [_limits_v1(f) for f in _up_from(root / "memory", v1_path)]
+    limited = [(limit, usage) for limit, usage in found if limit is not None]
+    if not limited:
+        return None, None
+    return min(limited, key=lambda lu: lu[0] - (lu[1] or 0))
+
+
+def read_host(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> HostMemory:
     """Host RAM now; available memory is capped by what the cgroup limit still allows."""
     vm = psutil.virtual_memory()
     total, available = int(vm.total), int(vm.available)
-    limit, usage = cgroup_memory(cgroup_root)
+    limit, usage = cgroup_memory(cgroup_root, proc_cgroup)
     if limit is not None:
         total = min(total, limit)
         headroom = limit - (usage or 0)
         available = max(0, min(available, headroom))
-    return HostMemory(total_bytes=total, available_bytes=available, limit_bytes=limit)
+    own = int(psutil.Process().memory_info().rss)
+    return HostMemory(
+        total_bytes=total, available_bytes=available, limit_bytes=limit, process_bytes=own
+    )
