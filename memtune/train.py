@@ -387,56 +387,18 @@ def _train(
                 raise
             except Exception as exc:
                 if not _is_out_of_memory(exc):
-                    cause = feed.failure() or _memtune_cause(exc)
-                    if cause is not None:
-                        raise cause from exc
-                    raise TrainingFailed(
-                        f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-                    ) from exc
-                what = "out of memory"
-                if isinstance(exc, MemoryOverrun):
-                    what = f"{exc.reason} ({exc})"
-                if topology.strategy == "multiworker":
-                    raise TrainingFailed(
-                        f"{what} on worker index {topology.worker_index}: a multi-worker run "
-                        "cannot change its batch on one worker; restart every worker with "
-                        "--batch-size "
-                        f"{max(1, train.batch_size // local // 2)}"
-                    ) from exc
-                batch = train.batch_size // local  # per replica
-                if batch == 1:
-                    raise TrainingFailed(
-                        f"{what} even at batch 1 (after halving from {plan.batch_size}); "
-                        "try a smaller --maxlen, mixed precision or more memory"
-                    ) from exc
-                done = train.position + progress.steps * train.batch_size
-                new_batch = batch // 2
-                if not topology.active:  # Keras 3 has no gradient accumulation under a strategy
-                    accumulation *= 2
-                train.resize(new_batch * local, epoch=progress.epoch, start=done)
+                    raise _training_failure(exc, feed) from exc
+                change = _recover(exc, train, progress, accumulation, topology, plan.batch_size)
+                accumulation = change["gradient_accumulation_steps"]
                 set_accumulation(model, accumulation)
                 _release_freed_memory()
                 first_epoch = progress.epoch
-                changes.append(
-                    {
-                        "epoch": progress.epoch,
-                        "sample": done,
-                        "from": batch,
-                        "to": new_batch,
-                        "gradient_accumulation_steps": accumulation,
-                        "reason": getattr(exc, "reason", "out of memory"),
-                    }
-                )
-                _each(callbacks, "batch_changed", changes[-1])  # the dashboard and the trace
+                changes.append(change)
+                _each(callbacks, "batch_changed", change)  # the dashboard and the trace
     finally:  # trained, failed or interrupted: the view closes, checkpoints stay on disk
         _each(callbacks, "run_finished")
     seconds = time.perf_counter() - started
-    logs = dict(enumerate(run.resumed.state.history)) if run.resumed else {}
-    logs.update(progress.logs)
-    history: dict[str, list[float]] = {}
-    for epoch in sorted(logs):
-        for key, value in logs[epoch].items():
-            history.setdefault(key, []).append(value)
+    history = _history(run.resumed, progress.logs)
     done_epochs = len(progress.logs)
     saved = kept = None
     if save is not None:
@@ -460,6 +422,67 @@ def _train(
         batch_size_changes=changes,
         checkpoint=kept,
     )
+
+
+def _history(
+    resumed: Checkpoint | None, trained: dict[int, dict[str, float]]
+) -> dict[str, list[float]]:
+    """Keras-style history over the whole run: the checkpoint's epochs, then this run's."""
+    logs = dict(enumerate(resumed.state.history)) if resumed else {}
+    logs.update(trained)
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(logs):
+        for key, value in logs[epoch].items():
+            history.setdefault(key, []).append(value)
+    return history
+
+
+def _training_failure(exc: BaseException, feed: KerasFeed) -> MemtuneError:
+    """What to report for a failed ``model.fit``: a data error a pipeline worker met, else
+    TensorFlow's error in one line."""
+    cause = feed.failure() or _memtune_cause(exc)
+    if cause is not None:
+        return cause
+    detail = " ".join(str(exc).split())[:300]
+    return TrainingFailed(f"training failed: {type(exc).__name__}: {detail}")
+
+
+def _recover(
+    exc: BaseException,
+    train: BatchSource,
+    progress: Any,
+    accumulation: int,
+    topology: Topology,
+    planned: int,
+) -> dict[str, Any]:
+    """Recovery's policy after out of memory: halve the per-replica batch from the sample
+    the epoch reached (doubling accumulation, so the effective batch holds, where Keras can
+    accumulate), or stop with what to try when it cannot. Returns the change record."""
+    what = f"{exc.reason} ({exc})" if isinstance(exc, MemoryOverrun) else "out of memory"
+    local = topology.local_replicas
+    batch = train.batch_size // local  # per replica
+    if topology.strategy == "multiworker":
+        raise TrainingFailed(
+            f"{what} on worker index {topology.worker_index}: a multi-worker run cannot change "
+            f"its batch on one worker; restart every worker with --batch-size {max(1, batch // 2)}"
+        ) from exc
+    if batch == 1:
+        raise TrainingFailed(
+            f"{what} even at batch 1 (after halving from {planned}); "
+            "try a smaller --maxlen, mixed precision or more memory"
+        ) from exc
+    done = train.position + progress.steps * train.batch_size
+    if not topology.active:  # Keras 3 has no gradient accumulation under a strategy
+        accumulation *= 2
+    train.resize(batch // 2 * local, epoch=progress.epoch, start=done)
+    return {
+        "epoch": progress.epoch,
+        "sample": done,
+        "from": batch,
+        "to": batch // 2,
+        "gradient_accumulation_steps": accumulation,
+        "reason": getattr(exc, "reason", "out of memory"),
+    }
 
 
 def _restore(
