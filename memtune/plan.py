@@ -305,7 +305,7 @@ def make_plan(
             if cap_why.startswith("keeping"):
                 verified = options.verified_cap
                 how = (
-                    f", predicted (trials verified up to batch {verified:,})"
+                    f"; trials verified up to {verified:,}"
                     if verified is not None and verified < largest_safe
                     else ""
                 )

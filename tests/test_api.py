@@ -68,22 +68,6 @@ def test_dicts_of_arrays_keyed_by_input_and_output_name() -> None:
     np.testing.assert_array_equal(targets["q"], y["q"][:8].astype("float32"))
 
 
-def recording(seen: list[int]) -> Any:
-    """A model that records the ids it trains on (eagerly)."""
-    import keras
-
-    class Record(keras.layers.Layer):
-        def call(self, x: Any, training: bool = False) -> Any:
-            if training:
-                seen.extend(int(v) for v in np.asarray(x).reshape(-1))
-            return x
-
-    ids = keras.Input((1,), name="id")
-    model = keras.Model(ids, keras.layers.Dense(1, name="answer")(Record()(ids)))
-    model.compile("sgd", "mse", run_eagerly=True)
-    return model
-
-
 def id_pipelines() -> dict[str, Any]:
     import keras
     import tensorflow as tf
@@ -110,11 +94,11 @@ def id_pipelines() -> dict[str, Any]:
 
 @pytest.mark.parametrize("kind", ["pair", "tf.data unbatched", "tf.data batched", "PyDataset"])
 def test_every_sample_once_per_epoch_through_a_recovery(kind: str) -> None:
-    from tests.test_fit import _Exhaust
+    from tests.test_fit import _Exhaust, recording_model
 
     seen: list[int] = []
     result = memtune.fit(
-        recording(seen),
+        recording_model(seen),
         id_pipelines()[kind],
         epochs=2,
         batch_size=16,
