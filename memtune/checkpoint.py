@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ STATE = "state.json"
 FORMAT = 1
 KEEP = 2  # complete checkpoints kept: the newest, and one to fall back on if it is damaged
 _PREFIX = "epoch-"
-_TEMP = (".tmp-", ".trash-")
+# The only names memtune writes in a checkpoint folder (anything else is the user's).
+_CHECKPOINT = re.compile(r"epoch-\d{6}")
+_LEFTOVER = re.compile(r"\.(tmp|trash)-(epoch-\d{6}|marker)-\d+")
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ class CheckpointDir:
 
     def _complete(self) -> list[Path]:
         """Committed checkpoint folders, newest first."""
-        found = [p for p in self.path.iterdir() if p.name.startswith(_PREFIX) and p.is_dir()]
+        found = [p for p in self.path.iterdir() if _CHECKPOINT.fullmatch(p.name) and p.is_dir()]
         return sorted(found, key=lambda p: p.name, reverse=True)
 
     def _latest(self) -> tuple[Checkpoint | None, list[str]]:
@@ -228,7 +231,7 @@ class CheckpointDir:
     def _clear_leftovers(self) -> None:
         """Half-written or half-removed folders of a killed run (memtune's own names)."""
         for entry in self.path.iterdir():
-            if entry.name.startswith(_TEMP):
+            if _LEFTOVER.fullmatch(entry.name):
                 _remove(entry)
 
     def commit(self, state: EpochState, write_weights: Callable[[Path], None]) -> Path:
@@ -285,7 +288,7 @@ class CheckpointDir:
 
 
 def _ours(name: str) -> bool:
-    return name == MARKER or name.startswith((_PREFIX, *_TEMP))
+    return name == MARKER or bool(_CHECKPOINT.fullmatch(name) or _LEFTOVER.fullmatch(name))
 
 
 def _remove(path: Path) -> None:

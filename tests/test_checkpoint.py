@@ -65,12 +65,15 @@ def test_leftovers_of_a_killed_write_are_ignored_then_cleared(tmp_path: Path) ->
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [MARKER, "epoch-000001"]
 
 
-def test_a_folder_with_anything_not_memtunes_is_refused_and_untouched(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["notes.txt", "epoch-notes", ".tmp-mine"])
+def test_a_folder_with_anything_not_memtunes_is_refused_and_untouched(
+    tmp_path: Path, name: str
+) -> None:
     _run(tmp_path / "ck", 2)
-    (tmp_path / "ck" / "notes.txt").write_text("mine")
+    (tmp_path / "ck" / name).mkdir()  # even named like memtune's own, it is the user's
     before = sorted(p.name for p in (tmp_path / "ck").iterdir())
     for resume in (False, True):
-        with pytest.raises(MemtuneError, match=r"holds files memtune did not write .*notes\.txt"):
+        with pytest.raises(MemtuneError, match=f"holds files memtune did not write .*{name}"):
             CheckpointDir.open("--checkpoint-dir", tmp_path / "ck", resume=resume)
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before
 
