@@ -19,6 +19,8 @@ from memtune.estimate.cache import TrialCache
 from memtune.plan import Trial
 from tests.conftest import write_csv_shards
 
+MiB = 1024**2
+
 
 def test_only_positive_int_bytes_are_trusted(tmp_path: Path) -> None:
     values = {"8": True, "16": -5, "24": 0, "32": 1.5, "64": "9", "x": 100, "-1": 7, "128": 1000}
@@ -42,8 +44,23 @@ def test_a_key_holding_no_mapping_reads_as_empty_and_is_replaced(tmp_path: Path,
 def test_bad_trials_are_not_written(tmp_path: Path) -> None:
     cache = TrialCache("k", directory=tmp_path)
     cache.put(Trial(8, -1))
-    cache.put(Trial(16, 99, exceeded=True))
-    assert cache.all() == []
+    cache.put(Trial(16, -99, exceeded=True))
+    assert cache.all() == [] and cache.get(16, limit_bytes=1) is None
+
+
+def test_a_stopped_trial_answers_a_later_one_that_would_be_stopped_too(tmp_path: Path) -> None:
+    cache = TrialCache("k", directory=tmp_path)
+    cache.put(Trial(512, 1000 * MiB, exceeded=True))  # stopped after passing 1000 MiB
+    assert cache.all() == []  # not a measured point of the curve
+    assert cache.get(512, limit_bytes=900 * MiB) == Trial(512, 1000 * MiB, exceeded=True)
+    assert cache.get(512, limit_bytes=1000 * MiB) == Trial(512, 1000 * MiB, exceeded=True)
+    assert cache.get(512, limit_bytes=2000 * MiB) is None  # a larger budget: it may fit now
+    assert cache.get(512) is None
+    cache.put(Trial(512, 800 * MiB, exceeded=True))  # a stop at a lower limit adds nothing
+    assert cache.get(512, limit_bytes=1000 * MiB) is not None
+    cache.put(Trial(512, 1500 * MiB))  # measured whole later: the measurement wins
+    assert cache.get(512, limit_bytes=900 * MiB) == Trial(512, 1500 * MiB)
+    assert cache.hits == 4
 
 
 @pytest.mark.parametrize("content", [b"", b"{not json", b"\xff\xfe", b"[1, 2]"])

@@ -33,6 +33,9 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+STOPPED = "/stopped"  # beside a key: trials stopped at their limit, by the memory passed
+
+
 def _peak(value: Any) -> int | None:
     """A cached peak: positive int bytes (``true``, floats, negatives read as missing)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -46,6 +49,10 @@ class TrialCache:
     Anything in the file that is not a positive int of bytes under a batch number reads as
     missing. Writes hold an exclusive ``flock`` across read-modify-replace, so concurrent
     suggests lose none of each other's trials.
+
+    A stopped trial is kept too, under ``KEY/stopped``, as the memory it had already passed:
+    it answers a later trial at the same batch whose limit is no higher (that one would be
+    stopped as well), so no suggest runs a trial up to the budget only to stop it again.
     """
 
     def __init__(self, key: str, *, enabled: bool = True, directory: Path | None = None) -> None:
@@ -61,8 +68,8 @@ class TrialCache:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _mine(self) -> dict[int, int]:
-        found = self._load().get(self.key)
+    def _mine(self, suffix: str = "") -> dict[int, int]:
+        found = self._load().get(self.key + suffix)
         if not isinstance(found, dict):
             return {}
         peaks: dict[int, int] = {}
@@ -72,14 +79,20 @@ class TrialCache:
                 peaks[int(batch)] = peak
         return peaks
 
-    def get(self, batch_size: int) -> Trial | None:
+    def get(self, batch_size: int, limit_bytes: int | None = None) -> Trial | None:
+        """The cached trial at this batch: a completed one, or — with ``limit_bytes`` — a
+        stopped one that had already passed that limit."""
         if not self.enabled:
             return None
         peak = self._mine().get(batch_size)
-        if peak is None:
-            return None
-        self.hits += 1
-        return Trial(batch_size, peak)
+        if peak is not None:
+            self.hits += 1
+            return Trial(batch_size, peak)
+        passed = self._mine(STOPPED).get(batch_size)
+        if limit_bytes is not None and passed is not None and passed >= limit_bytes:
+            self.hits += 1
+            return Trial(batch_size, passed, exceeded=True)
+        return None
 
     def all(self) -> list[Trial]:
         """Every cached trial for this key, by batch."""
@@ -88,14 +101,18 @@ class TrialCache:
         return [Trial(b, p) for b, p in sorted(self._mine().items())]
 
     def put(self, trial: Trial) -> None:
-        if not self.enabled or trial.exceeded or _peak(trial.peak_bytes) is None:
+        if not self.enabled or _peak(trial.peak_bytes) is None:
             return
+        key = self.key + (STOPPED if trial.exceeded else "")
         with contextlib.suppress(OSError), self._locked():
             data = self._load()
-            mine = data.get(self.key)
+            mine = data.get(key)
             if not isinstance(mine, dict):
-                mine = data[self.key] = {}
-            mine[str(trial.batch_size)] = trial.peak_bytes
+                mine = data[key] = {}
+            peak = trial.peak_bytes
+            if trial.exceeded:  # the most memory any stop at this batch has passed
+                peak = max(peak, _peak(mine.get(str(trial.batch_size))) or 0)
+            mine[str(trial.batch_size)] = peak
             fd, tmp = tempfile.mkstemp(prefix=".trials.", dir=self.path.parent)
             try:
                 with os.fdopen(fd, "w") as f:

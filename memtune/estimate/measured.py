@@ -106,7 +106,7 @@ def measured_plan(
         )
 
         def measure(batch: int) -> Trial:
-            trial = s.cache.get(batch)
+            trial = s.cache.get(batch, s.limit_bytes)
             cached = trial is not None
             if trial is None:
                 progress.report("trial", batch=batch, limit=s.limit_bytes)
@@ -148,7 +148,7 @@ def slope_from_cpu(
         trial_spec = TrialSpec(model_arg, s.feeds, s.accumulation, "cpu", num_samples=None)
         trials = []
         for batch in SLOPE_BATCHES:
-            hit = s.cache.get(batch)
+            hit = s.cache.get(batch, s.limit_bytes)
             trial = hit or run_trial(trial_spec, batch, limit_bytes=s.limit_bytes)
             s.cache.put(trial)
             trials.append(trial)

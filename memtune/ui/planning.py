@@ -109,8 +109,6 @@ class PlanningView:
             elif event == "trial_done":
                 self.state.trial = ""
                 peak = format_bytes(fields["peak"])
-                if fields["exceeded"]:
-                    outcome = f"over {peak}: does not fit"
-                else:
-                    outcome = f"peak {peak}" + (" (cached)" if fields["cached"] else "")
+                outcome = f"over {peak}: does not fit" if fields["exceeded"] else f"peak {peak}"
+                outcome += " (cached)" if fields["cached"] else ""
                 self._finished(f"trial at batch {fields['batch']:,}: {outcome}")
