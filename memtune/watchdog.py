@@ -55,9 +55,11 @@ class Watchdog:
         return max(0, lost - max(0, now.rss - self.start.rss))
 
     def limit(self, now: Reading) -> int:
-        """What this process may hold now: its usable share less what others took, and no
+        """What this process may hold now: its usable share less what others took beyond
+        the host's ordinary fluctuation (one step, which the safety margin covers), and no
         more than keeps the safety margin free on the host."""
-        return min(self.usable - self.others(now), now.rss + now.available - self.margin)
+        taken = max(0, self.others(now) - self.step)
+        return min(self.usable - taken, now.rss + now.available - self.margin)
 
     def check(self, now: Reading) -> None:
         """Raise :class:`MemoryOverrun` when the batch should shrink now."""

@@ -155,3 +155,13 @@ def test_a_real_neighbour_taking_memory_shrinks_the_batch(tmp_path: Path) -> Non
     assert 256 * MiB <= out["taken_at_change"][0] <= 1600 * MiB, out
     assert len(out["changes"]) == 1, out  # a neighbour that only holds its memory: no repeat
     assert out["epochs"] == 2
+
+
+def test_the_hosts_ordinary_fluctuation_does_not_shrink_the_batch() -> None:
+    """#13: a 65 MiB dip in available memory took the batch 2 → 1 near the budget."""
+    dog = Watchdog(budget_bytes=int(1.5 * GiB), usable_bytes=int(1.35 * GiB))  # step 77 MiB
+    near = int(1.35 * GiB) - 10 * MiB
+    dog.check(Reading(rss=near, available=20 * GiB))
+    dog.check(Reading(rss=near, available=20 * GiB - 65 * MiB))  # a dip: no trigger
+    with pytest.raises(MemoryOverrun):  # a neighbour taking 200 MiB is pressure
+        dog.check(Reading(rss=near, available=20 * GiB - 200 * MiB))
