@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -93,13 +93,17 @@ def prepare(
                 f"under tf.distribute ({topology.strategy}); the global batch is the per-replica "
                 "batch × replicas"
             )
+    from memtune.data.python import check_kind, is_dataset, is_pair
+
+    check_kind(data)
+    by_model = is_pair(data) or is_dataset(data)  # named after the model's inputs / outputs
+    info = None if by_model else _scanned(lambda: scan(data))  # bad data fails before TF loads
     progress.report("stage", what="loading the model")
     keras_model = model_mod.load_model(model)
     sig = model_mod.signature(keras_model)
-    data, options = _named(data, sig, options)
-    progress.report("stage", what="reading the data once (rows, lengths)")
-    info = _scan(data, sig, options)
-    progress.report("scanned", rows=info.num_samples, shards=len(info.source.shards))
+    if info is None:
+        data, options = _named(data, sig, options)
+        info = _scanned(lambda: _scan(data, sig, options))
     fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
     virtual = device != "cpu" and not seen.gpus  # --gpu-memory: a GPU this machine lacks
     if options.budget_bytes is None and options.gpu_memory_bytes is not None and device != "cpu":
@@ -177,6 +181,14 @@ def prepare(
         else:
             plan, curve = measured.measured_plan(model, keras_model, setup, prior, plan_for, notes)
     return Prepared(options, info, keras_model, fp, seen, plan, curve, budget, plan_options, notes)
+
+
+def _scanned(read: Callable[[], DataInfo]) -> DataInfo:
+    """Scan with progress reported around it."""
+    progress.report("stage", what="reading the data once (rows, lengths)")
+    info = read()
+    progress.report("scanned", rows=info.num_samples, shards=len(info.source.shards))
+    return info
 
 
 def _named(data: Any, sig: ModelSignature, options: Options) -> tuple[Any, Options]:
