@@ -93,9 +93,8 @@ def prepare(
                 f"under tf.distribute ({topology.strategy}); the global batch is the per-replica "
                 "batch × replicas"
             )
-    from memtune.data.python import check_kind, is_dataset, is_pair
+    from memtune.data.python import is_dataset, is_pair
 
-    check_kind(data)
     by_model = is_pair(data) or is_dataset(data)  # named after the model's inputs / outputs
     info = None if by_model else _scanned(lambda: scan(data))  # bad data fails before TF loads
     progress.report("stage", what="loading the model")
@@ -194,9 +193,8 @@ def _scanned(read: Callable[[], DataInfo]) -> DataInfo:
 def _named(data: Any, sig: ModelSignature, options: Options) -> tuple[Any, Options]:
     """``(x, y)`` as a dict of columns named after the model's inputs and outputs; ``y``'s
     names become the targets. Anything else passes through."""
-    from memtune.data.python import check_kind, is_pair, name_pair
+    from memtune.data.python import is_pair, name_pair
 
-    check_kind(data)
     if not is_pair(data):
         return data, options
     inputs, outputs = [s.name for s in sig.inputs], [s.name for s in sig.outputs]

@@ -253,7 +253,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         planning = stack.enter_context(_planning(args.json))
         board = _dashboard(show, trace, args.tensorboard, resume=appends, planning=planning)
         result = _fit_with(fit, args, board, show)
-        planning.close()
         if args.report:
             from memtune.ui.report import write_report
 

@@ -21,8 +21,6 @@ from memtune.probe import Probe
 from memtune.units import format_bytes
 
 MIN_STEPS = 16  # a default plan keeps at least this many training steps per epoch
-# Caps that bound the memory bound itself: largest_safe_batch_size honours them.
-_SAFETY_CAPS = ("the dataset's size",)
 
 Mode = Literal["in-memory", "streaming"]
 
@@ -287,22 +285,23 @@ def make_plan(
         if fits < 1:
             need = curve.peak(1) + extra(search_mode)(1)
             raise NothingFits(_nothing_fits(need, usable, options, gpu))
-        caps = [(-(-num_samples // options.replicas), "the dataset's size")]
+        whole = -(-num_samples // options.replicas)  # the dataset in one step per replica
+        largest_safe = min(fits, whole)  # the memory bound alone
+        caps = [(whole, "the dataset's size")]
+        floor = f"keeping at least {MIN_STEPS} steps per epoch"
         if options.max_batch_size is not None:
             caps.append((options.max_batch_size, "--max-batch-size"))
         else:
-            per_step = max(1, num_samples // (MIN_STEPS * options.replicas))
-            caps.append((per_step, f"keeping at least {MIN_STEPS} steps per epoch"))
+            caps.append((max(1, num_samples // (MIN_STEPS * options.replicas)), floor))
         if options.effective_batch_size is not None:
             caps.append((options.effective_batch_size, "--effective-batch-size"))
         if options.verified_cap is not None:
             caps.append((options.verified_cap, "the largest batch a trial verified"))
         cap, cap_why = min(caps, key=lambda c: c[0])
         batch = min(fits, cap)
-        largest_safe = min([fits, *(c for c, why in caps if why in _SAFETY_CAPS)])
         if fits > cap:
             reasons.append(f"more than {cap:,} would fit; batch {cap:,} is capped by {cap_why}")
-            if cap_why.startswith("keeping"):
+            if cap_why == floor:
                 verified = options.verified_cap
                 how = (
                     f"; trials verified up to {verified:,}"

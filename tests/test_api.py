@@ -160,3 +160,9 @@ def test_a_validation_split_plans_the_training_samples() -> None:
     assert plan.num_samples == int(N * 0.8)
     assert any(f"{N - int(N * 0.8)} more held out for validation" in r for r in plan.reasons)
     assert plan.batch_size == int(N * 0.8) // 16
+
+
+def test_a_pair_without_a_model_is_one_line_not_a_type_error() -> None:
+    """(x, y) and pipelines are named after the model: batches() without one says so."""
+    with pytest.raises(MemtuneError, match=r"an \(x, y\) pair is named after a model"):
+        next(memtune.batches(xy(), target="y", batch_size=2))

@@ -28,13 +28,17 @@ def is_pair(data: Any) -> bool:
 
 
 def check_kind(data: Any) -> None:
-    """One clear line for anything memtune cannot read as data."""
+    """One clear line for anything memtune cannot read as a table of columns (a path, a
+    DataFrame, a dict of arrays): ``(x, y)`` and pipelines are named by a model first."""
     import pandas as pd
 
-    if isinstance(data, str | os.PathLike | pd.DataFrame | Mapping) or is_pair(data):
+    if isinstance(data, str | os.PathLike | pd.DataFrame | Mapping):
         return
-    if is_dataset(data):
-        return
+    if is_pair(data) or is_dataset(data):
+        what = "an (x, y) pair" if is_pair(data) else "a tf.data / PyDataset pipeline"
+        raise MemtuneError(
+            f"data: {what} is named after a model's inputs and outputs; pass the model (model=...)"
+        )
     raise MemtuneError(f"data: expected {KINDS}; got {type(data).__name__}")
 
 
@@ -53,26 +57,43 @@ def name_pair(
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """``(x, y)`` → a dict of columns keyed by input / target name, and the target names."""
     x, y = data
-    columns = _named(x, inputs, "x", "input")
-    labels = _named(y, list(targets) or outputs, "y", "output")
+    columns = _named(x, inputs, "x")
+    labels = _named(y, list(targets) or outputs, "y")
     clash = sorted(set(columns) & set(labels))
     if clash:
         raise MemtuneError(f"(x, y): {clash[0]!r} names both an input and a target")
     return {**columns, **labels}, tuple(labels)
 
 
-def _named(value: Any, names: Sequence[str], what: str, kind: str) -> dict[str, Any]:
+def by_name(
+    value: Any, names: Sequence[str], what: str, where: str, *, only: bool = False
+) -> dict[str, Any]:
+    """``x`` or ``y`` as Keras takes it — a dict, a tuple in the model's order, or one array
+    for one name — keyed by name. ``only``: a dict must hold every name; the rest is dropped.
+    Works on numpy arrays, tensors and tensor specs alike."""
     if isinstance(value, Mapping):
-        return {str(k): _array(v, f"{what}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, tuple | list) and len(value) == len(names) and len(names) > 1:
-        pairs = enumerate(zip(names, value, strict=True))
-        return {n: _array(v, f"{what}[{i}]") for i, (n, v) in pairs}
+        if not only:
+            return {str(k): v for k, v in value.items()}
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise MemtuneError(f"{where}: {what} has no key {missing[0]!r} ({', '.join(value)})")
+        return {n: value[n] for n in names}
+    if isinstance(value, tuple | list) and len(names) > 1:
+        if len(value) != len(names):
+            raise MemtuneError(f"{where}: {what} holds {len(value)} arrays for {len(names)} names")
+        return dict(zip(names, value, strict=True))
     if len(names) != 1:
         raise MemtuneError(
-            f"(x, y): {what} is one array but the model has {len(names)} {kind}s "
-            f"({', '.join(names)}); pass a dict keyed by {kind} name"
+            f"{where}: {what} is one array for {len(names)} names ({', '.join(names)}); "
+            "give a dict keyed by name"
         )
-    return {names[0]: _array(value, what)}
+    return {names[0]: value}
+
+
+def _named(value: Any, names: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    named = by_name(value, names, what, "(x, y)")
+    single = len(named) == 1 and not isinstance(value, Mapping)
+    return {k: _array(v, what if single else f"{what}[{k!r}]") for k, v in named.items()}
 
 
 def _array(value: Any, what: str) -> np.ndarray:

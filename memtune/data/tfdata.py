@@ -18,7 +18,7 @@ import numpy as np
 
 from memtune import _tf
 from memtune.constants import STREAM_QUEUE_BATCHES
-from memtune.data.python import is_dataset
+from memtune.data.python import by_name
 from memtune.data.scan import ColumnInfo, DataInfo
 from memtune.data.sources import Shard, Source
 from memtune.errors import MemtuneError
@@ -41,24 +41,6 @@ def _pair(element: Any, where: str) -> tuple[Any, Any]:
     if isinstance(element, tuple | list) and len(element) == 3:
         raise MemtuneError(f"{where} yields (x, y, sample_weight); memtune needs (x, y)")
     raise MemtuneError(f"{where} must yield (x, y) pairs; got {type(element).__name__}")
-
-
-def _by_name(value: Any, names: Sequence[str], what: str, where: str) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        missing = [n for n in names if n not in value]
-        if missing:
-            raise MemtuneError(f"{where}: {what} has no key {missing[0]!r} ({', '.join(value)})")
-        return {n: value[n] for n in names}
-    if isinstance(value, tuple | list) and len(names) > 1:
-        if len(value) != len(names):
-            raise MemtuneError(f"{where}: {what} holds {len(value)} arrays for {len(names)} names")
-        return dict(zip(names, value, strict=True))
-    if len(names) != 1:
-        raise MemtuneError(
-            f"{where}: {what} is one array for {len(names)} names ({', '.join(names)}); "
-            "yield a dict keyed by name"
-        )
-    return {names[0]: value}
 
 
 def _as_tf(data: Any) -> Any:
@@ -93,7 +75,7 @@ def is_batched(data: Any, declared: Sequence[tuple[str, tuple[int | None, ...]]]
         return True
     x, _ = _pair(data.element_spec, "the tf.data.Dataset")
     name, shape = declared[0]
-    spec = _by_name(x, [n for n, _ in declared], "x", "the tf.data.Dataset")[name]
+    spec = by_name(x, [n for n, _ in declared], "x", "the tf.data.Dataset", only=True)[name]
     rank = len(spec.shape)
     if rank == len(shape):
         return True
@@ -109,8 +91,8 @@ def scan_dataset(
     total = 0
     for x, y in _numpy_batches(data, batched):
         named = {
-            **_by_name(x, inputs, "x", where),
-            **_by_name(y, targets, "y", where),
+            **by_name(x, inputs, "x", where, only=True),
+            **by_name(y, targets, "y", where, only=True),
         }
         rows = None
         for name, value in named.items():
@@ -232,7 +214,10 @@ class DatasetBatches:
 
         def normalise(*element: Any) -> Any:
             x, y = element if len(element) == 2 else _pair(element[0], where)
-            named = {**_by_name(x, inputs, "x", where), **_by_name(y, targets, "y", where)}
+            named = {
+                **by_name(x, inputs, "x", where, only=True),
+                **by_name(y, targets, "y", where, only=True),
+            }
             return {k: shape(k, v) for k, v in named.items()}
 
         return ds.map(normalise).skip(self.position)
@@ -261,6 +246,3 @@ class DatasetBatches:
                 {k: v for k, v in batch.items() if k in inputs},
                 {k: v for k, v in batch.items() if k not in inputs},
             )
-
-
-__all__ = ["DatasetBatches", "is_batched", "is_dataset", "scan_dataset"]

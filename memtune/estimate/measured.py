@@ -169,11 +169,14 @@ def _renamed(value: Any, model: Any) -> Any:
             return {k: walk(x) for k, x in v.items()}
         if isinstance(v, list):
             return [walk(x) for x in v]
-        if isinstance(v, str) and v.startswith("_memtune_model_"):
-            return "user-module"  # a factory file's module: its path is not the model
-        return names.get(v, v) if isinstance(v, str) else v
+        return names.get(v, _module(v)) if isinstance(v, str) else v
 
     return walk(value)
+
+
+def _module(name: str) -> str:
+    """A factory file's module name stands for where the file is, not for the model."""
+    return "user-module" if name.startswith("_memtune_model_") else name
 
 
 def _custom_classes(model: Any) -> list[str]:
@@ -191,8 +194,7 @@ def _custom_classes(model: Any) -> list[str]:
         except (OSError, TypeError):
             source = ""
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        module = "user-module" if cls.__module__.startswith("_memtune_model_") else cls.__module__
-        found.add(f"{module}:{cls.__qualname__}:{digest}")
+        found.add(f"{_module(cls.__module__)}:{cls.__qualname__}:{digest}")
     return sorted(found)
 
 
