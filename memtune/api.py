@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,11 +37,15 @@ MEASURED_AIM = 0.95
 
 @dataclass(frozen=True)
 class Prepared:
-    """What suggest and fit share: data, model, footprint and the plan."""
+    """What suggest and fit share: data, model, footprint and the plan.
+
+    ``model_source`` is what the user gave; :attr:`model` loads it on first use, after
+    planning, so the planning process never holds TensorFlow for a model given as a spec.
+    """
 
     options: Options
     info: DataInfo
-    model: Any
+    model_source: Any
     footprint: Footprint
     probe: Probe
     plan: Plan
@@ -47,6 +53,13 @@ class Prepared:
     budget: Budget
     plan_options: PlanOptions
     notes: list[str]
+
+    @cached_property
+    def model(self) -> Any:
+        """The compiled Keras model (loaded here the first time it is asked for)."""
+        from memtune import model as model_mod
+
+        return model_mod.load_model(self.model_source)
 
     def plan_at(self, batch_size: int, mode: Mode | None = None) -> Plan:
         """The plan for a given batch (and mode) on the same curve — what ``check`` judges."""
@@ -74,9 +87,13 @@ def prepare(
     probe_result: Probe | None = None,
     topology: Topology | None = None,
 ) -> Prepared:
-    """Scan the data, load the model, size one sample, estimate and plan."""
-    from memtune import model as model_mod
-    from memtune.estimate.analytic import analytic_curve, profile_model
+    """Scan the data, read the model, size one sample, estimate and plan.
+
+    A model given as a spec is read in a child process (``memtune.modelinfo``): this process
+    loads TensorFlow only when ``fit`` asks for :attr:`Prepared.model`, after planning.
+    """
+    from memtune import _tf, modelinfo
+    from memtune.estimate.analytic import analytic_curve, profile
 
     seen = probe_result or _probe()
     # A bad --device or --strategy fails before any work.
@@ -97,9 +114,9 @@ def prepare(
 
     by_model = is_pair(data) or is_dataset(data)  # named after the model's inputs / outputs
     info = None if by_model else _scanned(lambda: scan(data))  # bad data fails before TF loads
-    progress.report("stage", what="loading the model")
-    keras_model = model_mod.load_model(model)
-    sig = model_mod.signature(keras_model)
+    progress.report("stage", what="reading the model")
+    model_info, loaded = modelinfo.read(model, debug=_tf.debug_enabled())
+    sig = model_info.signature
     if info is None:
         data, options = _named(data, sig, options)
         info = _scanned(lambda: _scan(data, sig, options))
@@ -109,7 +126,7 @@ def prepare(
         budget = resolve_budget(seen, device, options.gpu_memory_bytes, "--gpu-memory")
     else:
         budget = resolve_budget(seen, device, options.budget_bytes)
-    prior = analytic_curve(profile_model(keras_model, fp), fp, gpu=device != "cpu")
+    prior = analytic_curve(profile(model_info.shape, fp), fp, gpu=device != "cpu")
     cpu_replicas = topology.local_replicas if device == "cpu" else 1
     if cpu_replicas > 1:  # replicas on one CPU share its RAM: each step is the global batch
         prior = replace(prior, per_sample_bytes=prior.per_sample_bytes * cpu_replicas)
@@ -131,8 +148,16 @@ def prepare(
         worker_index=topology.worker_index,
     )
 
-    def plan_for(curve: MemoryCurve, verified: int | None, extra: list[str] | None = None) -> Plan:
+    def plan_for(
+        curve: MemoryCurve,
+        verified: int | None,
+        extra: list[str] | None = None,
+        within: int | None = None,
+    ) -> Plan:
+        """The plan on ``curve``; ``within``: a tighter bound (bytes) for a measured choice."""
         aim = MEASURED_AIM if curve.source == "measured" else 1.0
+        if within is not None and curve.source == "measured":
+            aim = min(aim, within / int(budget.budget_bytes * (1 - options.safety)))
         return make_plan(
             budget,
             curve,
@@ -151,9 +176,9 @@ def prepare(
 
         cpu_budget = resolve_budget(seen, "cpu", None)
         setup = measured.setup(
-            keras_model, fp, options, cpu_budget, seen, _train_samples(info, options)
+            model_info, fp, options, cpu_budget, seen, _train_samples(info, options)
         )
-        curve, trials = measured.slope_from_cpu(model, keras_model, setup, prior)
+        curve, trials = measured.slope_from_cpu(model, setup, prior)
         notes = [
             *notes,
             f"estimate: this machine has no {device}; the peak is the analytic device state "
@@ -164,13 +189,14 @@ def prepare(
         from memtune.estimate import measured
 
         setup = measured.setup(
-            keras_model,
+            model_info,
             fp,
             options,
             budget,
             seen,
             _train_samples(info, options) // topology.workers,
             cpu_replicas=cpu_replicas,
+            rows=_trial_rows(info, fp, options),
         )
         if options.batch_size is not None:  # forced: earlier trials may still inform the peak
             curve, trials = measured.cached_curve(setup, prior)
@@ -178,8 +204,21 @@ def prepare(
             notes = [*notes, f"no new trials (--batch-size is forced); {why}"]
             plan = replace(plan_for(curve, None), trials=trials)
         else:
-            plan, curve = measured.measured_plan(model, keras_model, setup, prior, plan_for, notes)
-    return Prepared(options, info, keras_model, fp, seen, plan, curve, budget, plan_options, notes)
+            plan, curve = measured.measured_plan(model, setup, prior, plan_for, notes)
+    source = model if loaded is None else loaded
+    return Prepared(options, info, source, fp, seen, plan, curve, budget, plan_options, notes)
+
+
+def _trial_rows(
+    info: DataInfo, fp: Footprint, options: Options
+) -> Callable[[int, Path], Path] | None:
+    """Writes the user's rows for a trial batch (None for a tf.data pipeline: synthetic)."""
+    if info.source.kind == "dataset":
+        return None
+    from memtune.data.sample import write_trial_rows
+
+    layout = layout_for(info, fp, options)
+    return lambda batch, path: write_trial_rows(layout, batch, path)
 
 
 def _scanned(read: Callable[[], DataInfo]) -> DataInfo:

@@ -7,13 +7,15 @@ so measuring a trial and training for real feed Keras the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memtune import _tf
 from memtune.constants import STREAM_QUEUE_BATCHES, WORKERS
-from memtune.data.pipeline import Arrays, BatchSource
 from memtune.errors import MemtuneError
 from memtune.footprint import Footprint
+
+if TYPE_CHECKING:  # the data readers (pandas, Arrow) stay out of a trial child
+    from memtune.data.pipeline import Arrays, BatchSource
 
 
 @dataclass

@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from memtune.data.scan import DataInfo
 from memtune.errors import MemtuneError
+
+if TYPE_CHECKING:  # the data readers (pandas, Arrow) stay out of a trial child
+    from memtune.data.scan import DataInfo
 
 ITEM_BYTES = {"int32": 4, "float32": 4}
 DEFAULT_TARGET = "answer"  # the seed article's convention

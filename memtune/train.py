@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import math
 import os
 import resource
@@ -17,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from memtune import _tf, checkpoint, distribute, failpoints
+from memtune import _tf, checkpoint, distribute, failpoints, heap
 from memtune.api import Prepared, dataset_source, layout_for, prepare
 from memtune.checkpoint import Checkpoint, CheckpointDir
 from memtune.constants import BLOCK_ROWS
@@ -296,13 +294,6 @@ def _fit_data(
     return kwargs, train
 
 
-def _release_freed_memory() -> None:
-    """Give the C heap's free pages back to the OS after a batch change (glibc only)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _is_out_of_memory(exc: BaseException) -> bool:
     """TensorFlow's ResourceExhaustedError (GPU) or the CPU guard's overrun."""
     if isinstance(exc, MemoryOverrun):
@@ -391,7 +382,7 @@ def _train(
                 change = _recover(exc, train, progress, accumulation, topology, plan.batch_size)
                 accumulation = change["gradient_accumulation_steps"]
                 set_accumulation(model, accumulation)
-                _release_freed_memory()
+                heap.release()
                 first_epoch = progress.epoch
                 changes.append(change)
                 _each(callbacks, "batch_changed", change)  # the dashboard and the trace

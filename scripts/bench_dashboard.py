@@ -124,8 +124,10 @@ def main() -> None:
         "overhead": round(statistics.median(overhead["live"]), 4),
         "overhead_spread": [round(min(overhead["live"]), 4), round(max(overhead["live"]), 4)],
     }
-    print(f"live dashboard overhead, median of {args.rounds} rounds: {result['overhead']:.1%} "
-          "(target <= 3%)")
+    print(
+        f"live dashboard overhead, median of {args.rounds} rounds: {result['overhead']:.1%} "
+        "(target <= 3%)"
+    )
     if args.json:
         print(json.dumps(result))
 

@@ -280,7 +280,9 @@ def main() -> None:
 
     def ratio(a: str, b: str) -> list[float]:
         """a / b within each round: the two ran minutes apart at most."""
-        return [x["samples_per_s"] / y["samples_per_s"] for x, y in zip(runs[a], runs[b], strict=True)]
+        return [
+            x["samples_per_s"] / y["samples_per_s"] for x, y in zip(runs[a], runs[b], strict=True)
+        ]
 
     def summary(values: list[float]) -> dict[str, float]:
         return {

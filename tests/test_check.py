@@ -110,9 +110,7 @@ def test_bad_config_exit_2(repo: Path, capfd, table: str, fragment: str) -> None
     assert fragment in err and err.count("\n") == 1
 
 
-def test_a_gpu_profile_plans_its_own_memory_not_the_top_level_budget(
-    repo: Path, capfd
-) -> None:
+def test_a_gpu_profile_plans_its_own_memory_not_the_top_level_budget(repo: Path, capfd) -> None:
     """README's own config: ``--profile t4`` is planned against the T4's 15 GiB."""
     (repo / "pyproject.toml").write_text(
         '[tool.memtune]\nmodel = "model.py:build"\ndata = "data"\nbatch_size = 64\n'

@@ -27,6 +27,7 @@ class ColumnInfo:
     sequence: bool
     is_int: bool
     max_len: int  # longest sequence; 1 for scalars
+    longest_at: tuple[int, int] = (0, 0)  # (shard, row in shard) of the longest sequence
 
     @property
     def dtype(self) -> str:
@@ -54,7 +55,7 @@ def scan(data: object) -> DataInfo:
     infos: dict[str, ColumnInfo] = {}
     shard_rows: list[int] = []
     warnings: list[str] = []
-    for shard in source.shards:
+    for index, shard in enumerate(source.shards):
         names = shard_columns(shard)
         if not names:
             warnings.append(f"{shard.label}: empty shard skipped")
@@ -80,7 +81,7 @@ def scan(data: object) -> DataInfo:
                 values = column_values(
                     chunk, name, where=shard.label, first_row=first_row, sequence=sequence
                 )
-                infos[name] = _merge(info, name, values)
+                infos[name] = _merge(info, name, values, (index, first_row))
         if rows == 0:
             warnings.append(f"{shard.label}: empty shard skipped")
         shard_rows.append(rows)
@@ -91,20 +92,24 @@ def scan(data: object) -> DataInfo:
     return DataInfo(source, columns, sum(shard_rows), tuple(shard_rows), warnings)
 
 
-def _merge(info: ColumnInfo | None, name: str, values: np.ndarray | Ragged) -> ColumnInfo:
+def _merge(
+    info: ColumnInfo | None, name: str, values: np.ndarray | Ragged, at: tuple[int, int]
+) -> ColumnInfo:
+    """``info`` updated with one chunk's ``values``, whose first row is ``at``."""
     if isinstance(values, Ragged):
-        longest = int(values.lengths.max()) if len(values) else 0
-        new = ColumnInfo(name, True, values.is_int, longest)
+        row = int(values.lengths.argmax()) if len(values) else 0
+        longest = int(values.lengths[row]) if len(values) else 0
+        new = ColumnInfo(name, True, values.is_int, longest, (at[0], at[1] + row))
     else:
         is_int = values.dtype.kind in "iub"
-        new = ColumnInfo(name, False, is_int, 1)
+        new = ColumnInfo(name, False, is_int, 1, at)
     if info is None:
         return new
-    if info.sequence != new.sequence:
-        return replace(
-            new,
-            sequence=True,
-            is_int=info.is_int and new.is_int,
-            max_len=max(info.max_len, new.max_len),
-        )
-    return replace(new, is_int=info.is_int and new.is_int, max_len=max(info.max_len, new.max_len))
+    keep = new if new.max_len > info.max_len else info
+    return replace(
+        new,
+        sequence=info.sequence or new.sequence,
+        is_int=info.is_int and new.is_int,
+        max_len=keep.max_len,
+        longest_at=keep.longest_at,
+    )

@@ -53,17 +53,50 @@ class ModelProfile:
     recurrent_elems_per_sample: int
 
 
+Shape = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the analytic estimate reads off a Keras model, as plain data: read where the
+    model is loaded (a child process when planning), used where the data's lengths are known.
+
+    ``outputs``: each layer's output shapes without the batch axis (``None``: the sequence
+    length). ``recurrent``: ``(steps, units, factor)`` per recurrent layer input.
+    """
+
+    param_bytes: int
+    trainable_bytes: int
+    optimizer_bytes: int
+    outputs: tuple[Shape, ...]
+    recurrent: tuple[tuple[int | None, int, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "param_bytes": self.param_bytes,
+            "trainable_bytes": self.trainable_bytes,
+            "optimizer_bytes": self.optimizer_bytes,
+            "outputs": [list(s) for s in self.outputs],
+            "recurrent": [list(r) for r in self.recurrent],
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ModelShape:
+        return cls(
+            int(raw["param_bytes"]),
+            int(raw["trainable_bytes"]),
+            int(raw["optimizer_bytes"]),
+            tuple(tuple(s) for s in raw["outputs"]),
+            tuple((r[0], int(r[1]), int(r[2])) for r in raw["recurrent"]),
+        )
+
+
 def _nbytes(variables: Any) -> int:
     total = 0
     for v in variables:
         itemsize = 2 if "16" in str(v.dtype) else 8 if "64" in str(v.dtype) else 4
         total += math.prod(int(d) for d in v.shape) * itemsize
     return total
-
-
-def _resolve(shape: Any, default_len: int) -> int:
-    dims = [default_len if d is None else int(d) for d in tuple(shape)[1:]]
-    return math.prod(dims)
 
 
 def _layer_shapes(layer: Any, attr: str) -> list[Any]:
@@ -75,32 +108,46 @@ def _layer_shapes(layer: Any, attr: str) -> list[Any]:
     return [v.shape for v in values if hasattr(v, "shape")]
 
 
-def profile_model(model: Any, footprint: Footprint) -> ModelProfile:
-    """Read weights, optimizer slots and per-sample layer outputs off a Keras model."""
-    lengths = [f.shape[0] for f in footprint.inputs if f.sequence]
-    default_len = max(lengths, default=1)
-    activations = 0
-    recurrent = 0
+def describe(model: Any) -> ModelShape:
+    """Read weights, optimizer slots and layer output shapes off a Keras model."""
+    outputs: list[Shape] = []
+    recurrent: list[tuple[int | None, int, int]] = []
     for layer in model.layers:
         if type(layer).__name__ == "InputLayer":
             continue
         for shape in _layer_shapes(layer, "output"):
-            activations += _resolve(shape, default_len)
+            outputs.append(tuple(None if d is None else int(d) for d in tuple(shape)[1:]))
         factor = _RNN_STATE_FACTOR.get(type(layer).__name__)
         if factor is not None:
             for shape in _layer_shapes(layer, "input"):
-                steps = shape[1] if len(shape) > 1 and shape[1] is not None else default_len
-                recurrent += int(steps) * int(layer.units) * factor
+                steps = int(shape[1]) if len(shape) > 1 and shape[1] is not None else None
+                recurrent.append((steps, int(layer.units), factor))
     trainable = _nbytes(model.trainable_weights)
     optimizer = model.optimizer
     if getattr(optimizer, "built", False):
         opt_bytes = _nbytes(optimizer.variables)
     else:
         opt_bytes = trainable * _SLOTS.get(type(optimizer).__name__, 2)
+    return ModelShape(
+        _nbytes(model.weights), trainable, opt_bytes, tuple(outputs), tuple(recurrent)
+    )
+
+
+def profile(shape: ModelShape, footprint: Footprint) -> ModelProfile:
+    """The model's profile once the data's padded lengths are known. Pure."""
+    lengths = [f.shape[0] for f in footprint.inputs if f.sequence]
+    default_len = max(lengths, default=1)
+    activations = sum(
+        math.prod(default_len if d is None else d for d in dims) for dims in shape.outputs
+    )
+    recurrent = sum(
+        (default_len if steps is None else steps) * units * factor
+        for steps, units, factor in shape.recurrent
+    )
     return ModelProfile(
-        param_bytes=_nbytes(model.weights),
-        trainable_bytes=trainable,
-        optimizer_bytes=opt_bytes,
+        param_bytes=shape.param_bytes,
+        trainable_bytes=shape.trainable_bytes,
+        optimizer_bytes=shape.optimizer_bytes,
         activation_elems_per_sample=activations,
         recurrent_elems_per_sample=recurrent,
     )

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import inspect
-import json
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from memtune import _tf, progress
+from memtune import _tf, heap, progress
 from memtune.estimate.cache import TrialCache, cache_key
 from memtune.estimate.curve import MemoryCurve
 from memtune.estimate.search import search
-from memtune.estimate.trials import TRIAL_STEPS, FeedSpec, TrialSpec, run_trial
+from memtune.estimate.trials import (
+    MAX_STEPS,
+    FeedSpec,
+    TrialSpec,
+    bare_child_bytes,
+    own_rss,
+    run_trial,
+)
 from memtune.footprint import Footprint
+from memtune.modelinfo import ModelInfo, is_spec
 from memtune.options import Options
 from memtune.plan import Budget, Plan, Trial
 from memtune.probe import Probe
+from memtune.units import format_bytes
 
-MEMTUNE_TRIAL_FORMAT = "3"  # bump when what a trial measures changes
+MEMTUNE_TRIAL_FORMAT = "4"  # bump when what a trial measures changes
 
 
 @dataclass(frozen=True)
@@ -36,55 +43,71 @@ class Setup:
     cache: TrialCache
     num_samples: int
     cpu_replicas: int = 1  # trials run under MirroredStrategy on this many logical CPUs
+    # Writes the user's rows for a trial batch to a file (None: synthetic rows).
+    rows: Callable[[int, Path], Path] | None = None
+    # What this process holds beyond a bare trial child (its data readers, the scan's
+    # results): fit trains in this process, so its peak is a trial's plus this.
+    parent_extra: int = 0
 
 
 def setup(
-    keras_model: Any,
+    model: ModelInfo,
     fp: Footprint,
     options: Options,
     budget: Budget,
     seen: Probe,
     num_samples: int,
     cpu_replicas: int = 1,
+    rows: Callable[[int, Path], Path] | None = None,
 ) -> Setup:
-    """Trial parameters and the cache keyed by everything that shapes a trial's peak."""
-    tf, keras = _tf.tensorflow(), _tf.keras()
+    """Trial parameters and the cache keyed by everything that shapes a trial's peak.
+
+    On a CPU the limit is the whole tree's: the planning process and the trial child
+    together stay within the usable budget (and what the host can give)."""
     accumulation = 2 if options.effective_batch_size else 1  # accumulators cost the same for any k
     feeds = tuple(FeedSpec(f.name, f.role, f.shape, f.dtype) for f in fp.feeds)
     key = cache_key(
         {
-            "model": _renamed(json.loads(keras_model.to_json()), keras_model),
-            "optimizer": _renamed(keras_model.optimizer.get_config(), keras_model),
+            **model.key,
             "feeds": feeds,
             "accumulation": accumulation,
             "device": budget.device,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
             "format": MEMTUNE_TRIAL_FORMAT,
             "num_samples": num_samples,
             "cpu_replicas": cpu_replicas,
-            "custom": _custom_classes(keras_model),
+            "real_rows": rows is not None,
         }
     )
     if budget.device == "cpu":  # a trial may never take more than the host can give
-        limit = min(int(budget.budget_bytes * (1 - options.safety)), seen.host.available_bytes)
+        usable = int(budget.budget_bytes * (1 - options.safety))
+        limit = min(usable, seen.host.available_bytes + own_rss())
     else:
         limit = budget.budget_bytes
     cache = TrialCache(key, enabled=not options.no_cache)
-    return Setup(feeds, accumulation, budget.device, limit, cache, num_samples, cpu_replicas)
+    extra = 0
+    if budget.device == "cpu" and "tensorflow" not in sys.modules and not options.analytic:
+        heap.release()  # what this process holds, not what it freed (fit reuses that)
+        extra = max(0, own_rss() - bare_child_bytes())
+    return Setup(
+        feeds, accumulation, budget.device, limit, cache, num_samples, cpu_replicas, rows, extra
+    )
+
+
+def child_share(s: Setup) -> int:
+    """What a trial child may take now: the tree's limit less this process (CPU)."""
+    return s.limit_bytes - own_rss() if s.device == "cpu" else s.limit_bytes
 
 
 def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]]:
     """The prior refitted through whatever trials the cache already holds."""
-    trials = s.cache.all()
+    trials = [_in_fit(s, t) for t in s.cache.all()]
     if not trials:
         return prior, []
     return prior.with_points([(t.batch_size, t.peak_bytes) for t in trials]), trials
 
 
 def measured_plan(
-    spec: Any,
-    keras_model: Any,
+    model: Any,
     s: Setup,
     prior: MemoryCurve,
     plan_for: Callable[..., Plan],
@@ -92,7 +115,8 @@ def measured_plan(
 ) -> tuple[Plan, MemoryCurve]:
     """Trials in child processes (cached) refine the prior; the chosen batch is verified."""
     with contextlib.ExitStack() as stack:
-        model_arg = spec if isinstance(spec, str) else _saved_copy(keras_model, stack)
+        model_arg = _trial_model(model, stack)
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memtune-rows-")))
         if model_arg is None:
             notes.append("no trials: the model could not be saved for a trial process; unverified")
             return plan_for(prior, None, notes), prior
@@ -106,13 +130,15 @@ def measured_plan(
         )
 
         def measure(batch: int) -> Trial:
-            trial = s.cache.get(batch, s.limit_bytes)
+            trial = s.cache.get(batch, child_share(s))
             cached = trial is not None
             if trial is None:
-                progress.report("trial", batch=batch, limit=s.limit_bytes)
-                trial = run_trial(
-                    trial_spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled()
-                )
+                progress.report("trial", batch=batch, limit=child_share(s))
+                spec = trial_spec
+                if s.rows is not None:
+                    rows = s.rows(batch * s.cpu_replicas, folder / f"rows-{batch}.npz")
+                    spec = replace(trial_spec, rows=str(rows))
+                trial = run_trial(spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled())
                 s.cache.put(trial)
             progress.report(
                 "trial_done",
@@ -121,13 +147,22 @@ def measured_plan(
                 exceeded=trial.exceeded,
                 cached=cached,
             )
-            return trial
+            return _in_fit(s, trial)
 
-        result = search(prior, measure, lambda curve, cap: plan_for(curve, cap))
+        # A choice must be verifiable: its trial, beside this process, within the limit.
+        within = child_share(s) + s.parent_extra if s.device == "cpu" else None
+        result = search(prior, measure, lambda curve, cap: plan_for(curve, cap, within=within))
+    data = "the data's own rows, its longest included" if s.rows else "synthetic rows"
     summary = (
-        f"{len(result.trials)} trial(s) of {TRIAL_STEPS} training steps measured in a child "
-        f"process; {s.cache.hits} from the cache"
+        f"{len(result.trials)} trial(s) measured in a child process on {data}, each "
+        f"training until its peak held (at most {MAX_STEPS} steps); planning and trial "
+        f"together kept within {format_bytes(s.limit_bytes)}; {s.cache.hits} from the cache"
     )
+    if s.parent_extra:
+        summary += (
+            f"; peaks include the {format_bytes(s.parent_extra)} this process holds beyond a "
+            "trial process (data readers), which fit's process holds too"
+        )
     notes.extend([*result.notes, summary])
     plan = plan_for(result.curve, result.plan.batch_size, notes)
     return replace(plan, trials=list(result.trials)), result.curve
@@ -136,19 +171,17 @@ def measured_plan(
 SLOPE_BATCHES = (8, 64)
 
 
-def slope_from_cpu(
-    spec: Any, keras_model: Any, s: Setup, prior: MemoryCurve
-) -> tuple[MemoryCurve, list[Trial]]:
+def slope_from_cpu(model: Any, s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]]:
     """A device curve for a GPU this machine lacks: the prior's fixed part (context, weights,
     gradients, optimizer) and the per-sample growth measured by two CPU trials."""
     with contextlib.ExitStack() as stack:
-        model_arg = spec if isinstance(spec, str) else _saved_copy(keras_model, stack)
+        model_arg = _trial_model(model, stack)
         if model_arg is None:
             return prior, []
         trial_spec = TrialSpec(model_arg, s.feeds, s.accumulation, "cpu", num_samples=None)
         trials = []
         for batch in SLOPE_BATCHES:
-            hit = s.cache.get(batch, s.limit_bytes)
+            hit = s.cache.get(batch, child_share(s))
             trial = hit or run_trial(trial_spec, batch, limit_bytes=s.limit_bytes)
             s.cache.put(trial)
             trials.append(trial)
@@ -157,45 +190,14 @@ def slope_from_cpu(
     return MemoryCurve(prior.fixed_bytes, slope, "analytic"), trials
 
 
-def _renamed(value: Any, model: Any) -> Any:
-    """A config with layer names replaced by positions: names change each time a factory
-    runs in one process (``dense``, ``dense_1`` …), the architecture does not."""
-    names = {layer.name: f"layer{i}" for i, layer in enumerate(model.layers)}
-    names[model.name] = "model"
-    names[model.optimizer.name] = "optimizer"
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        return names.get(v, _module(v)) if isinstance(v, str) else v
-
-    return walk(value)
+def _in_fit(s: Setup, trial: Trial) -> Trial:
+    """A trial's peak as ``fit``'s process would reach it: plus what this process holds."""
+    return replace(trial, peak_bytes=trial.peak_bytes + s.parent_extra)
 
 
-def _module(name: str) -> str:
-    """A factory file's module name stands for where the file is, not for the model."""
-    return "user-module" if name.startswith("_memtune_model_") else name
-
-
-def _custom_classes(model: Any) -> list[str]:
-    """Layers defined outside Keras, by qualified name and a hash of their source: their
-    config may stay the same when their code changes what a step holds in memory."""
-    flatten = getattr(model, "_flatten_layers", None)
-    layers = list(flatten(include_self=True, recursive=True)) if flatten else model.layers
-    found = set()
-    for layer in layers:
-        cls = type(layer)
-        if cls.__module__.split(".")[0] in ("keras", "tensorflow", "tf_keras"):
-            continue
-        try:
-            source = inspect.getsource(cls)
-        except (OSError, TypeError):
-            source = ""
-        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        found.add(f"{_module(cls.__module__)}:{cls.__qualname__}:{digest}")
-    return sorted(found)
+def _trial_model(model: Any, stack: contextlib.ExitStack) -> str | None:
+    """What a trial child loads: the user's spec, or a model object saved for it."""
+    return str(model) if is_spec(model) else _saved_copy(model, stack)
 
 
 def _saved_copy(keras_model: Any, stack: contextlib.ExitStack) -> str | None:

@@ -1,10 +1,12 @@
-"""Measured trials: a few real training steps at batch b, in a child process.
+"""Measured trials: real training steps at batch b on the user's rows, in a child process.
 
 The user's process never trains to learn: on a CPU the kernel kills an out-of-memory
 process before any exception, so each trial runs in a child that the parent watches and
-stops when it passes its limit — a result ("does not fit"), not a crash. The peak is the
-child's whole-process high-water mark (ru_maxrss from ``wait4``) on CPU, TensorFlow's
-device peak plus the CUDA context on GPU.
+stops when it passes its limit — a result ("does not fit"), not a crash. The limit covers
+the whole tree: the child is stopped when it plus the planning process pass it. A trial
+trains until its peak stops growing (:class:`~memtune.callbacks.flat_peak.FlatPeak`). The
+peak is the child's whole-process high-water mark (ru_maxrss from ``wait4``) on CPU,
+TensorFlow's device peak plus the CUDA context on GPU.
 
 Run as ``python -m memtune.estimate.trials`` it is the child: it reads one JSON spec on
 stdin and prints one JSON line.
@@ -13,10 +15,8 @@ stdin and prints one JSON line.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,16 +26,15 @@ from typing import Any
 
 import psutil
 
-from memtune import progress
+from memtune import children, progress
 from memtune.errors import MemtuneError
 from memtune.plan import Trial
 
-TRIAL_STEPS = 3
+MIN_STEPS = 4  # full, partial (when the epoch has one), then two to see the peak hold
+MAX_STEPS = 10
 POLL_SECONDS = 0.005
 PROGRESS_SECONDS = 0.25  # how often the watcher tells listeners the trial's memory
 GPU_CONTEXT_BYTES = 512 * 1024**2
-PARENT_ENV = "MEMTUNE_TRIAL_PARENT"
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -54,18 +53,37 @@ class TrialSpec:
     feeds: tuple[FeedSpec, ...]
     accumulation: int = 1
     device: str = "cpu"
-    steps: int = TRIAL_STEPS
+    steps: int = MAX_STEPS
     # The epoch's size: its last, partial batch has other shapes, and TensorFlow's memory
     # for a second set of shapes adds to the first, so the trial ends with one too.
     num_samples: int | None = None
     # >1: train under MirroredStrategy on this many logical CPU devices, as fit will; the
     # trial's batch is per replica and the whole process (every replica) is measured.
     cpu_replicas: int = 1
+    # The user's rows for this batch (``memtune.data.sample``); synthetic when None.
+    rows: str | None = None
 
     def to_json(self, batch_size: int, limit_bytes: int, debug: bool) -> str:
         out = asdict(self)
         out.update(batch_size=batch_size, limit_bytes=limit_bytes, debug=debug)
         return json.dumps(out)
+
+
+def own_rss() -> int:
+    """This (the planning) process's resident memory now."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def bare_child_bytes() -> int:
+    """A trial child's resident memory before it loads TensorFlow (~20 MiB): what the
+    planning process holds beyond it is held by ``fit``'s process too, beside training."""
+    proc = children.spawn("memtune.estimate.trials")
+    try:
+        out, _ = proc.communicate(json.dumps({"baseline": True}), timeout=60)
+    finally:
+        children.reap(proc)
+    answer = children.last_json(out) or {}
+    return int(answer.get("rss", 0))
 
 
 def run_trial(
@@ -76,40 +94,12 @@ def run_trial(
     timeout_s: float = 300.0,
     debug: bool = False,
 ) -> Trial:
-    """Measure one trial; a child that passes ``limit_bytes`` is stopped and reported."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env[PARENT_ENV] = str(os.getpid())
-    # Its own session: a terminal's Ctrl-C reaches memtune, which stops the child itself.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "memtune.estimate.trials"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    """Measure one trial; stopped when the child plus this process pass ``limit_bytes``."""
+    proc = children.spawn("memtune.estimate.trials")
     try:
         return _watch_trial(proc, spec, batch_size, limit_bytes, timeout_s, debug)
     finally:
-        _reap(proc)
-
-
-def _reap(proc: subprocess.Popen[str]) -> None:
-    """Kill the trial's process group and wait for it, whatever ended the trial (a signal
-    turned into an exception included): no trial outlives the call."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(proc.pid, 0)
-    proc.returncode = -signal.SIGKILL
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
+        children.reap(proc)
 
 
 def _watch_trial(
@@ -126,10 +116,10 @@ def _watch_trial(
     def watch() -> None:
         told = 0.0
         try:
-            child = psutil.Process(proc.pid)
+            child, parent = psutil.Process(proc.pid), psutil.Process()
             while not stopped.is_set():
                 rss = child.memory_info().rss
-                if rss > limit_bytes and spec.device == "cpu":
+                if spec.device == "cpu" and rss + parent.memory_info().rss > limit_bytes:
                     over.set()
                     child.kill()
                     return
@@ -164,9 +154,9 @@ def _watch_trial(
     finally:
         stopped.set()  # the watchers stop before the pid can be reused
     rss_peak = int(usage.ru_maxrss) * 1024
-    if over.is_set():
-        return Trial(batch_size, max(rss_peak, limit_bytes), exceeded=True)
-    result = _last_json(out)
+    if over.is_set():  # the memory the child had passed
+        return Trial(batch_size, rss_peak, exceeded=True)
+    result = children.last_json(out)
     if result is None:
         if proc.returncode != 0 and proc.returncode < 0:
             raise MemtuneError(
@@ -184,37 +174,37 @@ def _watch_trial(
     return Trial(batch_size, rss_peak)
 
 
-def _last_json(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
 # ---------------------------------------------------------------------------- the child
 
 
 class _RepeatBatch:
-    """One synthetic batch (worst-case shapes) served ``steps`` times, the last one cut to
-    ``last`` rows when the real epoch ends with a partial batch."""
+    """One batch served ``steps`` times — the user's rows when given, else synthetic rows of
+    the same shapes — the second one cut to ``last`` rows when the real epoch ends with a
+    partial batch (its shapes cost TensorFlow memory of their own, so they come early)."""
 
     failure: MemtuneError | None = None
 
     def __init__(
-        self, feeds: tuple[FeedSpec, ...], batch_size: int, steps: int, last: int = 0
+        self,
+        feeds: tuple[FeedSpec, ...],
+        batch_size: int,
+        steps: int,
+        last: int = 0,
+        rows: str | None = None,
     ) -> None:
         import numpy as np
 
-        rng = np.random.default_rng(0)
         self.steps = steps
         self.last = last
         self.batch_size = batch_size
         self.position = 0
         self.num_samples = batch_size * steps
+        if rows is not None:
+            with np.load(rows) as saved:  # memtune.data.sample.write_trial_rows
+                self.inputs = {k[3:]: saved[k] for k in saved.files if k.startswith("in:")}
+                self.targets = {k[4:]: saved[k] for k in saved.files if k.startswith("out:")}
+            return
+        rng = np.random.default_rng(0)
         arrays = {}
         for f in feeds:
             shape = (batch_size, *f.shape)
@@ -231,13 +221,16 @@ class _RepeatBatch:
         return self.steps
 
     def __getitem__(self, i: int) -> Any:
-        if self.last and i == self.steps - 1:
-            cut = self.last
-            return (
-                {k: v[:cut] for k, v in self.inputs.items()},
-                {k: v[:cut] for k, v in self.targets.items()},
-            )
-        return self.inputs, self.targets
+        """Fresh arrays each step, in a new order, as ``fit``'s shuffled sources give."""
+        import numpy as np
+
+        rows = len(next(iter(self.inputs.values())))
+        cut = self.last if self.last and i == min(1, self.steps - 1) else rows
+        order = np.random.default_rng(i).permutation(rows)[:cut]
+        return (
+            {k: v[order] for k, v in self.inputs.items()},
+            {k: v[order] for k, v in self.targets.items()},
+        )
 
     def set_epoch(self, epoch: int) -> None:
         pass
@@ -246,20 +239,25 @@ class _RepeatBatch:
         raise NotImplementedError("a trial measures one batch size")
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGKILL when memtune dies, even by SIGKILL. If memtune is
-    already gone (it died before this line), exit at once."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    parent = os.environ.get(PARENT_ENV)
-    if parent and os.getppid() != int(parent):
-        os._exit(1)
+def _carry_fit_libraries() -> None:
+    """Load the libraries ``fit``'s process holds beside TensorFlow (its data readers and its
+    screen), so a trial's resident memory holds them as fit's will: measured, code pages and
+    all, rather than added on a guess."""
+    import importlib
+
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    importlib.import_module("rich.live")  # loaded, never drawn: the screen stays in memtune.ui
 
 
 def _child() -> int:
-    _die_with_parent()
+    children.die_with_parent()
+    _carry_fit_libraries()
     raw = json.loads(sys.stdin.read())
+    if raw.get("baseline"):
+        print(json.dumps({"rss": int(psutil.Process().memory_info().rss)}))
+        return 0
     from memtune import _tf
 
     _tf.set_debug(bool(raw.get("debug")))
@@ -305,19 +303,26 @@ def _child() -> int:
         )
         batch, total = int(raw["batch_size"]) * replicas, raw.get("num_samples")
         last = total % batch if total and total > batch else 0
-        steps = int(raw["steps"])
-        if total:  # an epoch shorter than the trial: run exactly its steps
-            steps = min(steps, -(-int(total) // batch))
-        source = _RepeatBatch(feeds, batch, steps, last)
+        steps = int(raw["steps"])  # later epochs go on: a short epoch does not shorten it
+        source = _RepeatBatch(feeds, batch, steps, last, raw.get("rows"))
         feed = KerasFeed(footprint)
         if device != "cpu":
             tf.config.experimental.reset_memory_stats("GPU:0")
+        from memtune.callbacks.epoch_progress import EpochProgress
+        from memtune.callbacks.flat_peak import FlatPeak
+        from memtune.callbacks.memory_guard import MemoryGuard
+
+        flat = FlatPeak(MIN_STEPS)
+        # fit's own callbacks run here too (the guard's readings, never its stop: the
+        # parent's watcher stops a trial), so their memory is part of what is measured.
+        ride_along = [feed.epoch_callback(), EpochProgress(), MemoryGuard(2**62, 2**62, cpu=True)]
         try:
-            model.fit(feed.stream(source), epochs=1, verbose=0)
+            data = feed.stream(source)
+            model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[*ride_along, flat])
         except tf.errors.ResourceExhaustedError:
             print(json.dumps({"oom": True}))
             return 0
-        out: dict[str, Any] = {"ok": True}
+        out: dict[str, Any] = {"ok": True, "step_peaks": flat.peaks, "begin": flat.begin}
         if device != "cpu":
             out["device_peak"] = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
         print(json.dumps(out))

@@ -1,0 +1,74 @@
+"""Child processes memtune starts (model inspection, trials): started, reaped, never orphaned.
+
+Each child runs ``python -m MODULE`` in its own session (a terminal's Ctrl-C reaches memtune,
+which stops the child itself), reads one JSON request on stdin and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+PARENT_ENV = "MEMTUNE_TRIAL_PARENT"
+PR_SET_PDEATHSIG = 1
+
+
+def spawn(module: str) -> subprocess.Popen[str]:
+    """Start ``python -m module`` with pipes, in its own session, told who its parent is."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env[PARENT_ENV] = str(os.getpid())
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the child's process group and wait for it, whatever ended the call (a signal
+    turned into an exception included): no child outlives the call."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(proc.pid, 0)
+    proc.returncode = -signal.SIGKILL
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def die_with_parent() -> None:
+    """In the child. Linux: the kernel sends SIGKILL when memtune dies, even by SIGKILL. If
+    memtune is already gone (it died before this line), exit at once."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = os.environ.get(PARENT_ENV)
+    if parent and os.getppid() != int(parent):
+        os._exit(1)
+
+
+def last_json(text: str) -> dict[str, Any] | None:
+    """The last line of ``text`` that is a JSON object (the child's answer)."""
+    for line in reversed(text.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None

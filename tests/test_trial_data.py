@@ -1,0 +1,107 @@
+"""What a trial is fed and how its model is read: the user's rows (the longest included),
+plain-data model shapes, and the stop when memory holds. No trial processes here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memtune.data.pipeline import Layout
+from memtune.data.sample import trial_rows, write_trial_rows
+from memtune.data.scan import scan
+from memtune.estimate.analytic import ModelShape, profile
+from memtune.footprint import ModelSignature, TensorSpec, footprint
+from memtune.modelinfo import ModelInfo
+
+
+def token_shards(folder: Path) -> Path:
+    """Three shards of token lists; the longest (length 40) sits in the middle of shard 2."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    row = 0
+    for shard in range(3):
+        seqs = []
+        for i in range(30):
+            n = 40 if (shard, i) == (2, 17) else int(rng.integers(1, 12))
+            seqs.append([int(v) for v in rng.integers(1, 900, n)])
+            row += 1
+        frame = pd.DataFrame({"tokens": seqs, "answer": rng.integers(0, 2, 30)})
+        frame.to_csv(folder / f"{shard}.csv", index=False)
+    return folder
+
+
+def layout(folder: Path) -> Layout:
+    info = scan(folder)
+    sig = ModelSignature(
+        (TensorSpec("tokens", (None, None), "int32"),), (TensorSpec("answer", (None, 1)),)
+    )
+    return Layout(footprint(sig, info), info)
+
+
+def test_scan_records_where_the_longest_sequence_is(tmp_path: Path) -> None:
+    info = scan(token_shards(tmp_path / "d"))
+    assert info.column("tokens").max_len == 40
+    assert info.column("tokens").longest_at == (2, 17)
+
+
+@pytest.mark.parametrize("batch", [8, 90, 200])  # 200 > the data: its rows repeat
+def test_trial_rows_are_real_and_hold_the_longest_row(tmp_path: Path, batch: int) -> None:
+    lay = layout(token_shards(tmp_path / "d"))
+    inputs, targets = trial_rows(lay, batch)
+    tokens = inputs["tokens"]
+    assert tokens.shape == (batch, 40) and targets["answer"].shape[0] == batch
+    assert (tokens != 0).sum(axis=1).max() == 40  # the longest row, unpadded, is in
+    assert (tokens != 0).any(axis=1).all()  # every row is a real one, none all padding
+
+
+def test_trial_rows_file_round_trips(tmp_path: Path) -> None:
+    lay = layout(token_shards(tmp_path / "d"))
+    path = write_trial_rows(lay, 16, tmp_path / "rows.npz")
+    with np.load(path) as saved:
+        assert sorted(saved.files) == ["in:tokens", "out:answer"]
+        np.testing.assert_array_equal(saved["in:tokens"], trial_rows(lay, 16)[0]["tokens"])
+
+
+def test_profile_resolves_sequence_lengths_from_the_data(tmp_path: Path) -> None:
+    """The shape read in the model's child has ``None`` lengths; the data fills them in."""
+    shape = ModelShape(100, 80, 160, ((None, 8), (4,), (1,)), ((None, 16, 6),))
+    lay = layout(token_shards(tmp_path / "d"))
+    prof = profile(shape, lay.footprint)
+    assert prof.activation_elems_per_sample == 40 * 8 + 4 + 1
+    assert prof.recurrent_elems_per_sample == 40 * 16 * 6
+    assert (prof.param_bytes, prof.trainable_bytes, prof.optimizer_bytes) == (100, 80, 160)
+
+
+def test_model_info_round_trips_through_json() -> None:
+    sig = ModelSignature(
+        (TensorSpec("tokens", (None, None), "int32"),), (TensorSpec("answer", (None, 1)),)
+    )
+    info = ModelInfo(sig, ModelShape(1, 1, 2, ((None, 8),), ()), {"model": {"a": [1]}})
+    assert ModelInfo.from_json(info.to_json()) == info
+
+
+def test_flat_peak_stops_once_memory_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from memtune.callbacks import flat_peak
+
+    mib = 1024  # ru_maxrss is in KiB
+    peaks = iter([500 * mib, 700 * mib, 800 * mib, 802 * mib, 803 * mib, 900 * mib])
+    monkeypatch.setattr(
+        flat_peak.resource,
+        "getrusage",
+        lambda _: types.SimpleNamespace(ru_maxrss=next(peaks)),
+    )
+    cb = flat_peak.FlatPeak(min_steps=4)
+    cb.set_model(types.SimpleNamespace(stop_training=False))  # type: ignore[arg-type]
+    stopped_at = None
+    for step in range(6):
+        cb.on_train_batch_end(step)
+        if cb.model.stop_training:
+            stopped_at = step
+            break
+    # 700 → 800 still grows; 800 → 803 over two steps is within 8 MiB: the fifth step stops.
+    assert stopped_at == 4
