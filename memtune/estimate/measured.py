@@ -100,10 +100,11 @@ def child_share(s: Setup) -> int:
 
 def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]]:
     """The prior refitted through whatever trials the cache already holds."""
-    trials = [_in_fit(s, t) for t in s.cache.all()]
+    trials = s.cache.all()
     if not trials:
         return prior, []
-    return prior.with_points([(t.batch_size, t.peak_bytes) for t in trials]), trials
+    points = [(t.batch_size, _in_fit(s, t).peak_bytes) for t in trials]
+    return prior.with_points(points), trials
 
 
 def measured_plan(
@@ -165,7 +166,9 @@ def measured_plan(
         )
     notes.extend([*result.notes, summary])
     plan = plan_for(result.curve, result.plan.batch_size, notes)
-    return replace(plan, trials=list(result.trials)), result.curve
+    # The plan lists what each trial measured; the curve adds this process's share.
+    measured = [replace(t, peak_bytes=t.peak_bytes - s.parent_extra) for t in result.trials]
+    return replace(plan, trials=measured), result.curve
 
 
 SLOPE_BATCHES = (8, 64)

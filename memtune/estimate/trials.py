@@ -148,7 +148,14 @@ def _watch_trial(
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        out, err = proc.stdout.read(), proc.stderr.read()
+        # Both pipes at once: a child filling stderr while stdout is read would block forever.
+        errors: list[str] = []
+        stderr = proc.stderr
+        drain = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+        drain.start()
+        out = proc.stdout.read()
+        drain.join()
+        err = errors[0] if errors else ""
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
