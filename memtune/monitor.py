@@ -100,8 +100,10 @@ class MemorySampler:
         if self.nvml is not None and not isinstance(_nvml.query(self.nvml.nvmlInit), _nvml._Failed):
             count = _nvml.query(self.nvml.nvmlDeviceGetCount)
             if not isinstance(count, _nvml._Failed):
+                # Numbered as the probe and TensorFlow number them (CUDA_VISIBLE_DEVICES).
                 self._handles = [
-                    _nvml.query(self.nvml.nvmlDeviceGetHandleByIndex, i) for i in range(int(count))
+                    _nvml.query(self.nvml.nvmlDeviceGetHandleByIndex, i)
+                    for i in _nvml.visible_indices(int(count))
                 ]
 
     def sample(self) -> Sample:

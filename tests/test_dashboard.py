@@ -78,6 +78,13 @@ def test_sampler_survives_an_nvml_fault() -> None:
     assert s.rss > 0 and sampler.peak_rss == s.rss
 
 
+def test_sampler_numbers_gpus_as_the_probe_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CUDA_VISIBLE_DEVICES=1 the dashboard's gpu:0 is NVML's GPU 1, as in TensorFlow."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    s = MemorySampler(interval=0.01, nvml=SCENARIOS["two_gpus"]()).sample()
+    assert s.gpu_used == (10 * 1024**3,) and s.gpu_total == (80 * 1024**3,)
+
+
 @pytest.mark.slow
 def test_callback_in_any_model_fit_writes_lines_and_trace(tmp_path: Path) -> None:
     import keras

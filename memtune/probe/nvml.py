@@ -57,7 +57,7 @@ def load_pynvml() -> ModuleType | None:
     return pynvml
 
 
-def _visible_indices(count: int) -> list[int]:
+def visible_indices(count: int) -> list[int]:
     """NVML indices in the order TensorFlow sees them, honouring CUDA_VISIBLE_DEVICES."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
@@ -86,7 +86,7 @@ def read_gpus(nvml: ModuleType | None, warnings: list[str]) -> list[GpuMemory]:
             warnings.append(f"NVML: cannot count GPUs ({count.error})")
             return []
         gpus: list[GpuMemory] = []
-        for tf_index, nvml_index in enumerate(_visible_indices(int(count))):
+        for tf_index, nvml_index in enumerate(visible_indices(int(count))):
             handle = query(nvml.nvmlDeviceGetHandleByIndex, nvml_index)
             name = query(nvml.nvmlDeviceGetName, handle)
             memory = query(nvml.nvmlDeviceGetMemoryInfo, handle)
