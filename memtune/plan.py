@@ -59,7 +59,7 @@ class PlanOptions:
     mode_why: str = "--mode"  # what forced ``mode``, for the reason line
     force: bool = False
     has_sequences: bool = False
-    verified_cap: int | None = None  # the largest batch a trial has shown to fit
+    verified_cap: int | None = None  # the largest batch the trials support (search.REACH)
     aim: float = 1.0  # choose the largest batch predicted to fit in this share of usable
     local_replicas: int = 1  # replicas this process feeds: its pipeline holds their batches
     held_out: int = 0  # validation rows loaded beside the training samples (in-memory)
@@ -128,7 +128,8 @@ class Plan:
             "dataset_bytes": self.dataset_bytes,
             "predicted_peak_bytes": self.predicted_peak_bytes,
             "trials": [
-                {"batch_size": t.batch_size, "peak_bytes": t.peak_bytes} for t in self.trials
+                {"batch_size": t.batch_size, "peak_bytes": t.peak_bytes, "exceeded": t.exceeded}
+                for t in self.trials
             ],
             "reasons": list(self.reasons),
             "strategy": self.strategy,
@@ -296,7 +297,7 @@ def make_plan(
         if options.effective_batch_size is not None:
             caps.append((options.effective_batch_size, "--effective-batch-size"))
         if options.verified_cap is not None:
-            caps.append((options.verified_cap, "the largest batch a trial verified"))
+            caps.append((options.verified_cap, "what the trials support"))
         cap, cap_why = min(caps, key=lambda c: c[0])
         batch = min(fits, cap)
         if fits > cap:

@@ -281,6 +281,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only", action="append", help="run only these models")
+    parser.add_argument("--budget", action="append", type=float, help="only these budgets (GiB)")
+    parser.add_argument("--verbose", action="store_true", help="print each plan's trials")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     rows = []
@@ -291,7 +293,7 @@ def main() -> None:
             model = factory(name, folder)
             targets = [a for t in TARGETS.get(name, ["answer"]) for a in ("--target", t)]
             maxlen = ["--maxlen", str(MAXLEN[name])] if name in MAXLEN else []
-            for budget in BUDGETS:
+            for budget in [b * GiB for b in args.budget] if args.budget else BUDGETS:
                 common = [
                     "--model",
                     model,
@@ -354,6 +356,14 @@ def main() -> None:
                     f"{r['suggest_s']:.0f} s",
                     flush=True,
                 )
+                if args.verbose:
+                    for t in plan["trials"]:
+                        stopped = " (stopped)" if t.get("exceeded") else ""
+                        print(
+                            f"    trial {t['batch_size']:>6}: {t['peak_bytes'] / MiB:6.0f} MiB{stopped}"
+                        )
+                    for reason in plan["reasons"]:
+                        print(f"    - {reason}")
     errors = [r["error"] for r in rows]
     analytic = [r["analytic_error"] for r in rows]
     uncapped = [r["peak_over_usable"] for r in rows if not r["capped"]]

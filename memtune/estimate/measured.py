@@ -30,6 +30,7 @@ from memtune.probe import Probe
 from memtune.units import format_bytes
 
 MEMTUNE_TRIAL_FORMAT = "4"  # bump when what a trial measures changes
+TRIAL_AIM = 0.97  # a trial aims this far under its limit: one stopped by noise is one lost
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,17 @@ def measured_plan(
             )
             return _in_fit(s, trial)
 
-        # A choice must be verifiable: its trial, beside this process, within the limit.
-        within = child_share(s) + s.parent_extra if s.device == "cpu" else None
-        result = search(prior, measure, lambda curve, cap: plan_for(curve, cap, within=within))
+        # A trial must run beside this process within the limit, with room for its noise;
+        # the choice may then extrapolate a little past it (search.REACH) up to the aim.
+        within = None
+        if s.device == "cpu":
+            within = int((child_share(s) + s.parent_extra) * TRIAL_AIM)
+        result = search(
+            prior,
+            measure,
+            lambda curve, cap: plan_for(curve, cap, within=within),
+            lambda curve, cap: plan_for(curve, cap),
+        )
     data = "the data's own rows, its longest included" if s.rows else "synthetic rows"
     summary = (
         f"{len(result.trials)} trial(s) measured in a child process on {data}, each "
@@ -165,7 +174,7 @@ def measured_plan(
             "trial process (data readers), which fit's process holds too"
         )
     notes.extend([*result.notes, summary])
-    plan = plan_for(result.curve, result.plan.batch_size, notes)
+    plan = plan_for(result.curve, result.cap, notes)
     # The plan lists what each trial measured; the curve adds this process's share.
     measured = [replace(t, peak_bytes=t.peak_bytes - s.parent_extra) for t in result.trials]
     return replace(plan, trials=measured), result.curve

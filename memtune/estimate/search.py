@@ -1,4 +1,4 @@
-"""The search: at most four trials to the largest batch that is safe, verified.
+"""The search: at most four trials to the largest batch that is safe, measured.
 
 Pure: it is handed ``measure`` (one trial at batch b) and ``plan_for`` (the pure plan for a
 curve), so its logic is tested on made-up trials — linear, a step, noise, an overshoot.
@@ -18,9 +18,10 @@ from memtune.units import format_bytes
 MAX_TRIALS = 4
 FIRST_BATCH = 8
 NONLINEAR = 0.05  # a verification this far off the line means the curve bends
+REACH = 1.25  # the choice may extrapolate this far past the largest batch a trial ran
 
 Measure = Callable[[int], Trial]
-PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, verified cap) -> plan
+PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
 
 
 @dataclass(frozen=True)
@@ -29,33 +30,54 @@ class SearchResult:
     curve: MemoryCurve
     trials: list[Trial]
     notes: list[str]
+    cap: int  # the largest batch the trials support: the plan's verified cap
 
 
-def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchResult:
-    """Measure, refit, choose, verify; step down when a verification overshoots.
+def fitted(prior: MemoryCurve, trials: list[Trial]) -> MemoryCurve:
+    """The prior refitted through the trials that completed, steepened by stopped ones.
 
-    The curve is fitted to the trials that completed; a stopped trial only bounds the
-    search from above. When the curve points at or past such a bound, the next try is the
-    geometric mean of the largest good batch and the bound. A choice at or under a batch
-    already measured to fit needs no trial: memory does not shrink as the batch grows.
+    A stopped trial's peak is a lower bound on its batch's true peak: where the curve
+    predicts less there, the curve is too flat and the stopped point is added to it. Where
+    it predicts more, the point says nothing new and is left out (it would flatten it).
     """
+    points = [(t.batch_size, t.peak_bytes) for t in trials if not t.exceeded]
+    if not points:
+        return prior
+    curve = prior.with_points(points)
+    for t in sorted((t for t in trials if t.exceeded), key=lambda t: t.batch_size):
+        if t.batch_size > max(b for b, _ in points) and t.peak_bytes > curve.peak(t.batch_size):
+            points.append((t.batch_size, t.peak_bytes))
+            curve = prior.with_points(points)
+    return curve
+
+
+def search(
+    prior: MemoryCurve, measure: Measure, plan_for: PlanFor, choose: PlanFor | None = None
+) -> SearchResult:
+    """Measure, refit, aim the next trial; then choose, at most ``REACH`` past a trial.
+
+    ``plan_for`` is the plan a trial aims at (the limit a trial runs under, less noise);
+    ``choose`` the final plan (the usable budget; default: ``plan_for``). While only one
+    trial has completed, the curve's slope is the prior's, so the next trial goes half the
+    way (geometrically) to its choice: a prior too flat by a lot still lands under the
+    limit and gives a measured slope. A stopped trial steepens the curve (:func:`fitted`),
+    but its peak is only a lower bound, so the next trial goes half the way to the
+    steepened curve's choice. A choice at or near a batch already measured needs no trial;
+    the final batch may lie up to ``REACH`` past the largest batch a trial ran, on the
+    measured slope, and never at or past a stopped one.
+    """
+    choose = choose or plan_for
     trials: list[Trial] = []
     notes: list[str] = []
     good: list[int] = []  # batches a trial showed to fit, with the pipeline beside them
 
-    def refit() -> MemoryCurve:
-        points = [(t.batch_size, t.peak_bytes) for t in trials if not t.exceeded]
-        return prior.with_points(points) if points else prior
-
     def record(t: Trial) -> MemoryCurve:
         trials.append(t)
-        curve = refit()
+        curve = fitted(prior, trials)
         if t.exceeded:
-            notes.append(
-                f"the trial at batch {t.batch_size} passed the usable budget and was stopped"
-            )
+            notes.append(f"the trial at batch {t.batch_size} passed its limit and was stopped")
         else:
-            verified = plan_for(curve, t.batch_size)
+            verified = choose(curve, t.batch_size)
             extra = verified.predicted_peak_bytes - curve.peak(verified.batch_size)
             if t.peak_bytes + extra <= verified.usable_bytes:
                 good.append(t.batch_size)
@@ -69,20 +91,22 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
     if trials[-1].exceeded and first > 1:
         curve = record(measure(1))
     if not good:
-        plan_for(curve, None)  # raises NothingFits with the measured numbers
+        choose(curve, None)  # raises NothingFits with the measured numbers
         raise NothingFits(
             f"nothing fits: even batch {trials[-1].batch_size} passed the usable budget"
         )
     while len(trials) < MAX_TRIALS:
-        plan = plan_for(curve, None)
-        b = plan.batch_size
-        bound = min((t.batch_size for t in trials if t.exceeded), default=None)
-        if bound is not None and b >= bound:
-            b = max(max(good) + 1, int(math.sqrt(max(good) * bound)))
-            if b >= bound:
-                break
-        if b <= max(good):  # at or under a batch measured to fit: safe, no trial needed
-            return SearchResult(plan_for(curve, max(good)), curve, trials, notes)
+        top = max(good)
+        bound = min(
+            (t.batch_size for t in trials if t.exceeded and t.batch_size > top), default=None
+        )
+        b = plan_for(curve, None).batch_size
+        if len({t.batch_size for t in trials if not t.exceeded}) < 2:
+            b = max(top, math.isqrt(top * b))  # the slope is still the prior's: half the way
+        elif bound is not None:  # a stop says how far the curve is too flat, not how much
+            b = top + (min(b, bound) - top) // 2
+        if b <= top + max(1, top // 10):  # near a batch measured to fit: REACH covers it
+            break
         predicted = curve.peak(b)
         t = measure(b)
         if not t.exceeded and predicted and abs(t.peak_bytes - predicted) > NONLINEAR * predicted:
@@ -94,5 +118,15 @@ def search(prior: MemoryCurve, measure: Measure, plan_for: PlanFor) -> SearchRes
                 "measurement"
             )
         curve = record(t)
-    best = max(good)
-    return SearchResult(plan_for(curve, best), curve, trials, notes)
+    top = max(good)
+    stopped = [t.batch_size for t in trials if t.exceeded and t.batch_size > top]
+    cap = max(top, min([int(top * REACH), *(b - 1 for b in stopped)]))
+    plan = choose(curve, cap)
+    if plan.batch_size > top:
+        slope = curve.slope_at(top)
+        notes.append(
+            f"batch {plan.batch_size:,} is {plan.batch_size / top - 1:.0%} past batch {top:,}, "
+            f"the largest a trial ran: that step is extrapolated on the measured slope "
+            f"({format_bytes(int(slope))} per sample)"
+        )
+    return SearchResult(plan, curve, trials, notes, cap)
