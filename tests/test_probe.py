@@ -6,7 +6,7 @@ import pytest
 from memtune.errors import MemtuneError
 from memtune.plan import resolve_budget, resolve_device
 from memtune.probe import probe
-from memtune.probe.host import cgroup_memory, read_host
+from memtune.probe.host import cgroup_memory, oom_kills, read_host
 from tests.nvml_fakes import SCENARIOS, GiB
 
 
@@ -158,3 +158,21 @@ def test_a_cgroup_path_this_mount_does_not_show_falls_back_to_the_root(tmp_path:
     _tree(tmp_path / "sys", {"memory.max": 3 * GiB, "memory.current": GiB})
     assert cgroup_memory(tmp_path / "sys", proc) == (3 * GiB, GiB)
     assert cgroup_memory(tmp_path / "sys", tmp_path / "no-such-file") == (3 * GiB, GiB)
+
+
+def test_oom_kills_are_counted_in_the_own_cgroup_its_parents_and_the_host(
+    tmp_path: Path,
+) -> None:
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("4:memory:/jobs/a\n0::/jobs/train\n")
+    root, vmstat = tmp_path / "sys", tmp_path / "vmstat"
+    _tree(root, {
+        "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0",  # not counted twice
+        "jobs/memory.events": "low 0\nhigh 3\nmax 9\noom 2\noom_kill 2\noom_group_kill 0",
+        "jobs/train/memory.events": "oom 1\noom_kill 1",
+        "jobs/train/memory.max": GiB,
+        "memory/jobs/a/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 4",
+    })  # fmt: skip
+    vmstat.write_text("nr_free_pages 1\noom_kill 5\n")
+    assert oom_kills(root, proc, vmstat) == 2 + 1 + 4 + 5
+    assert oom_kills(tmp_path / "none", tmp_path / "none", tmp_path / "none") == 0

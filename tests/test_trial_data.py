@@ -105,3 +105,14 @@ def test_flat_peak_stops_once_memory_holds(monkeypatch: pytest.MonkeyPatch) -> N
             break
     # 700 → 800 still grows; 800 → 803 over two steps is within 8 MiB: the fifth step stops.
     assert stopped_at == 4
+
+
+def test_a_child_killed_while_the_kernel_counted_an_oom_kill_was_killed_for_memory() -> None:
+    import signal
+
+    from memtune.estimate.trials import killed_for_memory
+
+    assert killed_for_memory(-signal.SIGKILL, 3, 4)
+    assert not killed_for_memory(-signal.SIGKILL, 3, 3)  # a user's kill -9, or the deadline
+    assert not killed_for_memory(1, 3, 4)  # a child that failed on its own
+    assert not killed_for_memory(None, 0, 1)

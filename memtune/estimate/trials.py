@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ import psutil
 from memtune import children, progress
 from memtune.errors import MemtuneError
 from memtune.plan import Trial
+from memtune.probe.host import oom_kills
 
 MIN_STEPS = 4  # full, partial (when the epoch has one), then two to see the peak hold
 MAX_STEPS = 10
@@ -95,11 +97,25 @@ def run_trial(
     debug: bool = False,
 ) -> Trial:
     """Measure one trial; stopped when the child plus this process pass ``limit_bytes``."""
+    kills = oom_kills()
     proc = children.spawn("memtune.estimate.trials")
     try:
-        return _watch_trial(proc, spec, batch_size, limit_bytes, timeout_s, debug)
+        trial = _watch_trial(proc, spec, batch_size, limit_bytes, timeout_s, debug)
+    except MemtuneError:
+        if not killed_for_memory(proc.returncode, kills, oom_kills()):
+            raise
+        # The kernel (a cgroup or the host) ran out first: as good as passing the limit.
+        progress.report("trial_oom_killed", batch=batch_size)
+        return Trial(batch_size, limit_bytes, exceeded=True)
     finally:
         children.reap(proc)
+    return trial
+
+
+def killed_for_memory(returncode: int | None, kills_before: int, kills_after: int) -> bool:
+    """A child that died of SIGKILL while the kernel's OOM-kill count rose was killed for
+    memory (the kernel sends no other sign)."""
+    return returncode == -signal.SIGKILL and kills_after > kills_before
 
 
 def _watch_trial(

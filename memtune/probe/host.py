@@ -9,6 +9,7 @@ import psutil
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
+PROC_VMSTAT = Path("/proc/vmstat")
 # cgroup v1 writes "no limit" as a page-rounded LONG_MAX; anything this large means none.
 _NO_LIMIT = 1 << 60
 
@@ -96,6 +97,35 @@ def cgroup_memory(
     if not limited:
         return None, None
     return min(limited, key=lambda lu: lu[0] - (lu[1] or 0))
+
+
+def _counter(path: Path, name: str) -> int:
+    """The value of ``name`` in a ``key value`` per line file (memory.events, vmstat); 0."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if key == name and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def oom_kills(
+    root: Path = CGROUP_ROOT, proc: Path = PROC_CGROUP, vmstat: Path = PROC_VMSTAT
+) -> int:
+    """How many processes the kernel's OOM killer has killed, as this process can see:
+    in its own cgroup and each parent (v2 ``memory.events``, v1 ``memory.oom_control``)
+    and on the whole host (``/proc/vmstat``). Only a rise matters: a trial child killed
+    with SIGKILL while it rose was killed for memory, not by a user."""
+    v2_path, v1_path = own_cgroups(proc)
+    v2_base = root / "unified" if (root / "unified" / "cgroup.controllers").exists() else root
+    kills = sum(_counter(f / "memory.events", "oom_kill") for f in _up_from(v2_base, v2_path))
+    kills += sum(
+        _counter(f / "memory.oom_control", "oom_kill") for f in _up_from(root / "memory", v1_path)
+    )
+    return kills + _counter(vmstat, "oom_kill")
 
 
 def read_host(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> HostMemory:
