@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -22,6 +23,7 @@ from memtune.plan import (
     Mode,
     Plan,
     PlanOptions,
+    Trial,
     make_plan,
     resolve_budget,
     resolve_device,
@@ -53,6 +55,8 @@ class Prepared:
     budget: Budget
     plan_options: PlanOptions
     notes: list[str]
+    # One more trial at a batch, its peak as fit's process reaches it (None: no trials).
+    trial_at: Callable[[int], Trial | None] | None = None
 
     @cached_property
     def model(self) -> Any:
@@ -61,11 +65,13 @@ class Prepared:
 
         return model_mod.load_model(self.model_source)
 
-    def plan_at(self, batch_size: int, mode: Mode | None = None) -> Plan:
+    def plan_at(
+        self, batch_size: int, mode: Mode | None = None, curve: MemoryCurve | None = None
+    ) -> Plan:
         """The plan for a given batch (and mode) on the same curve — what ``check`` judges."""
         return make_plan(
             self.budget,
-            self.curve,
+            curve or self.curve,
             num_samples=self.info.num_samples - self.plan_options.held_out,
             per_sample_bytes=self.footprint.per_sample_bytes,
             options=replace(self.plan_options, batch_size=batch_size, mode=mode, force=True),
@@ -168,6 +174,7 @@ def prepare(
         )
 
     curve = prior
+    trial_at = None
     if options.analytic:
         notes = [*notes, "no trials (--analytic): the plan is unverified"]
         plan = plan_for(prior, None)
@@ -205,8 +212,11 @@ def prepare(
             plan = replace(plan_for(curve, None), trials=trials)
         else:
             plan, curve = measured.measured_plan(model, setup, prior, plan_for, notes)
+            trial_at = functools.partial(measured.one_trial, model, setup)
     source = model if loaded is None else loaded
-    return Prepared(options, info, source, fp, seen, plan, curve, budget, plan_options, notes)
+    return Prepared(
+        options, info, source, fp, seen, plan, curve, budget, plan_options, notes, trial_at
+    )
 
 
 def _trial_rows(

@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,26 @@ def run_check(config: dict[str, Any]) -> CheckResult:
     fits = plan.predicted_peak_bytes <= plan.usable_bytes
     effective = options.effective_batch_size or configured
     steps = -(-effective // largest)
+    supported = _supported(prepared.plan)
+    if fits and supported is not None and configured > supported and prepared.trial_at:
+        # Past what the trials support: judged on a trial of its own, not an extrapolation.
+        trial = prepared.trial_at(configured)
+        if trial is not None and trial.exceeded:
+            message = (
+                f"does not fit: a trial at batch {configured} passed its limit and was "
+                f"stopped; the largest safe batch is {largest} — batch {largest} with {steps} "
+                f"accumulation steps keeps an effective batch of {largest * steps}"
+            )
+            return CheckResult(False, plan, configured, largest, message, estimate_only)
+        if trial is not None:
+            points = [*prepared.curve.points, (configured, trial.peak_bytes)]
+            plan = prepared.plan_at(configured, mode, prepared.curve.with_points(points))
+            why = (
+                f"batch {configured} is past batch {supported}, the largest the planning "
+                f"trials support: a trial of its own measured {format_bytes(trial.peak_bytes)}"
+            )
+            plan = replace(plan, reasons=[*plan.reasons, why])
+            fits = plan.predicted_peak_bytes <= plan.usable_bytes
     if fits:
         message = (
             f"fits: batch {configured} predicts {format_bytes(plan.predicted_peak_bytes)} of the "
@@ -195,6 +215,14 @@ def run_check(config: dict[str, Any]) -> CheckResult:
             f"batch of {largest * steps}"
         )
     return CheckResult(fits, plan, configured, largest, message, estimate_only)
+
+
+def _supported(plan: Plan) -> int | None:
+    """The largest batch the plan's trials support; None without completed trials."""
+    from memtune.estimate.search import reach
+
+    ran = [t.batch_size for t in plan.trials if not t.exceeded]
+    return reach(max(ran), plan.trials) if ran else None
 
 
 def write_junit(result: CheckResult, path: Path) -> None:

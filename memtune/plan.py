@@ -305,7 +305,7 @@ def make_plan(
             if cap_why == floor:
                 verified = options.verified_cap
                 how = (
-                    f"; trials verified up to {verified:,}"
+                    f"; the trials support up to {verified:,}"
                     if verified is not None and verified < largest_safe
                     else ""
                 )

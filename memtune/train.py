@@ -329,7 +329,12 @@ def _train(
     from memtune.callbacks.memory_guard import MemoryGuard
 
     progress = EpochProgress()
-    guard = MemoryGuard(plan.budget_bytes, plan.usable_bytes, cpu=plan.device == "cpu")
+    guard = MemoryGuard(
+        plan.budget_bytes,
+        plan.usable_bytes,
+        cpu=plan.device == "cpu",
+        notify=lambda notice: _each(callbacks, "memory_notice", notice),
+    )
     changes: list[dict[str, Any]] = []
     if run.store is not None:
         from memtune.callbacks.epoch_checkpoint import EpochCheckpoint

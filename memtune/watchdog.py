@@ -11,11 +11,15 @@ Two dangers, both caught before the kernel's OOM killer acts (it sends no except
 After a trigger the next one needs the excess to grow by a step, so allocator slack (RSS
 rarely falls after a batch change) or a neighbour that merely *holds* its memory does not
 halve the batch all the way down to 1; once back under the limit, the next excess triggers.
+When the reading after a halving is still over the limit and no lower, the halving freed
+nothing, and :meth:`Watchdog.check` says so once, so the user knows why memory stays high.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from memtune.units import format_bytes
 
 MiB = 1024**2
 
@@ -46,6 +50,7 @@ class Watchdog:
         self.step = max(64 * MiB, budget_bytes // 20)
         self.start: Reading | None = None
         self._threshold = 0  # how far past the limit the next trigger needs
+        self._halved_at: int | None = None  # RSS when the last trigger fired
 
     def others(self, now: Reading) -> int:
         """Memory other processes took since the first reading (never negative)."""
@@ -61,18 +66,28 @@ class Watchdog:
         taken = max(0, self.others(now) - self.step)
         return min(self.usable - taken, now.rss + now.available - self.margin)
 
-    def check(self, now: Reading) -> None:
-        """Raise :class:`MemoryOverrun` when the batch should shrink now."""
+    def check(self, now: Reading) -> str | None:
+        """Raise :class:`MemoryOverrun` when the batch should shrink now; return a notice
+        (once) when the last halving freed nothing."""
         if self.start is None:
             self.start = now
         limit = self.limit(now)
         excess = now.rss - limit
+        halved_at, self._halved_at = self._halved_at, None
         if excess <= 0:
             self._threshold = 0
-            return
+            return None
         if excess <= self._threshold:
-            return
+            if halved_at is not None and now.rss >= halved_at - self.step // 4:
+                return (
+                    f"halving the batch freed nothing: RSS stays at {format_bytes(now.rss)}, "
+                    f"over the {format_bytes(max(0, limit))} this process may hold (TensorFlow "
+                    f"keeps memory it has freed); no further halving unless it grows by "
+                    f"{format_bytes(self.step)}"
+                )
+            return None
         self._threshold = excess + self.step
+        self._halved_at = now.rss
         others = self.others(now)
         if others >= self.step or now.available < self.margin:
             raise MemoryOverrun(

@@ -137,5 +137,44 @@ def test_a_model_with_a_custom_layer_hits_the_cache_in_a_new_process(tmp_path: P
         return int(found[1]), int(found[2])
 
     trials, hits = counts(runs[1].stdout)
-    assert trials >= 1 and hits == trials  # the second process ran no trial
+    assert trials >= 1 and hits == trials  # the second process ran no trial but the anchor
     assert counts(runs[0].stdout)[1] == 0
+
+
+def _drifted(tmp_path: Path, now: Trial) -> tuple[str | None, TrialCache]:
+    """The anchor policy on a cache from another period, with the fresh trial faked (as
+    Lightning fakes its OOM check): the cache holds 800 / 900 MiB and a stop at 1.5 GiB."""
+    from memtune.estimate import measured
+
+    cache = TrialCache("k", directory=tmp_path)
+    for t in (Trial(8, 800 * MiB), Trial(64, 900 * MiB), Trial(512, 1536 * MiB, exceeded=True)):
+        cache.put(t)
+    cache.put(Trial(8, 800 * MiB))
+    s = measured.Setup((), 1, "cpu", 4 * 1024**3, cache, 1000)
+
+    class Faked(measured.Trials):
+        def run(self, batch: int, *, keep: bool = True) -> Trial:
+            assert batch == 8 and not keep  # the smallest batch: the cheapest to re-measure
+            return now
+
+    runner = Faked(s, None, tmp_path)  # type: ignore[arg-type]
+    return runner.anchor(), cache
+
+
+def test_a_fresh_anchor_beyond_the_noise_shifts_every_cached_peak(tmp_path: Path) -> None:
+    said, cache = _drifted(tmp_path, Trial(8, 960 * MiB))
+    assert said is not None and said.endswith("the cached peaks are shifted up by 160 MiB")
+    assert cache.all() == [Trial(8, 960 * MiB), Trial(64, 1060 * MiB)]
+    assert cache.get(512, 1600 * MiB) == Trial(512, 1696 * MiB, exceeded=True)
+
+
+def test_a_fresh_anchor_within_the_noise_keeps_the_cache(tmp_path: Path) -> None:
+    said, cache = _drifted(tmp_path, Trial(8, 810 * MiB))
+    assert said is not None and said.endswith("within the noise (± 24.0 MiB), the cache holds")
+    assert cache.all() == [Trial(8, 800 * MiB), Trial(64, 900 * MiB)]
+
+
+def test_a_fresh_anchor_that_is_stopped_drops_the_cache(tmp_path: Path) -> None:
+    said, cache = _drifted(tmp_path, Trial(8, 2 * 1024**3, exceeded=True))
+    assert said is not None and "the cached trials were dropped" in said
+    assert cache.all() == [] and cache.get(512, 1) is None

@@ -147,3 +147,21 @@ def test_gpu_from_a_cpu_runner_is_an_estimate(repo: Path, capfd) -> None:
     assert result["estimate_only"] is True
     assert any(r.startswith("estimate:") for r in result["reasons"])
     assert len(result["trials"]) == 2  # the per-sample growth, measured on the CPU
+
+
+@pytest.mark.slow
+def test_a_batch_past_what_the_trials_support_gets_a_trial_of_its_own(repo: Path, capfd) -> None:
+    """Planning's trials stop at batch 8 (--max-batch-size 8): batch 200 is judged on a
+    trial at 200, not on a line drawn 25 times past the last trial."""
+    (repo / "pyproject.toml").write_text(
+        '[tool.memtune]\nmodel = "model.py:build"\ndata = "data"\nbatch_size = 200\n'
+        'budget = "4GiB"\nmax_batch_size = 8\n'
+    )
+    code, out, err = run(capfd, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [t["batch_size"] for t in result["trials"]] == [8]
+    assert any(
+        r.startswith("batch 200 is past batch 10, the largest the planning trials support")
+        for r in result["reasons"]
+    )

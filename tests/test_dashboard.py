@@ -266,3 +266,18 @@ def test_the_report_is_drawn_with_epochs_and_shared_permissions(tmp_path: Path) 
         os.umask(old)
     assert (tmp_path / "r.png").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_watchdog_notice_is_shown_and_traced(tmp_path: Path) -> None:
+    """A halving that freed nothing reaches the dashboard's events and the trace."""
+    import memtune
+
+    trace = tmp_path / "trace.jsonl"
+    board = memtune.MemoryDashboard(
+        512 * MiB, batch_size=8, show=False, nvml=SCENARIOS["no_gpu"](), trace=str(trace)
+    )
+    board.memory_notice("halving the batch freed nothing: RSS stays at 3.12 GiB")
+    board.trace.close()  # type: ignore[union-attr]
+    assert board.state.events == ["halving the batch freed nothing: RSS stays at 3.12 GiB"]
+    kinds = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert {"kind": "notice", "message": board.state.events[0]}.items() <= kinds[-1].items()

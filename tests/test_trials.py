@@ -12,6 +12,7 @@ import pytest
 
 import memtune
 from memtune.cli import main
+from memtune.estimate.search import REACH
 from memtune.estimate.trials import FeedSpec, TrialSpec, run_trial
 from tests.conftest import write_csv_shards, write_factory
 
@@ -71,15 +72,22 @@ def test_suggest_measures_then_hits_the_cache(project, capfd) -> None:
     assert main(argv) == 0
     first = json.loads(capfd.readouterr().out)
     assert len(first["trials"]) in range(1, 5)
-    assert first["batch_size"] in [t["batch_size"] for t in first["trials"]]  # verified
-    chosen = next(t for t in first["trials"] if t["batch_size"] == first["batch_size"])
-    assert first["predicted_peak_bytes"] >= chosen["peak_bytes"]
+    ran = [t for t in first["trials"] if not t["exceeded"]]
+    assert first["batch_size"] <= REACH * max(t["batch_size"] for t in ran)  # on or near one
+    below = [t["peak_bytes"] for t in ran if t["batch_size"] <= first["batch_size"]]
+    assert first["predicted_peak_bytes"] >= max(below)
     assert first["predicted_peak_bytes"] <= first["usable_bytes"]
     assert any("0 from the cache" in r for r in first["reasons"])
     assert main(argv) == 0
     second = json.loads(capfd.readouterr().out)
-    assert second["trials"] == first["trials"]
-    assert any(f"{len(first['trials'])} from the cache" in r for r in second["reasons"])
+    # The smallest batch is measured again, as an anchor against drift between periods.
+    anchor = f"a fresh trial at batch {min(t['batch_size'] for t in ran)} measured"
+    said = next(r for r in second["reasons"] if r.startswith(anchor))
+    if said.endswith("the cache holds"):  # as it should within one test: the same plan
+        assert second["trials"] == first["trials"]
+        assert any(f"{len(first['trials'])} from the cache" in r for r in second["reasons"])
+    else:  # the machine drifted past the noise between the two runs: the cache was shifted
+        assert "the cached peaks are shifted" in said
     assert main([*argv, "--no-cache"]) == 0
     third = json.loads(capfd.readouterr().out)
     assert any("0 from the cache" in r for r in third["reasons"])

@@ -40,6 +40,30 @@ def test_a_neighbour_taking_our_share_triggers_once_per_step() -> None:
         dog.check(Reading(rss=2 * GiB, available=8 * GiB))  # worse by a step
 
 
+def test_a_halving_that_frees_nothing_is_said_once_and_not_repeated() -> None:
+    """The text CNN at 3 GiB: halved, RSS stayed at 3.2 GiB. memtune says why memory stays
+    high, and does not halve again until it grows by a step."""
+    dog = Watchdog(budget_bytes=3 * GiB, usable_bytes=int(2.7 * GiB))  # step 154 MiB
+    assert dog.check(Reading(rss=2 * GiB, available=20 * GiB)) is None
+    with pytest.raises(MemoryOverrun):
+        dog.check(Reading(rss=int(3.1 * GiB), available=20 * GiB))
+    notice = dog.check(Reading(rss=int(3.12 * GiB), available=20 * GiB))  # after the halving
+    assert notice is not None and notice.startswith("halving the batch freed nothing")
+    assert "RSS stays at 3.12 GiB" in notice and "grows by 154 MiB" in notice
+    assert dog.check(Reading(rss=int(3.12 * GiB), available=20 * GiB)) is None  # said once
+
+
+def test_a_halving_that_freed_memory_says_nothing() -> None:
+    dog = Watchdog(budget_bytes=3 * GiB, usable_bytes=int(2.7 * GiB))
+    dog.check(Reading(rss=2 * GiB, available=20 * GiB))
+    with pytest.raises(MemoryOverrun):
+        dog.check(Reading(rss=int(3.1 * GiB), available=20 * GiB))
+    assert dog.check(Reading(rss=int(2.5 * GiB), available=20 * GiB)) is None  # back under
+    with pytest.raises(MemoryOverrun):
+        dog.check(Reading(rss=int(3.1 * GiB), available=20 * GiB))
+    assert dog.check(Reading(rss=int(2.9 * GiB), available=20 * GiB)) is None  # freed 200 MiB
+
+
 def test_host_running_out_triggers_whatever_the_budget() -> None:
     dog = Watchdog(budget_bytes=100 * GiB, usable_bytes=90 * GiB)  # a budget the host lacks
     dog.check(Reading(rss=2 * GiB, available=30 * GiB))

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,8 @@ class TrialCache:
         if not self.enabled or _peak(trial.peak_bytes) is None:
             return
         key = self.key + (STOPPED if trial.exceeded else "")
-        with contextlib.suppress(OSError), self._locked():
-            data = self._load()
+
+        def add(data: dict[str, Any]) -> None:
             mine = data.get(key)
             if not isinstance(mine, dict):
                 mine = data[key] = {}
@@ -113,6 +113,37 @@ class TrialCache:
             if trial.exceeded:  # the most memory any stop at this batch has passed
                 peak = max(peak, _peak(mine.get(str(trial.batch_size))) or 0)
             mine[str(trial.batch_size)] = peak
+
+        self._rewrite(add)
+
+    def shift(self, delta: int, *, keep: int) -> None:
+        """Move every peak of this key by ``delta`` bytes (drift measured at batch ``keep``,
+        which already holds its new value)."""
+
+        def move(data: dict[str, Any]) -> None:
+            for key in (self.key, self.key + STOPPED):
+                mine = data.get(key)
+                if not isinstance(mine, dict):
+                    continue
+                for batch, value in list(mine.items()):
+                    peak = _peak(value)
+                    if peak is not None and not (key == self.key and batch == str(keep)):
+                        mine[batch] = max(1, peak + delta)
+
+        if self.enabled:
+            self._rewrite(move)
+
+    def clear(self) -> None:
+        """Forget this key's trials (what they measured no longer holds)."""
+        if self.enabled:
+            self._rewrite(lambda data: [data.pop(k, None) for k in (self.key, self.key + STOPPED)])
+
+    def _rewrite(self, change: Callable[[dict[str, Any]], object]) -> None:
+        """Change the whole file under the lock and replace it atomically; a cache that
+        cannot be written is no cache (never an error)."""
+        with contextlib.suppress(OSError), self._locked():
+            data = self._load()
+            change(data)
             fd, tmp = tempfile.mkstemp(prefix=".trials.", dir=self.path.parent)
             try:
                 with os.fdopen(fd, "w") as f:

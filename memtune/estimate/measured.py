@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -108,21 +108,82 @@ def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]
     return prior.with_points(points), trials
 
 
-def measured_plan(
-    model: Any,
-    s: Setup,
-    prior: MemoryCurve,
-    plan_for: Callable[..., Plan],
-    notes: list[str],
-) -> tuple[Plan, MemoryCurve]:
-    """Trials in child processes (cached) refine the prior; the chosen batch is verified."""
+NOISE_FLOOR = 16 * 1024**2  # trial peaks of one batch differ this much, or ...
+NOISE_SHARE = 0.03  # ... this share of the peak, between runs in one period
+
+
+class Trials:
+    """``trials(batch)``: one trial in a child process — this run's, the cache's, or a new
+    one — its peak as ``fit``'s process would reach it."""
+
+    def __init__(self, s: Setup, spec: TrialSpec, folder: Path) -> None:
+        self.s, self.spec, self.folder = s, spec, folder
+        self.fresh: dict[int, Trial] = {}  # measured by this run (the anchor)
+
+    def run(self, batch: int, *, keep: bool = True) -> Trial:
+        """A new trial, bypassing the cache (which it then updates if ``keep``)."""
+        s = self.s
+        progress.report("trial", batch=batch, limit=child_share(s))
+        spec = self.spec
+        if s.rows is not None:
+            rows = s.rows(batch * s.cpu_replicas, self.folder / f"rows-{batch}.npz")
+            spec = replace(spec, rows=str(rows))
+        trial = run_trial(spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled())
+        if keep:
+            s.cache.put(trial)
+        return trial
+
+    def __call__(self, batch: int) -> Trial:
+        s = self.s
+        trial = self.fresh.get(batch) or s.cache.get(batch, child_share(s))
+        cached = trial is not None and batch not in self.fresh
+        if trial is None:
+            trial = self.run(batch)
+        progress.report(
+            "trial_done", batch=batch, peak=trial.peak_bytes, exceeded=trial.exceeded, cached=cached
+        )
+        return _in_fit(s, trial)
+
+    def anchor(self) -> str | None:
+        """Re-measure the cache's smallest batch now; shift every cached peak by the
+        difference when it is beyond the noise (peaks drift between periods on one
+        machine). Returns the reason line, or None with nothing cached."""
+        cached = self.s.cache.all()
+        if not cached:
+            return None
+        old = cached[0]
+        now = self.run(old.batch_size, keep=False)
+        if now.exceeded:  # memory is tighter than when the cache was written: measure anew
+            self.s.cache.clear()
+            return (
+                f"a fresh trial at batch {old.batch_size} passed its limit where the cache "
+                f"had {format_bytes(old.peak_bytes)}: the cached trials were dropped"
+            )
+        delta = now.peak_bytes - old.peak_bytes
+        noise = max(NOISE_FLOOR, int(NOISE_SHARE * old.peak_bytes))
+        said = (
+            f"a fresh trial at batch {old.batch_size} measured {format_bytes(now.peak_bytes)} "
+            f"where the cache had {format_bytes(old.peak_bytes)}"
+        )
+        if abs(delta) <= noise:  # the cache's own value stays: the same search, the same plan
+            return f"{said}: within the noise (± {format_bytes(noise)}), the cache holds"
+        self.fresh[now.batch_size] = now
+        self.s.cache.put(now)
+        self.s.cache.shift(delta, keep=now.batch_size)
+        side = "up" if delta > 0 else "down"
+        return f"{said}: the cached peaks are shifted {side} by {format_bytes(abs(delta))}"
+
+
+@contextlib.contextmanager
+def trials(model: Any, s: Setup) -> Iterator[Trials | None]:
+    """The trial runner for this plan; None when the model cannot be handed to a child."""
     with contextlib.ExitStack() as stack:
         model_arg = _trial_model(model, stack)
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memtune-rows-")))
         if model_arg is None:
-            notes.append("no trials: the model could not be saved for a trial process; unverified")
-            return plan_for(prior, None, notes), prior
-        trial_spec = TrialSpec(
+            yield None
+            return
+        spec = TrialSpec(
             model_arg,
             s.feeds,
             s.accumulation,
@@ -130,27 +191,28 @@ def measured_plan(
             num_samples=s.num_samples,
             cpu_replicas=s.cpu_replicas,
         )
+        yield Trials(s, spec, folder)
 
-        def measure(batch: int) -> Trial:
-            trial = s.cache.get(batch, child_share(s))
-            cached = trial is not None
-            if trial is None:
-                progress.report("trial", batch=batch, limit=child_share(s))
-                spec = trial_spec
-                if s.rows is not None:
-                    rows = s.rows(batch * s.cpu_replicas, folder / f"rows-{batch}.npz")
-                    spec = replace(trial_spec, rows=str(rows))
-                trial = run_trial(spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled())
-                s.cache.put(trial)
-            progress.report(
-                "trial_done",
-                batch=batch,
-                peak=trial.peak_bytes,
-                exceeded=trial.exceeded,
-                cached=cached,
-            )
-            return _in_fit(s, trial)
 
+def one_trial(model: Any, s: Setup, batch: int) -> Trial | None:
+    """One trial at ``batch`` (``check``: a configured batch past what the trials support)."""
+    with trials(model, s) as measure:
+        return None if measure is None else measure(batch)
+
+
+def measured_plan(
+    model: Any,
+    s: Setup,
+    prior: MemoryCurve,
+    plan_for: Callable[..., Plan],
+    notes: list[str],
+) -> tuple[Plan, MemoryCurve]:
+    """Trials in child processes (cached) refine the prior; the choice lies on or near them."""
+    with trials(model, s) as measure:
+        if measure is None:
+            notes.append("no trials: the model could not be saved for a trial process; unverified")
+            return plan_for(prior, None, notes), prior
+        anchored = measure.anchor()
         # A trial must run beside this process within the limit, with room for its noise;
         # the choice may then extrapolate a little past it (search.REACH) up to the aim.
         within = None
@@ -173,7 +235,7 @@ def measured_plan(
             f"; peaks include the {format_bytes(s.parent_extra)} this process holds beyond a "
             "trial process (data readers), which fit's process holds too"
         )
-    notes.extend([*result.notes, summary])
+    notes.extend([*result.notes, summary, *([anchored] if anchored else [])])
     plan = plan_for(result.curve, result.cap, notes)
     # The plan lists what each trial measured; the curve adds this process's share.
     measured = [replace(t, peak_bytes=t.peak_bytes - s.parent_extra) for t in result.trials]

@@ -51,6 +51,13 @@ def fitted(prior: MemoryCurve, trials: list[Trial]) -> MemoryCurve:
     return curve
 
 
+def reach(top: int, trials: list[Trial]) -> int:
+    """The largest batch trials support: ``REACH`` past ``top`` (the largest that fitted),
+    and under any batch whose trial was stopped."""
+    stopped = [t.batch_size - 1 for t in trials if t.exceeded and t.batch_size > top]
+    return max(top, min([int(top * REACH), *stopped]))
+
+
 def search(
     prior: MemoryCurve, measure: Measure, plan_for: PlanFor, choose: PlanFor | None = None
 ) -> SearchResult:
@@ -119,8 +126,7 @@ def search(
             )
         curve = record(t)
     top = max(good)
-    stopped = [t.batch_size for t in trials if t.exceeded and t.batch_size > top]
-    cap = max(top, min([int(top * REACH), *(b - 1 for b in stopped)]))
+    cap = reach(top, trials)
     plan = choose(curve, cap)
     if plan.batch_size > top:
         slope = curve.slope_at(top)

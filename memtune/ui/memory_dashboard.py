@@ -197,6 +197,14 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
         if not self._run:
             self._close_view()
 
+    def memory_notice(self, notice: str) -> None:
+        """The watchdog's word on memory (a halving that freed nothing): shown and traced."""
+        if self.trace:
+            self.trace.event("notice", message=notice)
+        self.state.events.append(notice)
+        if self._live is None and self.show:
+            self.console.print(notice, soft_wrap=True)
+
     def batch_changed(self, change: dict[str, Any]) -> None:
         """memtune fit halved the batch (out of memory, over budget, memory pressure)."""
         self.state.batch_size = change["to"]
