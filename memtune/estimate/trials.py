@@ -327,7 +327,10 @@ def _child() -> int:
         batch, total = int(raw["batch_size"]) * replicas, raw.get("num_samples")
         last = total % batch if total and total > batch else 0
         steps = int(raw["steps"])  # later epochs go on: a short epoch does not shorten it
-        source = _RepeatBatch(feeds, batch, steps, last, raw.get("rows"))
+        # Epochs as long as fit's: a pipeline prefetches within an epoch, so an epoch of one
+        # whole-dataset batch holds one batch in flight where ten steps would hold five.
+        per_epoch = min(steps, -(-total // batch)) if total else steps
+        source = _RepeatBatch(feeds, batch, per_epoch, last, raw.get("rows"))
         feed = KerasFeed(footprint)
         if device != "cpu":
             tf.config.experimental.reset_memory_stats("GPU:0")
@@ -341,7 +344,8 @@ def _child() -> int:
         ride_along = [feed.epoch_callback(), EpochProgress(), MemoryGuard(2**62, 2**62, cpu=True)]
         try:
             data = feed.stream(source)
-            model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[*ride_along, flat])
+            epochs = -(-steps // per_epoch)
+            model.fit(data, epochs=epochs, verbose=0, shuffle=False, callbacks=[*ride_along, flat])
         except tf.errors.ResourceExhaustedError:
             print(json.dumps({"oom": True}))
             return 0
