@@ -153,6 +153,13 @@ class Trials:
             return None
         old = cached[0]
         now = self.run(old.batch_size, keep=False)
+        progress.report(
+            "trial_done",
+            batch=now.batch_size,
+            peak=now.peak_bytes,
+            exceeded=now.exceeded,
+            cached=False,
+        )
         if now.exceeded:  # memory is tighter than when the cache was written: measure anew
             self.s.cache.clear()
             return (
