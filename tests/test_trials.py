@@ -50,6 +50,24 @@ def test_a_real_trial_measures_the_child(project) -> None:
     assert trial.peak_bytes > psutil.Process(os.getpid()).memory_info().rss // 20
 
 
+def test_a_trial_for_a_fit_with_validation_evaluates_too(project) -> None:
+    """fit evaluates held-out rows each epoch, so the trial measures an evaluation as well,
+    even when it stops training early because its peak held."""
+    from dataclasses import replace
+
+    from memtune import children
+
+    for validation in (False, True):
+        proc = children.spawn("memtune.estimate.trials")
+        try:
+            job = replace(spec(project), validation=validation).to_json(32, 8 * GiB, False)
+            out, _ = proc.communicate(job, timeout=240)
+        finally:
+            children.reap(proc)
+        answer = children.last_json(out)
+        assert answer is not None and answer["ok"] and answer["validated"] is validation
+
+
 def test_a_trial_over_its_limit_is_stopped_and_the_parent_lives(project) -> None:
     parent = psutil.Process().memory_info().rss
     # The limit covers this process and the child together: 150 MiB beside this process.

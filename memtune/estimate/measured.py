@@ -49,6 +49,7 @@ class Setup:
     # What this process holds beyond a bare trial child (its data readers, the scan's
     # results): fit trains in this process, so its peak is a trial's plus this.
     parent_extra: int = 0
+    validation: bool = False  # fit evaluates held-out rows each epoch: trials do too
 
 
 def setup(
@@ -66,6 +67,7 @@ def setup(
     On a CPU the limit is the whole tree's: the planning process and the trial child
     together stay within the usable budget (and what the host can give)."""
     accumulation = 2 if options.effective_batch_size else 1  # accumulators cost the same for any k
+    validation = options.validation_split is not None or options.validation_data is not None
     feeds = tuple(FeedSpec(f.name, f.role, f.shape, f.dtype) for f in fp.feeds)
     key = cache_key(
         {
@@ -77,6 +79,7 @@ def setup(
             "num_samples": num_samples,
             "cpu_replicas": cpu_replicas,
             "real_rows": rows is not None,
+            "validation": validation,
         }
     )
     if budget.device == "cpu":  # a trial may never take more than the host can give
@@ -90,7 +93,16 @@ def setup(
         heap.release()  # what this process holds, not what it freed (fit reuses that)
         extra = max(0, own_rss() - bare_child_bytes())
     return Setup(
-        feeds, accumulation, budget.device, limit, cache, num_samples, cpu_replicas, rows, extra
+        feeds,
+        accumulation,
+        budget.device,
+        limit,
+        cache,
+        num_samples,
+        cpu_replicas,
+        rows,
+        extra,
+        validation,
     )
 
 
@@ -197,6 +209,7 @@ def trials(model: Any, s: Setup) -> Iterator[Trials | None]:
             s.device,
             num_samples=s.num_samples,
             cpu_replicas=s.cpu_replicas,
+            validation=s.validation,
         )
         yield Trials(s, spec, folder)
 

@@ -64,6 +64,9 @@ class TrialSpec:
     cpu_replicas: int = 1
     # The user's rows for this batch (``memtune.data.sample``); synthetic when None.
     rows: str | None = None
+    # fit validates each epoch: the trial's epochs end with an evaluation (two batches of
+    # the same rows), so the evaluation's graph and pipeline are measured too.
+    validation: bool = False
 
     def to_json(self, batch_size: int, limit_bytes: int, debug: bool) -> str:
         out = asdict(self)
@@ -344,12 +347,24 @@ def _child() -> int:
         ride_along = [feed.epoch_callback(), EpochProgress(), MemoryGuard(2**62, 2**62, cpu=True)]
         try:
             data = feed.stream(source)
+            extra: dict[str, Any] = {}
+            if raw.get("validation"):
+                held = _RepeatBatch(feeds, batch, 2, 0, raw.get("rows"))
+                extra["validation_data"] = feed.stream(held)
             epochs = -(-steps // per_epoch)
-            model.fit(data, epochs=epochs, verbose=0, shuffle=False, callbacks=[*ride_along, flat])
+            history = model.fit(
+                data,
+                epochs=epochs,
+                verbose=0,
+                shuffle=False,
+                callbacks=[*ride_along, flat],
+                **extra,
+            )
         except tf.errors.ResourceExhaustedError:
             print(json.dumps({"oom": True}))
             return 0
         out: dict[str, Any] = {"ok": True, "step_peaks": flat.peaks, "begin": flat.begin}
+        out["validated"] = any(k.startswith("val_") for k in history.history)
         if device != "cpu":
             out["device_peak"] = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
         print(json.dumps(out))
