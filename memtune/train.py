@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import resource
 import sys
 import time
 import warnings
@@ -72,9 +71,8 @@ class FitResult:
 
 
 def peak_rss_bytes() -> int:
-    """This process's high-water mark of resident memory (Linux reports KiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+    """This process's high-water mark of resident memory."""
+    return heap.high_water()
 
 
 def _check_save_path(save: str | None) -> Path | None:

@@ -3,6 +3,7 @@ plain-data model shapes, and the stop when memory holds. No trial processes here
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +89,9 @@ def test_flat_peak_stops_once_memory_holds(monkeypatch: pytest.MonkeyPatch) -> N
 
     from memtune.callbacks import flat_peak
 
-    mib = 1024  # ru_maxrss is in KiB
+    mib = 1024**2
     peaks = iter([500 * mib, 700 * mib, 800 * mib, 802 * mib, 803 * mib, 900 * mib])
-    monkeypatch.setattr(
-        flat_peak.resource,
-        "getrusage",
-        lambda _: types.SimpleNamespace(ru_maxrss=next(peaks)),
-    )
+    monkeypatch.setattr(flat_peak.heap, "high_water", lambda: next(peaks))
     cb = flat_peak.FlatPeak(min_steps=4)
     cb.set_model(types.SimpleNamespace(stop_training=False))  # type: ignore[arg-type]
     stopped_at = None
@@ -116,3 +113,28 @@ def test_a_child_killed_while_the_kernel_counted_an_oom_kill_was_killed_for_memo
     assert not killed_for_memory(-signal.SIGKILL, 3, 3)  # a user's kill -9, or the deadline
     assert not killed_for_memory(1, 3, 4)  # a child that failed on its own
     assert not killed_for_memory(None, 0, 1)
+
+
+def test_a_child_high_water_mark_is_its_own_not_its_parents() -> None:
+    """A planning process that once held 600 MiB (a scan of big data) starts a child: the
+    child's ``ru_maxrss`` may carry the parent's mark (Linux, vfork + exec), its VmHWM not."""
+    import subprocess
+    import sys
+
+    script = """
+import json, subprocess, sys
+import numpy as np
+from memtune import heap
+big = np.ones(600 * 2**20, np.uint8); del big
+heap.release()
+child = (
+    "import json, resource; from memtune import heap; "
+    "print(json.dumps([heap.high_water(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))"
+)
+print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    own, maxrss_kib = json.loads(done.stdout)
+    # Here the child's ru_maxrss read 626 MiB and its VmHWM 12 MiB.
+    assert own < 200 * 2**20, (own, maxrss_kib)  # a bare Python with memtune.heap
+    assert maxrss_kib * 1024 >= own

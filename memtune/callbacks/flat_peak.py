@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import resource
 from typing import Any
 
-from memtune import _tf
+from memtune import _tf, heap
 
 keras = _tf.keras()
 
@@ -27,10 +26,10 @@ class FlatPeak(keras.callbacks.Callback):  # type: ignore[name-defined]
         self.begin = 0  # resident memory when training began
 
     def on_train_begin(self, logs: Any = None) -> None:
-        self.begin = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.begin = heap.high_water()
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        self.peaks.append(heap.high_water())
         if len(self.peaks) < max(self.min_steps, FLAT_STEPS + 1):
             return
         grown = self.peaks[-1] - self.peaks[-1 - FLAT_STEPS]

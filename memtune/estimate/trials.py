@@ -5,8 +5,9 @@ process before any exception, so each trial runs in a child that the parent watc
 stops when it passes its limit — a result ("does not fit"), not a crash. The limit covers
 the whole tree: the child is stopped when it plus the planning process pass it. A trial
 trains until its peak stops growing (:class:`~memtune.callbacks.flat_peak.FlatPeak`). The
-peak is the child's whole-process high-water mark (ru_maxrss from ``wait4``) on CPU,
-TensorFlow's device peak plus the CUDA context on GPU.
+peak is the child's whole-process high-water mark (its own ``VmHWM``, reported as it ends;
+``ru_maxrss`` would include the parent's) on CPU, TensorFlow's device peak plus the CUDA
+context on GPU.
 
 Run as ``python -m memtune.estimate.trials`` it is the child: it reads one JSON spec on
 stdin and prints one JSON line.
@@ -27,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from memtune import children, progress
+from memtune import children, heap, progress
 from memtune.errors import MemtuneError
 from memtune.plan import Trial
 from memtune.probe.host import oom_kills
@@ -132,12 +133,15 @@ def _watch_trial(
     stopped = threading.Event()
     over = threading.Event()
 
+    seen = [0]  # the most the watcher saw the child hold
+
     def watch() -> None:
         told = 0.0
         try:
             child, parent = psutil.Process(proc.pid), psutil.Process()
             while not stopped.is_set():
                 rss = child.memory_info().rss
+                seen[0] = max(seen[0], rss)
                 if spec.device == "cpu" and rss + parent.memory_info().rss > limit_bytes:
                     over.set()
                     child.kill()
@@ -179,9 +183,8 @@ def _watch_trial(
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         stopped.set()  # the watchers stop before the pid can be reused
-    rss_peak = int(usage.ru_maxrss) * 1024
     if over.is_set():  # the memory the child had passed
-        return Trial(batch_size, rss_peak, exceeded=True)
+        return Trial(batch_size, seen[0], exceeded=True)
     result = children.last_json(out)
     if result is None:
         if proc.returncode != 0 and proc.returncode < 0:
@@ -197,7 +200,7 @@ def _watch_trial(
         return Trial(batch_size, limit_bytes, exceeded=True)
     if spec.device != "cpu":
         return Trial(batch_size, int(result["device_peak"]) + GPU_CONTEXT_BYTES)
-    return Trial(batch_size, rss_peak)
+    return Trial(batch_size, int(result.get("high_water") or int(usage.ru_maxrss) * 1024))
 
 
 # ---------------------------------------------------------------------------- the child
@@ -365,6 +368,7 @@ def _child() -> int:
             return 0
         out: dict[str, Any] = {"ok": True, "step_peaks": flat.peaks, "begin": flat.begin}
         out["validated"] = any(k.startswith("val_") for k in history.history)
+        out["high_water"] = heap.high_water()
         if device != "cpu":
             out["device_peak"] = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
         print(json.dumps(out))
