@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from memtune import distribute, progress
+from memtune.data.blocks import whole_blocks
 from memtune.data.scan import DataInfo, scan
 from memtune.distribute import Topology
 from memtune.errors import MemtuneError
@@ -144,8 +145,10 @@ def prepare(
         why = f"the {info.source.label[1:-1]} (memtune streams it)"
         plan_options = replace(plan_options, mode="streaming", mode_why=why)
     train_samples = _train_samples(info, options)
+    whole = whole_blocks(info.source)
     plan_options = replace(
         plan_options,
+        whole_blocks=(whole.smallest_rows, whole.largest_rows, whole.largest_decoded_bytes),
         held_out=info.num_samples - train_samples,
         local_replicas=topology.local_replicas,
         strategy=topology.strategy,

@@ -5,15 +5,18 @@ Pure: no TensorFlow, no I/O. Every number is an int of bytes; ``reasons`` say wh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from memtune.constants import (
     BLOCK_ROWS,
+    DECODE_FACTOR,
     INDEX_BYTES_PER_SAMPLE,
     STREAM_CACHE_BLOCKS,
     STREAM_QUEUE_BATCHES,
+    WORKERS,
 )
 from memtune.errors import MemtuneError, NothingFits
 from memtune.estimate.curve import MemoryCurve
@@ -63,6 +66,9 @@ class PlanOptions:
     aim: float = 1.0  # choose the largest batch predicted to fit in this share of usable
     local_replicas: int = 1  # replicas this process feeds: its pipeline holds their batches
     held_out: int = 0  # validation rows loaded beside the training samples (in-memory)
+    # Streaming from Parquet: row groups read whole (fewest rows, most rows, most bytes
+    # decoding one takes), which the pipeline caches and decodes beside training.
+    whole_blocks: tuple[int, int, int] = (0, 0, 0)
     strategy: str = "none"
     replicas: int = 1  # in sync, over every worker
     workers: int = 1
@@ -204,20 +210,37 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def pipeline_bytes(
-    mode: Mode, batch: int, *, num_samples: int, per_sample_bytes: int, with_queue: bool
+    mode: Mode,
+    batch: int,
+    *,
+    num_samples: int,
+    per_sample_bytes: int,
+    with_queue: bool,
+    whole_blocks: tuple[int, int, int] = (0, 0, 0),
 ) -> int:
     """Host memory the data pipeline holds beside training at this batch.
 
     In-memory: the padded dataset and its shuffle index. Streaming: a bounded cache of padded
-    blocks (never more than the dataset). ``with_queue`` adds the prefetched batches, which
-    a measured trial already includes and the analytic prior does not.
+    blocks (never more than the dataset); Parquet row groups are read whole, so with row
+    groups larger than a batch the cache holds as many of them as a batch spans plus three
+    (``StreamingBatches.capacity``), and each batch builder and the read-ahead may be
+    decoding one (at ``DECODE_FACTOR`` times its size). A trial trains on rows handed to
+    it, not through this reader, so the whole term is added to measured plans too.
+    ``with_queue`` adds the prefetched batches, which a measured trial already includes and
+    the analytic prior does not.
     """
     dataset = num_samples * per_sample_bytes
     queue = STREAM_QUEUE_BATCHES * batch * per_sample_bytes if with_queue else 0
     if mode == "in-memory":
         return dataset + num_samples * INDEX_BYTES_PER_SAMPLE + queue
     cache = STREAM_CACHE_BLOCKS * max(BLOCK_ROWS, batch) * per_sample_bytes
-    return min(dataset, cache) + queue
+    decoding = 0
+    smallest, largest, decoded = whole_blocks
+    if largest > max(BLOCK_ROWS, batch):
+        held = (math.ceil(batch / max(smallest, 1)) + 3) * largest * per_sample_bytes
+        cache = max(cache, held)
+        decoding = (WORKERS + 1) * DECODE_FACTOR * decoded
+    return min(dataset, cache) + decoding + queue
 
 
 def make_plan(
@@ -251,6 +274,7 @@ def make_plan(
             num_samples=num_samples + options.held_out,
             per_sample_bytes=per_sample_bytes,
             with_queue=curve.source == "analytic",
+            whole_blocks=options.whole_blocks,
         )
 
     def extra(mode: Mode) -> Callable[[int], int]:
@@ -402,6 +426,13 @@ def _nothing_fits(need: int, usable: int, options: PlanOptions, gpu: bool) -> st
     if not gpu:
         helps.append("a GPU (--device gpu)")
     helps.append("a larger --budget or smaller --safety")
+    rows = options.whole_blocks[1]
+    if rows > BLOCK_ROWS:
+        helps.insert(
+            0,
+            f"Parquet row groups of at most {BLOCK_ROWS:,} rows (these hold up to {rows:,}, "
+            "each read whole by every reading thread)",
+        )
     return (
         f"nothing fits: even batch 1 needs {format_bytes(need)}, "
         f"{format_bytes(need - usable)} over the usable {format_bytes(usable)}; "

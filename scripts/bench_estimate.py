@@ -1,4 +1,5 @@
-"""How right is memtune's predicted peak, and does the budget hold? Twelve models, two budgets.
+"""How right is memtune's predicted peak, and does the budget hold? Thirteen models (the
+streaming one twice: in row groups as pyarrow writes them, and of 8,192 rows), two budgets.
 
 For each (model, budget), with a fresh trial cache: ``memtune suggest`` (trials) gives a
 plan, and its whole process tree (planning process + trial children) is sampled every 10 ms;
@@ -127,6 +128,7 @@ h = keras.layers.Dense(256, activation="relu")(h)
 model = keras.Model(x, keras.layers.Dense(1, name="answer")(h))
 """,
 }
+MODELS["streaming-mlp-8k"] = MODELS["streaming-mlp"]
 TARGETS = {"multi-output": ["y1", "y2"]}
 MAXLEN = {"text-cnn": 500, "bilstm": 200, "transformer": 200}
 LOSS = {
@@ -167,10 +169,10 @@ def write_data(name: str, folder: Path, rng: np.random.Generator) -> Path:
             )
         return out
 
-    def parquet(shards: int, rows: int, columns: dict[str, Any]) -> None:
+    def parquet(shards: int, rows: int, columns: dict[str, Any], group: int | None = None) -> None:
         for i in range(shards):
             table = pa.table({k: (v(rows) if callable(v) else v) for k, v in columns.items()})
-            pq.write_table(table, folder / f"{i}.parquet")
+            pq.write_table(table, folder / f"{i}.parquet", row_group_size=group)
 
     def csv(shards: int, rows: int, columns: dict[str, Any]) -> None:
         for i in range(shards):
@@ -205,7 +207,11 @@ def write_data(name: str, folder: Path, rng: np.random.Generator) -> Path:
             },
         )
     elif name == "streaming-mlp":  # 1.6M rows × 256 floats: 1.6 GiB padded, over both budgets
+        # pyarrow's default: each 100,000-row shard is one row group, read whole
         parquet(16, 100_000, {"x": lambda n: float_lists(rng, n, 256), "answer": answer})
+    elif name == "streaming-mlp-8k":  # the same data in row groups of 8,192 rows
+        columns = {"x": lambda n: float_lists(rng, n, 256), "answer": answer}
+        parquet(16, 100_000, columns, group=8192)
     else:
         parquet(
             6,
@@ -239,6 +245,10 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+class NothingFits(Exception):
+    """memtune refused: even batch 1 would pass the budget (exit 3)."""
+
+
 def run_measured(*args: str, cache: str) -> tuple[dict[str, Any], int, int]:
     """Run the CLI in a fresh process: its JSON, its own peak (``wait4`` → ru_maxrss) and
     the peak of its whole process tree (parent + trial children), sampled every 10 ms."""
@@ -269,6 +279,8 @@ def run_measured(*args: str, cache: str) -> tuple[dict[str, Any], int, int]:
     sampler.join()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode == 3:  # the contract's "nothing fits": a result, not a failure
+        raise NothingFits(err.strip().splitlines()[-1])
     if proc.returncode != 0:
         raise SystemExit(
             f"memtune {' '.join(args)} failed ({proc.returncode}): {err.strip()[-500:]}"
@@ -285,7 +297,8 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="print each plan's trials")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    refusals: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="memtune-estimate-") as tmp:
         for name in args.only or list(MODELS):
             folder = Path(tmp) / name
@@ -310,7 +323,12 @@ def main() -> None:
                 ]
                 cache = str(folder / f"cache-{budget / GiB:.2f}")  # fresh per row
                 start = time.perf_counter()
-                plan, _, planning_tree = run_measured("suggest", *common, "--json", cache=cache)
+                try:
+                    plan, _, planning_tree = run_measured("suggest", *common, "--json", cache=cache)
+                except NothingFits as refused:
+                    refusals.append({"model": name, "budget_gib": round(budget / GiB, 2)})
+                    print(f"{name:<14} {budget / GiB:>4.2f} GiB  {refused}", flush=True)
+                    continue
                 suggest_s = time.perf_counter() - start
                 forced = ["--batch-size", str(plan["batch_size"]), "--mode", plan["mode"]]
                 analytic, _, _ = run_measured(
@@ -364,6 +382,9 @@ def main() -> None:
                         )
                     for reason in plan["reasons"]:
                         print(f"    - {reason}")
+    if not rows:
+        print(json.dumps({"rows": [], "nothing_fits": refusals}) if args.json else "no rows")
+        return
     errors = [r["error"] for r in rows]
     analytic = [r["analytic_error"] for r in rows]
     uncapped = [r["peak_over_usable"] for r in rows if not r["capped"]]
@@ -383,6 +404,7 @@ def main() -> None:
         "over_budget": sum(r["over_budget"] for r in rows),
         "max_trials": max(r["trials"] for r in rows),
         "median_suggest_s": statistics.median(r["suggest_s"] for r in rows),
+        "nothing_fits": refusals,
     }
     print(
         f"median error {summary['median_error']:.1%} (target <= 3%), max {summary['max_error']:.1%} (<= 8%); "

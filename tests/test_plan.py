@@ -148,3 +148,25 @@ def test_a_budget_the_host_cannot_give_is_clipped_and_says_so() -> None:
     assert resolve_budget(seen, "cpu", 8 * GiB).budget_bytes == 8 * GiB  # honoured as given
     p = plan(budget=clipped.budget_bytes)
     assert p.budget_bytes == 11 * GiB
+
+
+def test_streaming_parquet_row_groups_larger_than_a_batch_are_held_and_decoded_whole() -> None:
+    """100,000-row groups (98 MiB decoded): the cache holds four, and three readers may each
+    be decoding one at DECODE_FACTOR times its size — what a 1.6 GiB stream really took."""
+    from memtune.constants import DECODE_FACTOR
+    from memtune.plan import pipeline_bytes
+
+    per, n = 1028, 1_600_000
+    small = pipeline_bytes("streaming", 4096, num_samples=n, per_sample_bytes=per, with_queue=False)
+    groups = (100_000, 100_000, 98 * MiB)
+    whole = pipeline_bytes(
+        "streaming", 4096, num_samples=n, per_sample_bytes=per, with_queue=False,
+        whole_blocks=groups,
+    )  # fmt: skip
+    assert small == 5 * 8192 * per
+    assert whole == 4 * 100_000 * per + 3 * DECODE_FACTOR * 98 * MiB
+    fitting = (8192, 8192, 8 * MiB)  # row groups no larger than a block: nothing more
+    assert small == pipeline_bytes(
+        "streaming", 4096, num_samples=n, per_sample_bytes=per, with_queue=False,
+        whole_blocks=fitting,
+    )  # fmt: skip

@@ -129,3 +129,34 @@ def read_block(block: Block, columns: list[str]) -> Any:
             f"read {len(frame)}; did the file change during training?"
         )
     return frame
+
+
+@dataclass(frozen=True)
+class WholeBlocks:
+    """Parquet row groups, which a stream reads whole however small the batch: the fewest
+    and most rows of one, and the most bytes decoding one takes (uncompressed, as Arrow
+    holds it before padding). All zero when no shard is Parquet."""
+
+    smallest_rows: int = 0
+    largest_rows: int = 0
+    largest_decoded_bytes: int = 0
+
+
+def whole_blocks(source: Source) -> WholeBlocks:
+    import pyarrow.parquet as pq
+
+    rows: list[int] = []
+    decoded = 0
+    for shard in source.shards:
+        if shard.kind != "parquet" or shard.path is None:
+            continue
+        try:
+            meta = pq.ParquetFile(shard.path).metadata
+        except (OSError, ValueError):
+            continue  # the scan has already named an unreadable file
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            if group.num_rows:
+                rows.append(group.num_rows)
+                decoded = max(decoded, int(group.total_byte_size))
+    return WholeBlocks(min(rows), max(rows), decoded) if rows else WholeBlocks()

@@ -9,6 +9,7 @@ import numpy as np
 from memtune.data.cells import Ragged
 
 Side = Literal["pre", "post"]
+CHUNK_VALUES = 1 << 20  # values padded per pass (each index array: 8 MiB)
 
 
 def pad(
@@ -34,10 +35,17 @@ def pad(
     starts = ragged.offsets[:-1]
     src_start = starts + (lengths - kept if truncating == "pre" else 0)
     dst_start = maxlen - kept if padding == "pre" else np.zeros_like(kept)
-    total = int(kept.sum())
-    within = np.arange(total) - np.repeat(np.cumsum(kept) - kept, kept)
-    rows = np.repeat(np.arange(n), kept)
-    out[rows, np.repeat(dst_start, kept) + within] = ragged.values[
-        np.repeat(src_start, kept) + within
-    ]
+    # A run of rows at a time: the index arrays cost 8 bytes per value each, so a Parquet
+    # row group of 100,000 rows × 256 padded in one go took 1.2 GiB beside 98 MiB of data.
+    step = max(1, CHUNK_VALUES // max(maxlen, 1))
+    for lo in range(0, n, step):
+        k = kept[lo : lo + step]
+        total = int(k.sum())
+        if total == 0:
+            continue
+        within = np.arange(total) - np.repeat(np.cumsum(k) - k, k)
+        rows = np.repeat(np.arange(lo, lo + len(k)), k)
+        out[rows, np.repeat(dst_start[lo : lo + step], k) + within] = ragged.values[
+            np.repeat(src_start[lo : lo + step], k) + within
+        ]
     return out
