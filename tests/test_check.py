@@ -162,6 +162,6 @@ def test_a_batch_past_what_the_trials_support_gets_a_trial_of_its_own(repo: Path
     result = json.loads(out)
     assert [t["batch_size"] for t in result["trials"]] == [8]
     assert any(
-        r.startswith("batch 200 is past batch 10, the largest the planning trials support")
+        r.startswith("batch 200 is past batch 8, the largest the planning trials support")
         for r in result["reasons"]
     )

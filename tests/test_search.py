@@ -147,10 +147,10 @@ def test_curve_interpolates_and_never_slopes_down() -> None:
     assert c.largest_batch(2000) == 40
 
 
-def test_a_trial_limit_under_the_aim_is_met_by_a_short_extrapolation() -> None:
+def test_a_prior_too_flat_under_a_trial_limit_is_not_stopped_and_lands_near_it() -> None:
     """The transformer of bench_estimate at 2 GiB: a trial runs beside the planning process,
-    so its limit is ~185 MiB under fit's aim, and the prior's slope is 1.6x too flat. The old
-    search was stopped twice and chose batch 79 (0.55 of usable); this one is not stopped."""
+    so its limit is ~185 MiB under fit's aim, and the prior's slope is 1.6x too flat. The
+    old search was stopped twice and chose batch 79 (0.55 of usable)."""
 
     def truth(b: int) -> int:
         return 838 * MiB + int(1.66 * MiB) * b
@@ -159,14 +159,12 @@ def test_a_trial_limit_under_the_aim_is_met_by_a_short_extrapolation() -> None:
     trial_limit = usable - 185 * MiB
     measure, calls = machine(truth, trial_limit)
     prior = MemoryCurve(830 * MiB, int(1.03 * MiB))
-    result = search(
-        prior, measure, planner(2 * GiB, within=int(trial_limit * 0.97)), planner(2 * GiB)
-    )
+    trial_plan = planner(2 * GiB, within=int(trial_limit * 0.97))
+    result = search(prior, measure, trial_plan, planner(2 * GiB))
     check(result, truth, usable)
     assert not any(t.exceeded for t in result.trials)
-    assert truth(result.plan.batch_size) >= 0.90 * usable  # fit / usable >= 0.90
-    assert result.plan.batch_size > max(calls)  # past the last trial, on the measured slope
-    assert any("extrapolated on the measured slope" in n for n in result.notes)
+    assert truth(result.plan.batch_size) >= 0.85 * usable  # fit / usable >= 0.85
+    assert result.plan.batch_size == max(calls)  # the largest trial, not past it
 
 
 def test_a_steeper_truth_after_a_stop_is_not_extrapolated_into() -> None:

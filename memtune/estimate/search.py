@@ -18,7 +18,11 @@ from memtune.units import format_bytes
 MAX_TRIALS = 4
 FIRST_BATCH = 8
 NONLINEAR = 0.05  # a verification this far off the line means the curve bends
-REACH = 1.25  # the choice may extrapolate this far past the largest batch a trial ran
+# The choice may lie this far past the largest batch a trial ran. 1.0: none. At 1.25, on
+# the measured slope, conv1d-series at 2 GiB was planned at batch 2,110 from a trial at
+# 1,792 and peaked 2,011 MiB against 1,751 predicted (0.98 of the budget): a trial at 2,110
+# itself read 1,930 MiB — memory per sample more than doubled past the last trial.
+REACH = 1.0
 
 Measure = Callable[[int], Trial]
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
@@ -61,7 +65,7 @@ def reach(top: int, trials: list[Trial]) -> int:
 def search(
     prior: MemoryCurve, measure: Measure, plan_for: PlanFor, choose: PlanFor | None = None
 ) -> SearchResult:
-    """Measure, refit, aim the next trial; then choose, at most ``REACH`` past a trial.
+    """Measure, refit, aim the next trial; then choose, on or under a batch a trial ran.
 
     ``plan_for`` is the plan a trial aims at (the limit a trial runs under, less noise);
     ``choose`` the final plan (the usable budget; default: ``plan_for``). While only one
@@ -70,8 +74,8 @@ def search(
     limit and gives a measured slope. A stopped trial steepens the curve (:func:`fitted`),
     but its peak is only a lower bound, so the next trial goes half the way to the
     steepened curve's choice. A choice at or near a batch already measured needs no trial;
-    the final batch may lie up to ``REACH`` past the largest batch a trial ran, on the
-    measured slope, and never at or past a stopped one.
+    the final batch lies at most ``REACH`` past the largest batch a trial ran, and never at
+    or past a stopped one.
     """
     choose = choose or plan_for
     trials: list[Trial] = []
@@ -112,7 +116,7 @@ def search(
             b = max(top, math.isqrt(top * b))  # the slope is still the prior's: half the way
         elif bound is not None:  # a stop says how far the curve is too flat, not how much
             b = top + (min(b, bound) - top) // 2
-        if b <= top + max(1, top // 10):  # near a batch measured to fit: REACH covers it
+        if b <= top + max(1, top // 20):  # at or near a batch measured to fit: no trial
             break
         predicted = curve.peak(b)
         t = measure(b)
