@@ -142,6 +142,7 @@ def test_curve_interpolates_and_never_slopes_down() -> None:
     c = MemoryCurve(0, 10).with_points([(10, 1000), (20, 900), (40, 2000)])
     assert c.peak(10) == 1000 and c.peak(40) == 2000
     assert c.peak(15) == 1000  # a negative segment is read as flat
+    assert c.peak(20) == 1000  # and a dip never promises less than a smaller batch took
     assert c.peak(60) == 3100
     assert MemoryCurve(0, 10).with_points([(10, 1000)]).peak(20) == 1100
     assert c.largest_batch(2000) == 40

@@ -14,9 +14,10 @@ class MemoryCurve:
     """``peak(b)``: what training at batch b reaches, in bytes.
 
     Analytic: the line ``fixed_bytes + per_sample_bytes * b``. Measured: piecewise linear
-    through the trial ``points`` (so a verified batch predicts exactly what was measured),
-    extended beyond them by the outer segments — or by ``per_sample_bytes`` when there is
-    a single point. Slopes are never negative: noise must not promise free memory.
+    through the trial ``points`` (so a measured batch predicts what was measured), extended
+    beyond them by the outer segments — or by ``per_sample_bytes`` when there is a single
+    point. Slopes are never negative, and no batch predicts less than a smaller measured
+    one: noise must not promise free memory.
     """
 
     fixed_bytes: int
@@ -46,7 +47,9 @@ class MemoryCurve:
             k = next(i for i in range(1, len(pts)) if pts[i][0] >= batch_size)
             (b0, p0), (b1, p1) = pts[k - 1], pts[k]
         slope = max(0.0, (p1 - p0) / (b1 - b0))
-        return max(0, round(p0 + slope * (batch_size - b0)))
+        # Never below a smaller batch's measurement: a dip is noise, not free memory.
+        floor = max(p for b, p in pts if b <= batch_size) if batch_size >= pts[0][0] else 0
+        return max(0, floor, round(p0 + slope * (batch_size - b0)))
 
     def slope_at(self, batch_size: int) -> float:
         """Bytes one more sample adds around ``batch_size``."""
