@@ -131,12 +131,4 @@ def search(
         curve = record(t)
     top = max(good)
     cap = reach(top, trials)
-    plan = choose(curve, cap)
-    if plan.batch_size > top:
-        slope = curve.slope_at(top)
-        notes.append(
-            f"batch {plan.batch_size:,} is {plan.batch_size / top - 1:.0%} past batch {top:,}, "
-            f"the largest a trial ran: that step is extrapolated on the measured slope "
-            f"({format_bytes(int(slope))} per sample)"
-        )
-    return SearchResult(plan, curve, trials, notes, cap)
+    return SearchResult(choose(curve, cap), curve, trials, notes, cap)
