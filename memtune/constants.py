@@ -12,3 +12,7 @@ INDEX_BYTES_PER_SAMPLE = 8  # in-memory mode's per-epoch permutation (int64)
 # read buffers, the flattened values, the padded block). Each batch builder and the
 # read-ahead may be reading one at once.
 DECODE_FACTOR = 6
+# Trial peaks of one batch differ between runs in one period by this much, or this share
+# of the peak if more: the drift anchor's band, and the ± beside a measured prediction.
+NOISE_FLOOR = 16 * 1024**2
+NOISE_SHARE = 0.03

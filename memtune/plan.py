@@ -14,6 +14,8 @@ from memtune.constants import (
     BLOCK_ROWS,
     DECODE_FACTOR,
     INDEX_BYTES_PER_SAMPLE,
+    NOISE_FLOOR,
+    NOISE_SHARE,
     STREAM_CACHE_BLOCKS,
     STREAM_QUEUE_BATCHES,
     WORKERS,
@@ -221,10 +223,11 @@ def pipeline_bytes(
     """Host memory the data pipeline holds beside training at this batch.
 
     In-memory: the padded dataset and its shuffle index. Streaming: a bounded cache of padded
-    blocks (never more than the dataset); Parquet row groups are read whole, so with row
-    groups larger than a batch the cache holds as many of them as a batch spans plus three
-    (``StreamingBatches.capacity``), and each batch builder and the read-ahead may be
-    decoding one (at ``DECODE_FACTOR`` times its size). A trial trains on rows handed to
+    blocks (never more than the dataset). Parquet row groups are read whole: each batch
+    builder and the read-ahead may be decoding one (at ``DECODE_FACTOR`` times its size,
+    however small the group: an 8,192-row stream ran 8-16 % over a plan without it), and
+    with row groups larger than a batch the cache holds as many of them as a batch spans
+    plus three (``StreamingBatches.capacity``). A trial trains on rows handed to
     it, not through this reader, so the whole term is added to measured plans too.
     ``with_queue`` adds the prefetched batches, which a measured trial already includes and
     the analytic prior does not.
@@ -234,12 +237,11 @@ def pipeline_bytes(
     if mode == "in-memory":
         return dataset + num_samples * INDEX_BYTES_PER_SAMPLE + queue
     cache = STREAM_CACHE_BLOCKS * max(BLOCK_ROWS, batch) * per_sample_bytes
-    decoding = 0
     smallest, largest, decoded = whole_blocks
     if largest > max(BLOCK_ROWS, batch):
         held = (math.ceil(batch / max(smallest, 1)) + 3) * largest * per_sample_bytes
         cache = max(cache, held)
-        decoding = (WORKERS + 1) * DECODE_FACTOR * decoded
+    decoding = (WORKERS + 1) * DECODE_FACTOR * decoded
     return min(dataset, cache) + decoding + queue
 
 
@@ -289,26 +291,33 @@ def make_plan(
         + (f" ({options.held_out:,} more held out for validation)" if options.held_out else ""),
         *(notes or []),
     ]
-    search_mode: Mode = options.mode or "streaming"
+
+    # The batch is the largest that fits in some mode: the forced one, else whichever holds
+    # less there (streaming, unless decoding Parquet row groups costs more than the data).
+    def search_extra(b: int) -> int:
+        if options.mode is not None:
+            return extra(options.mode)(b)
+        return min(extra("streaming")(b), extra("in-memory")(b))
+
     if options.batch_size is not None:
         batch = options.batch_size
         accumulation = 1
         if options.effective_batch_size is not None:
             accumulation = max(1, -(-options.effective_batch_size // batch))
         reasons.append(f"batch {batch} forced by --batch-size")
-        largest_safe = max(0, min(curve.largest_batch(usable, extra(search_mode)), num_samples))
+        largest_safe = max(0, min(curve.largest_batch(usable, search_extra), num_samples))
     else:
-        fits = curve.largest_batch(usable, extra(search_mode))
+        fits = curve.largest_batch(usable, search_extra)
         if fits >= 1 and options.aim < 1:
-            fits = max(1, curve.largest_batch(int(usable * options.aim), extra(search_mode)))
-        if fits < 1 and search_mode == "in-memory":
+            fits = max(1, curve.largest_batch(int(usable * options.aim), search_extra))
+        if fits < 1 and options.mode == "in-memory":
             fits = curve.largest_batch(usable, extra("streaming"))
             if fits >= 1 and not options.force:
                 raise NothingFits(
                     _in_memory_refused(curve.peak(1) + extra("in-memory")(1), usable, dataset)
                 )
         if fits < 1:
-            need = curve.peak(1) + extra(search_mode)(1)
+            need = curve.peak(1) + search_extra(1)
             raise NothingFits(_nothing_fits(need, usable, options, gpu))
         whole = -(-num_samples // options.replicas)  # the dataset in one step per replica
         largest_safe = min(fits, whole)  # the memory bound alone
@@ -383,8 +392,14 @@ def make_plan(
             f"replica, global batch {batch * options.replicas}"
         )
     predicted = peak + extra(mode)(batch)
-    how = "fitted to measured trials" if curve.source == "measured" else "analytic, unverified"
-    reasons.append(f"predicted training peak {format_bytes(predicted)} ({how})")
+    if curve.source == "measured":
+        noise = max(NOISE_FLOOR, int(NOISE_SHARE * predicted))
+        reasons.append(
+            f"predicted training peak {format_bytes(predicted)} ± {format_bytes(noise)} "
+            "(fitted to measured trials; ± is how much trials of one batch differ between runs)"
+        )
+    else:
+        reasons.append(f"predicted training peak {format_bytes(predicted)} (analytic, unverified)")
     if predicted > usable:
         reasons.append(
             "warning: predicted peak is over the usable budget by "

@@ -165,8 +165,27 @@ def test_streaming_parquet_row_groups_larger_than_a_batch_are_held_and_decoded_w
     )  # fmt: skip
     assert small == 5 * 8192 * per
     assert whole == 4 * 100_000 * per + 3 * DECODE_FACTOR * 98 * MiB
-    fitting = (8192, 8192, 8 * MiB)  # row groups no larger than a block: nothing more
-    assert small == pipeline_bytes(
+    fitting = (8192, 8192, 8 * MiB)  # row groups no larger than a block: still decoded whole
+    assert small + 3 * DECODE_FACTOR * 8 * MiB == pipeline_bytes(
         "streaming", 4096, num_samples=n, per_sample_bytes=per, with_queue=False,
         whole_blocks=fitting,
     )  # fmt: skip
+
+
+def test_a_small_parquet_dataset_is_planned_in_memory_where_decoding_would_cost_more() -> None:
+    """The batch is the largest that fits in either mode: with a dataset smaller than three
+    row-group decodes, in-memory holds less, so the decode term must not shrink the batch."""
+    from memtune.constants import DECODE_FACTOR
+
+    groups = (8192, 8192, 30 * MiB)  # three decodes: 540 MiB, more than the 95 MiB dataset
+    with_groups = plan(budget=2 * GiB, n=100_000, per=1000, whole_blocks=groups)
+    plain = plan(budget=2 * GiB, n=100_000, per=1000, mode="in-memory")
+    assert with_groups.mode == "in-memory"
+    assert with_groups.batch_size == plain.batch_size
+    large = 3 * 1024**2  # 3 GB of data, over the budget: streaming, and the decodes count
+    streamed = plan(budget=2 * GiB, n=large, per=1000, whole_blocks=groups)
+    unbounded = plan(budget=2 * GiB, n=large, per=1000)
+    assert streamed.mode == unbounded.mode == "streaming"
+    freed = 3 * DECODE_FACTOR * 30 * MiB
+    assert streamed.predicted_peak_bytes <= streamed.usable_bytes
+    assert unbounded.batch_size - streamed.batch_size == pytest.approx(freed / MiB, abs=2)

@@ -70,7 +70,29 @@ def test_linear_truth_finds_near_best_batch() -> None:
     # aimed at AIM of usable, leaving room for fit's longer run: close to the best, not at it
     assert 0.93 * usable <= result.plan.predicted_peak_bytes <= AIM * usable
     assert result.plan.batch_size >= 0.90 * best
-    assert len(calls) == 3  # a small batch, a guess, the verified best
+    assert len(calls) == 4  # a small batch, a guess, THIRD_WAY to the line's choice, the best
+    assert calls[2] < calls[3]
+
+
+@pytest.mark.parametrize("bend", [1, 2])
+def test_a_curve_that_steepens_is_approached_from_below(bend: int) -> None:
+    """Memory per sample growing with the batch (text models): the line through two trials
+    promises too much, so the third goes part of the way and the fourth aims from three
+    points — no stop, and the plan uses most of the budget (before: stopped, 0.64-0.73)."""
+    usable = int(2 * GiB * 0.9)
+    linear_best = (usable - 400 * MiB) / 1_000_000
+    q = bend * 1_000_000 / (2 * linear_best)  # slope (1 + bend)x at the linear best
+
+    def truth(b: int) -> int:
+        return int(400 * MiB + 1_000_000 * b + q * b * b)
+
+    measure, _ = machine(truth, usable)
+    result = search(MemoryCurve(300 * MiB, 1_000_000), measure, planner(2 * GiB))
+    check(result, truth, usable)
+    assert not any(t.exceeded for t in result.trials)
+    plan = result.plan
+    extra = plan.predicted_peak_bytes - result.curve.peak(plan.batch_size)
+    assert truth(plan.batch_size) + extra >= 0.85 * usable
 
 
 def test_a_far_too_optimistic_prior_is_approached_without_a_stop() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from memtune import _tf, heap, progress
+from memtune.constants import NOISE_FLOOR, NOISE_SHARE
 from memtune.estimate.cache import TrialCache, cache_key
 from memtune.estimate.curve import MemoryCurve
 from memtune.estimate.search import search
@@ -29,7 +30,7 @@ from memtune.plan import Budget, Plan, Trial
 from memtune.probe import Probe
 from memtune.units import format_bytes
 
-MEMTUNE_TRIAL_FORMAT = "5"  # bump when what a trial measures changes
+MEMTUNE_TRIAL_FORMAT = "6"  # bump when what a trial measures changes
 TRIAL_AIM = 0.97  # a trial aims this far under its limit: one stopped by noise is one lost
 
 
@@ -118,10 +119,6 @@ def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]
         return prior, []
     points = [(t.batch_size, _in_fit(s, t).peak_bytes) for t in trials]
     return prior.with_points(points), trials
-
-
-NOISE_FLOOR = 16 * 1024**2  # trial peaks of one batch differ this much, or ...
-NOISE_SHARE = 0.03  # ... this share of the peak, between runs in one period
 
 
 class Trials:
