@@ -9,7 +9,7 @@ import pytest
 from memtune.api import MEASURED_AIM as AIM
 from memtune.errors import NothingFits
 from memtune.estimate.curve import MemoryCurve
-from memtune.estimate.search import MAX_TRIALS, REACH, fitted, search
+from memtune.estimate.search import LAST_AIM, MAX_TRIALS, REACH, fitted, search
 from memtune.plan import Budget, Plan, PlanOptions, Trial, make_plan
 
 MiB = 1024**2
@@ -17,9 +17,15 @@ GiB = 1024**3
 
 
 def planner(
-    budget: int, n: int = 10**7, per: int = 100, within: int | None = None, **opts: int
+    budget: int,
+    n: int = 10**7,
+    per: int = 100,
+    within: int | None = None,
+    share: float = 1.0,
+    **opts: int,
 ) -> Callable[[MemoryCurve, int | None], Plan]:
-    """memtune's own planner: AIM of usable on a measured curve, or ``within`` if tighter."""
+    """memtune's own planner: AIM of usable on a measured curve, or ``within`` if tighter,
+    ``share`` of it aimed at (the last trial's, in ``measured_plan``)."""
     b = Budget("cpu", budget, "test", budget)
     usable = int(budget * 0.9)
 
@@ -27,6 +33,8 @@ def planner(
         aim = AIM if curve.source == "measured" else 1.0
         if within is not None and curve.source == "measured":
             aim = min(aim, within / usable)
+        if curve.source == "measured":
+            aim *= share
         options = PlanOptions(verified_cap=cap, aim=aim, **opts)
         return make_plan(b, curve, num_samples=n, per_sample_bytes=per, options=options)
 
@@ -215,3 +223,27 @@ def test_a_stopped_trial_steepens_the_curve_only_where_it_is_too_flat() -> None:
     flat = fitted(prior, [*done, Trial(30, 2500, exceeded=True)])  # the line says 3000 there
     assert flat.peak(30) == 3000
     assert fitted(prior, [Trial(10, 1000, exceeded=True)]) == prior
+
+
+def test_the_last_trial_aims_under_the_limit_where_memory_bends_past_the_third() -> None:
+    """Linear up to the third trial, then a third steeper (embedding-lstm at 2 GiB: the last
+    trial, aimed at the limit, was stopped and the plan stayed at the third, 0.73 of
+    usable). Aimed at LAST_AIM of it, the last trial fits and the plan uses the budget."""
+    usable = int(2 * GiB * 0.9)
+    knee = 3000
+
+    def truth(b: int) -> int:
+        return 700 * MiB + 250_000 * b + (150_000 * (b - knee) if b > knee else 0)
+
+    def run(last: Callable[[MemoryCurve, int | None], Plan] | None) -> tuple[float, bool]:
+        measure, _ = machine(truth, usable)
+        result = search(MemoryCurve(600 * MiB, 250_000), measure, planner(2 * GiB), None, last)
+        check(result, truth, usable)
+        plan = result.plan
+        extra = plan.predicted_peak_bytes - result.curve.peak(plan.batch_size)
+        return (truth(plan.batch_size) + extra) / usable, result.trials[-1].exceeded
+
+    aimed_at_the_limit, stopped = run(None)
+    assert stopped and aimed_at_the_limit < 0.8
+    share, stopped = run(planner(2 * GiB, share=LAST_AIM))
+    assert not stopped and share >= 0.85
