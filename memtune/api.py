@@ -162,15 +162,11 @@ def prepare(
         verified: int | None,
         extra: list[str] | None = None,
         within: int | None = None,
-        share: float = 1.0,
     ) -> Plan:
-        """The plan on ``curve``; ``within``: a tighter bound (bytes) for a measured choice,
-        of which ``share`` is aimed at (the search's last trial)."""
+        """The plan on ``curve``; ``within``: a tighter bound (bytes) for a measured choice."""
         aim = MEASURED_AIM if curve.source == "measured" else 1.0
         if within is not None and curve.source == "measured":
             aim = min(aim, within / int(budget.budget_bytes * (1 - options.safety)))
-        if curve.source == "measured":
-            aim *= share
         return make_plan(
             budget,
             curve,

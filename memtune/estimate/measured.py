@@ -14,7 +14,7 @@ from memtune import _tf, heap, progress
 from memtune.constants import NOISE_FLOOR, NOISE_SHARE
 from memtune.estimate.cache import TrialCache, cache_key
 from memtune.estimate.curve import MemoryCurve
-from memtune.estimate.search import LAST_AIM, search
+from memtune.estimate.search import search
 from memtune.estimate.trials import (
     MAX_STEPS,
     FeedSpec,
@@ -240,7 +240,6 @@ def measured_plan(
             measure,
             lambda curve, cap: plan_for(curve, cap, within=within),
             lambda curve, cap: plan_for(curve, cap),
-            lambda curve, cap: plan_for(curve, cap, within=within, share=LAST_AIM),
         )
     data = "the data's own rows, its longest included" if s.rows else "synthetic rows"
     summary = (

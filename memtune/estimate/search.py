@@ -23,21 +23,10 @@ NONLINEAR = 0.05  # a verification this far off the line means the curve bends
 # 1,792 and peaked 2,011 MiB against 1,751 predicted (0.98 of the budget): a trial at 2,110
 # itself read 1,930 MiB — memory per sample more than doubled past the last trial.
 REACH = 1.0
-# With two measured points the curve's bend is unknown: the third trial goes this share of
-# the way to the line's choice, so a curve that steepens (memory per sample growing with
-# the batch: most text models) is measured below its limit, and the fourth trial aims
-# from three points. Simulated on made-up truths (linear, quadratic up to 5x the slope,
-# concave, a step; priors 0.3-3x off), the median fit/usable went 0.77 -> 0.95, with
-# linear truths still at 0.95 and none over.
-THIRD_WAY = 0.6
 # After a stop, the next trial goes this share of the way to the steepened choice (the
-# stopped peak is only a lower bound). Same simulation: the worst case 0.53 -> 0.67.
+# stopped peak is only a lower bound; a second stop would leave the plan at the trial
+# before). With the true peak at the stop a third over the limit, it still fits.
 AFTER_STOP = 0.7
-# The last trial aims this share of the way to the limit, in memory: a stop there leaves
-# the plan at the trial before it. On the bench, aimed at the limit itself, the last trial
-# was stopped on four rows whose memory bent upward past the third (text-cnn, transformer,
-# conv1d-series at 1.25 GiB, embedding-lstm at 2 GiB: fit / usable 0.73-0.82).
-LAST_AIM = 0.92
 
 Measure = Callable[[int], Trial]
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
@@ -78,29 +67,21 @@ def reach(top: int, trials: list[Trial]) -> int:
 
 
 def search(
-    prior: MemoryCurve,
-    measure: Measure,
-    plan_for: PlanFor,
-    choose: PlanFor | None = None,
-    last: PlanFor | None = None,
+    prior: MemoryCurve, measure: Measure, plan_for: PlanFor, choose: PlanFor | None = None
 ) -> SearchResult:
     """Measure, refit, aim the next trial; then choose, on or under a batch a trial ran.
 
     ``plan_for`` is the plan a trial aims at (the limit a trial runs under, less noise);
-    ``choose`` the final plan (the usable budget; default: ``plan_for``); ``last`` the plan
-    the last trial aims at (``LAST_AIM`` of ``plan_for``'s limit; default: ``plan_for``).
-    While only one trial has completed, the curve's slope is the prior's, so the next trial
-    goes half the way (geometrically) to its choice: a prior too flat by a lot still lands
-    under the limit and gives a measured slope. With two, the line does not show a bend,
-    so the third goes ``THIRD_WAY`` to its choice, and the last aims a little under the
-    limit. A stopped trial steepens the curve (:func:`fitted`), but its peak is only a
-    lower bound, so the next trial goes ``AFTER_STOP`` of the way to the steepened curve's
-    choice. A choice at or near a batch already measured needs no trial; the final batch
-    lies at most ``REACH`` past the largest batch a trial ran, and never at or past a
-    stopped one.
+    ``choose`` the final plan (the usable budget; default: ``plan_for``). While only one
+    trial has completed, the curve's slope is the prior's, so the next trial goes half the
+    way (geometrically) to its choice: a prior too flat by a lot still lands under the
+    limit and gives a measured slope. A stopped trial steepens the curve (:func:`fitted`),
+    but its peak is only a lower bound, so the next trial goes ``AFTER_STOP`` of the way to
+    the steepened curve's choice. A choice at or near a batch already measured needs no
+    trial; the final batch lies at most ``REACH`` past the largest batch a trial ran, and
+    never at or past a stopped one.
     """
     choose = choose or plan_for
-    last = last or plan_for
     trials: list[Trial] = []
     notes: list[str] = []
     good: list[int] = []  # batches a trial showed to fit, with the pipeline beside them
@@ -134,15 +115,11 @@ def search(
         bound = min(
             (t.batch_size for t in trials if t.exceeded and t.batch_size > top), default=None
         )
-        final = len(trials) == MAX_TRIALS - 1
-        b = (last if final else plan_for)(curve, None).batch_size
-        measured = len({t.batch_size for t in trials if not t.exceeded})
-        if measured < 2:
+        b = plan_for(curve, None).batch_size
+        if len({t.batch_size for t in trials if not t.exceeded}) < 2:
             b = max(top, math.isqrt(top * b))  # the slope is still the prior's: half the way
         elif bound is not None:  # a stop says the curve is too flat, not by how much
             b = top + int((min(b, bound) - top) * AFTER_STOP)
-        elif measured == 2 and not final:  # a line through two points: the bend is unknown
-            b = top + int((b - top) * THIRD_WAY)
         if b <= top + max(1, top // 20):  # at or near a batch measured to fit: no trial
             break
         predicted = curve.peak(b)
