@@ -7,12 +7,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from memtune import distribute, heap, progress
 from memtune.data.blocks import whole_blocks
+from memtune.data.buckets import LengthBuckets
 from memtune.data.scan import DataInfo, scan
 from memtune.distribute import Topology
 from memtune.errors import MemtuneError
@@ -31,6 +32,9 @@ from memtune.plan import (
 )
 from memtune.probe import Probe
 from memtune.probe import probe as _probe
+
+if TYPE_CHECKING:  # the pipelines import numpy-heavy readers: loaded when batches are made
+    from memtune.data.pipeline import Bucketing
 
 # A measured plan aims at this share of the usable budget, not all of it: ``fit``'s long run
 # peaks 1-4 % above a few-step trial (bench_estimate), and a verification aimed at the very
@@ -157,22 +161,39 @@ def prepare(
         worker_index=topology.worker_index,
     )
 
+    buckets, why_not = _length_buckets(info, fp, options, topology, train_samples)
+    if why_not:
+        notes.append(why_not)
+    if buckets is not None:
+        plan_options = replace(
+            plan_options,
+            buckets=tuple(zip(buckets.boundaries, buckets.samples, strict=True)),
+            bucket_scale=tuple(b / buckets.pad_length for b in buckets.boundaries),
+            pad_length=buckets.pad_length,
+            real_tokens=buckets.real_tokens,
+        )
+
     def plan_for(
         curve: MemoryCurve,
         verified: int | None,
         extra: list[str] | None = None,
         within: int | None = None,
+        scale: tuple[float, ...] | None = None,
     ) -> Plan:
-        """The plan on ``curve``; ``within``: a tighter bound (bytes) for a measured choice."""
+        """The plan on ``curve``; ``within``: a tighter bound (bytes) for a measured choice;
+        ``scale``: the buckets' measured memory shares."""
         aim = MEASURED_AIM if curve.source == "measured" else 1.0
         if within is not None and curve.source == "measured":
             aim = min(aim, within / int(budget.budget_bytes * (1 - options.safety)))
+        chosen = replace(plan_options, verified_cap=verified, aim=aim)
+        if scale is not None:
+            chosen = replace(chosen, bucket_scale=scale)
         return make_plan(
             budget,
             curve,
             num_samples=train_samples,
             per_sample_bytes=fp.per_sample_bytes,
-            options=replace(plan_options, verified_cap=verified, aim=aim),
+            options=chosen,
             notes=notes if extra is None else extra,
         )
 
@@ -214,7 +235,17 @@ def prepare(
             notes = [*notes, f"no new trials (--batch-size is forced); {why}"]
             plan = replace(plan_for(curve, None), trials=trials)
         else:
-            plan, curve = measured.measured_plan(model, setup, prior, plan_for, notes)
+            lengths = None
+            if buckets is not None:
+                lengths = measured.LengthTrial(
+                    buckets.feed,
+                    buckets.boundaries[0],
+                    buckets.pad_length,
+                    buckets.boundaries,
+                    buckets.samples[0],
+                    _trial_rows(info, fp, options, (buckets.feed, buckets.boundaries[0])),
+                )
+            plan, curve = measured.measured_plan(model, setup, prior, plan_for, notes, lengths)
             trial_at = functools.partial(measured.one_trial, model, setup)
     source = model if loaded is None else loaded
     return Prepared(
@@ -223,15 +254,50 @@ def prepare(
 
 
 def _trial_rows(
-    info: DataInfo, fp: Footprint, options: Options
+    info: DataInfo, fp: Footprint, options: Options, bucket: tuple[str, int] | None = None
 ) -> Callable[[int, Path], Path] | None:
-    """Writes the user's rows for a trial batch (None for a tf.data pipeline: synthetic)."""
+    """Writes the user's rows for a trial batch (None for a tf.data pipeline: synthetic);
+    ``bucket`` (input, length): rows no longer than that, cut to it."""
     if info.source.kind == "dataset":
         return None
     from memtune.data.sample import write_trial_rows
 
     layout = layout_for(info, fp, options)
-    return lambda batch, path: write_trial_rows(layout, batch, path)
+    return lambda batch, path: write_trial_rows(layout, batch, path, bucket=bucket)
+
+
+def _length_buckets(
+    info: DataInfo, fp: Footprint, options: Options, topology: Topology, train_samples: int
+) -> tuple[LengthBuckets | None, str | None]:
+    """The length buckets of the model's None-length input, or why there are none (a reason
+    line; None when there is nothing to bucket or they are turned off)."""
+    flexible = [f for f in fp.feeds if f.flexible]
+    if not flexible or not options.buckets:
+        return None, None
+    why = None
+    if len(flexible) > 1 or flexible[0].role != "input":
+        why = "more than one None-length feed (or a None-length target)"
+    elif options.batch_size is not None:
+        why = "--batch-size is forced: one batch serves every length"
+    elif options.effective_batch_size is not None:
+        why = "--effective-batch-size needs one batch for every step"
+    elif topology.active:
+        why = f"--strategy {topology.strategy} is not bucketed yet"
+    elif info.source.kind == "dataset":
+        why = "a tf.data pipeline is padded as it comes"
+    if why is not None:
+        return None, f"no length buckets: {why}"
+    feed = flexible[0]
+    (column,) = feed.columns
+    lengths = info.column(column).lengths
+    if lengths is None:
+        return None, None
+    buckets = LengthBuckets.cut(
+        feed.name, column, lengths, feed.shape[0], options.buckets, training=train_samples
+    )
+    if len(buckets.boundaries) < 2:
+        return None, f"no length buckets: every {column!r} row pads to {feed.shape[0]}"
+    return buckets, None
 
 
 def _scanned(read: Callable[[], DataInfo]) -> DataInfo:
@@ -327,6 +393,7 @@ def batches(
     maxlen: Any = None,
     padding: str = "pre",
     truncating: str = "pre",
+    buckets: Any = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """One epoch of ``(inputs, targets)`` numpy batches, dicts keyed by name.
 
@@ -336,6 +403,10 @@ def batches(
     model, for the names). ``mode``: ``"streaming"`` reads shards a block at a time,
     ``"in-memory"`` loads them first; ``shuffle`` / ``seed`` shuffle per epoch (every
     sample still exactly once). Every batch holds ``batch_size`` samples but the last.
+
+    ``buckets``: a plan's ``buckets`` (:class:`~memtune.plan.Bucket` or the JSON's dicts):
+    each batch then holds rows of one bucket, at most its ``batch_size`` of them, padded to
+    its ``length`` — the batches ``fit`` trains on (``batch_size`` is the longest bucket's).
     """
     from memtune.data.pipeline import batches as _batches
 
@@ -353,10 +424,50 @@ def batches(
         sig = _columns_signature(info, options.target)
     fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
     if info.source.kind == "dataset":
+        if buckets:
+            raise MemtuneError("batches(buckets=): a tf.data pipeline is not bucketed")
         yield from dataset_source(info, fp, options, batch_size).numpy()
         return
     yield from _batches(
-        layout_for(info, fp, options), batch_size, mode=mode, shuffle=shuffle, seed=seed
+        layout_for(info, fp, options),
+        batch_size,
+        mode=mode,
+        shuffle=shuffle,
+        seed=seed,
+        bucketing=_bucketing(fp, buckets, batch_size) if buckets else None,
+    )
+
+
+def _bucketing(fp: Footprint, buckets: Any, batch_size: int) -> Bucketing:
+    """``batches(buckets=...)`` as the pipeline's ``Bucketing``, checked."""
+    from memtune.data.pipeline import Bucketing
+
+    flexible = [f for f in fp.inputs if f.flexible]
+    if len(flexible) != 1:
+        raise MemtuneError(
+            f"batches(buckets=): needs exactly one input of None length, found {len(flexible)}"
+        )
+
+    def positive(b: Any, key: str) -> int:
+        value = b.get(key) if isinstance(b, dict) else getattr(b, key, None)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MemtuneError(f"batches(buckets=): {key} {value!r} must be a positive integer")
+        return value
+
+    pairs = sorted((positive(b, "length"), positive(b, "batch_size")) for b in buckets)
+    if pairs[-1][1] != batch_size:
+        raise MemtuneError(
+            f"batches(buckets=): batch_size {batch_size} is not the longest bucket's "
+            f"({pairs[-1][1]})"
+        )
+    if pairs[-1][0] > flexible[0].shape[0]:
+        raise MemtuneError(
+            f"batches(buckets=): bucket length {pairs[-1][0]} is past the padded length "
+            f"{flexible[0].shape[0]} of {flexible[0].name!r}"
+        )
+    feed = flexible[0]
+    return Bucketing(
+        feed.name, feed.columns[0], tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
     )
 
 

@@ -47,6 +47,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "no_cache": (bool,),
     "strategy": (str,),
     "cpu_replicas": (int,),
+    "buckets": (int, str),
     "profile": (str,),
     "profiles": (dict,),
 }

@@ -112,6 +112,11 @@ def _plan_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument(
         "--cpu-replicas", type=int, metavar="N", help="split the CPU into N logical devices"
     )
+    p.add_argument(
+        "--buckets",
+        metavar="N|off",
+        help="length buckets for a None-length input (default: up to 8; off: pad all alike)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p)
     if not required:
@@ -124,6 +129,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "target": args.target,
         "maxlen": args.maxlen,
+        "buckets": args.buckets,
         "padding": args.padding,
         "truncating": args.truncating,
         "budget": args.budget,

@@ -7,6 +7,9 @@ WORKERS = 2  # parallel batch builders
 # and the raw text of the block being parsed.
 STREAM_CACHE_BLOCKS = 5
 INDEX_BYTES_PER_SAMPLE = 8  # in-memory mode's per-epoch permutation (int64)
+# Length buckets: every row's bucket (int8), the epoch's batches (int64 rows) and the
+# permutation they are cut from while an epoch's order is built.
+BUCKET_INDEX_BYTES_PER_SAMPLE = 24
 # Reading one Parquet row group and padding it peaks at about this many times the group's
 # uncompressed size (measured: 100,000 rows × 256 float32, 98 MiB, peaked 615 MiB: Arrow's
 # read buffers, the flattened values, the padded block). Each batch builder and the

@@ -24,6 +24,9 @@ class KerasFeed:
 
     footprint: Footprint
     streams: list[BatchSource] = field(default_factory=list)
+    # Inputs whose length changes from batch to batch (length buckets): fed as None-long,
+    # so Keras traces one training function for every bucket.
+    flexible: frozenset[str] = frozenset()
 
     @property
     def single_input(self) -> str | None:
@@ -62,7 +65,9 @@ class KerasFeed:
         def load(i: Any) -> Any:
             outs = tf.numpy_function(get, [i], [tf.as_dtype(f.dtype) for f in feeds])
             arrays = {
-                f.name: tf.ensure_shape(o, (None, *f.shape))
+                f.name: tf.ensure_shape(
+                    o, (None, None, *f.shape[1:]) if f.name in self.flexible else (None, *f.shape)
+                )
                 for f, o in zip(feeds, outs, strict=True)
             }
             names = [f.name for f in feeds]

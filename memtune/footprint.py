@@ -45,6 +45,7 @@ class Feed:
     shape: tuple[int, ...]
     dtype: str
     sequence: bool
+    flexible: bool = False  # the model declares its length None: it may be bucketed
 
     @property
     def nbytes(self) -> int:
@@ -168,7 +169,7 @@ def _sequence_feed(
     length = _sequence_length(spec.name, column, dims[0], info, maxlen, notes)
     shape = (length,) if len(dims) == 1 else (length, 1)
     dtype = info.columns[column].dtype
-    return Feed(spec.name, role, (column,), shape, dtype, True)
+    return Feed(spec.name, role, (column,), shape, dtype, True, flexible=dims[0] is None)
 
 
 def _scalar_feed(

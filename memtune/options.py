@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from memtune.data.buckets import DEFAULT_BUCKETS
 from memtune.distribute import STRATEGIES
 from memtune.errors import MemtuneError
 from memtune.footprint import parse_maxlen
@@ -38,6 +39,7 @@ class Options:
     validation_split: float | None = None
     strategy: str = "auto"
     cpu_replicas: int | None = None
+    buckets: int = DEFAULT_BUCKETS  # length buckets of a None-length input; 0: off
 
     def plan_options(self, has_sequences: bool) -> PlanOptions:
         return PlanOptions(
@@ -127,4 +129,20 @@ def make_options(**kwargs: Any) -> Options:
         validation_split=None if split is None else float(split),
         strategy=strategy,
         cpu_replicas=_positive_int("--cpu-replicas", kwargs.get("cpu_replicas")),
+        buckets=_buckets(kwargs.get("buckets")),
     )
+
+
+def _buckets(value: Any) -> int:
+    """``--buckets N`` (at most N buckets), ``off`` (or 0 / False), or None (the default)."""
+    if value is None or value is True:
+        return DEFAULT_BUCKETS
+    if value is False or str(value).strip().lower() in ("off", "0"):
+        return 0
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        raise MemtuneError(f"--buckets {value!r}: expected a positive integer or off") from None
+    if count < 1:
+        raise MemtuneError(f"--buckets {value!r}: expected a positive integer or off")
+    return count

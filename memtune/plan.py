@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from memtune.constants import (
     BLOCK_ROWS,
+    BUCKET_INDEX_BYTES_PER_SAMPLE,
     DECODE_FACTOR,
     INDEX_BYTES_PER_SAMPLE,
     NOISE_FLOOR,
@@ -40,6 +41,17 @@ class Trial:
     batch_size: int
     peak_bytes: int
     exceeded: bool = False
+    length: int | None = None  # a length bucket's trial: the input padded to this, not all
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One length bucket: rows up to ``length`` long, padded to it, trained ``batch_size``
+    at a time; ``samples`` of the training rows fall in it."""
+
+    length: int
+    batch_size: int
+    samples: int
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,13 @@ class PlanOptions:
     replicas: int = 1  # in sync, over every worker
     workers: int = 1
     worker_index: int = 0
+    # Length buckets of the one None-length input: (length, samples) ascending, the last
+    # the longest row; ``bucket_scale[k]``: one sample of bucket k's memory growth as a
+    # share of one at the full padded length (measured, or tokens when unverified).
+    buckets: tuple[tuple[int, int], ...] = ()
+    bucket_scale: tuple[float, ...] = ()
+    pad_length: int = 0  # what every row is padded to without buckets
+    real_tokens: int = 0  # the bucketed input's tokens that are not padding, per epoch
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,25 @@ class Plan:
     workers: int = 1
     worker_index: int = 0
     largest_safe_batch_size: int = 0  # the memory bound alone, before the step floor
+    buckets: list[Bucket] = field(default_factory=list)  # by length; [] when not bucketed
+    pad_length: int = 0  # the bucketed input's length without buckets
+    real_tokens: int = 0  # its tokens that are not padding, per epoch
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """Tokens of the bucketed input fed per epoch (real and padding): without buckets,
+        with them."""
+        return (
+            self.pad_length * sum(b.samples for b in self.buckets),
+            sum(b.length * b.samples for b in self.buckets),
+        )
+
+    @property
+    def padding_cut(self) -> float:
+        """The share of padding tokens the buckets remove."""
+        without, with_ = self.tokens
+        padding = without - self.real_tokens
+        return (without - with_) / padding if padding > 0 else 0.0
 
     @property
     def effective_batch_size(self) -> int:
@@ -137,6 +175,7 @@ class Plan:
             "predicted_peak_bytes": self.predicted_peak_bytes,
             "trials": [
                 {"batch_size": t.batch_size, "peak_bytes": t.peak_bytes, "exceeded": t.exceeded}
+                | ({"length": t.length} if t.length is not None else {})
                 for t in self.trials
             ],
             "reasons": list(self.reasons),
@@ -146,7 +185,21 @@ class Plan:
             "workers": self.workers,
             "worker_index": self.worker_index,
             "largest_safe_batch_size": self.largest_safe_batch_size,
-        }
+        } | (
+            {
+                "buckets": [
+                    {"length": b.length, "batch_size": b.batch_size, "samples": b.samples}
+                    for b in self.buckets
+                ],
+                "tokens": {
+                    "real": self.real_tokens,
+                    "without_buckets": self.tokens[0],
+                    "with_buckets": self.tokens[1],
+                },
+            }
+            if self.buckets
+            else {}
+        )
 
 
 def resolve_device(probe: Probe, device: str, *, virtual: bool = False) -> str:
@@ -269,8 +322,10 @@ def make_plan(
     usable = int(budget.budget_bytes * (1 - options.safety))
     dataset = num_samples * per_sample_bytes
 
+    index = BUCKET_INDEX_BYTES_PER_SAMPLE * num_samples if options.buckets else 0
+
     def host_extra(mode: Mode, batch: int) -> int:
-        return pipeline_bytes(
+        return index + pipeline_bytes(
             mode,
             batch * options.local_replicas,
             num_samples=num_samples + options.held_out,
@@ -299,6 +354,7 @@ def make_plan(
             return extra(options.mode)(b)
         return min(extra("streaming")(b), extra("in-memory")(b))
 
+    fits = 0
     if options.batch_size is not None:
         batch = options.batch_size
         accumulation = 1
@@ -391,6 +447,23 @@ def make_plan(
             f"{options.strategy} strategy, {options.replicas} replicas{where}: batch {batch} per "
             f"replica, global batch {batch * options.replicas}"
         )
+    buckets: list[Bucket] = []
+    if options.buckets and options.batch_size is None:
+        buckets = _bucket_batches(batch, fits, mode, num_samples, options)
+        sizes = ", ".join(f"{b.length}: {b.batch_size:,}" for b in buckets)
+        how = "measured" if curve.source == "measured" else "tokens, unverified"
+        without = options.pad_length * sum(b.samples for b in buckets)
+        with_ = sum(b.length * b.samples for b in buckets)
+        padding = without - options.real_tokens
+        cut = (without - with_) / padding if padding > 0 else 0.0
+        reasons.append(
+            f"{len(buckets)} length buckets (length: batch) {sizes}; each bucket's batch grows "
+            f"as its samples' memory shrinks ({how}); {cut:.0%} of the padding is gone"
+        )
+        reasons.append(
+            "Keras averages the loss over each batch: a step of a short bucket weighs as much "
+            "as one of the longest, so a short row counts for less per sample"
+        )
     predicted = peak + extra(mode)(batch)
     if curve.source == "measured":
         noise = max(NOISE_FLOOR, int(NOISE_SHARE * predicted))
@@ -418,11 +491,42 @@ def make_plan(
         trials=list(trials or []),
         reasons=reasons,
         largest_safe_batch_size=largest_safe,
+        buckets=buckets,
+        pad_length=options.pad_length if buckets else 0,
+        real_tokens=options.real_tokens if buckets else 0,
         strategy=options.strategy,
         replicas=options.replicas,
         workers=options.workers,
         worker_index=options.worker_index,
     )
+
+
+def _bucket_batches(
+    batch: int, fits: int, mode: Mode, num_samples: int, options: PlanOptions
+) -> list[Bucket]:
+    """Each bucket's batch: as many of its samples as take the memory the longest bucket's
+    batch may take — the memory bound (``fits`` samples at the full length), the trials'
+    reach and the step floor, each divided by the bucket's memory share — then capped by
+    ``--max-batch-size``, the bucket's own samples and, when streaming, the block a batch
+    is cut from. Never below the longest bucket's batch."""
+    equal = [fits]  # in samples at the full length
+    plain = []  # in samples of the bucket
+    if options.verified_cap is not None:
+        equal.append(options.verified_cap)
+    if options.max_batch_size is not None:
+        plain.append(options.max_batch_size)
+    else:
+        equal.append(max(1, num_samples // MIN_STEPS))
+    if mode == "streaming":
+        plain.append(max(BLOCK_ROWS, batch))
+    out = []
+    for (length, samples), scale in zip(options.buckets, options.bucket_scale, strict=True):
+        share = min(1.0, max(scale, 1e-6))
+        limit = [math.floor(e / share) for e in equal] + plain + [max(samples, 1)]
+        out.append(Bucket(length, max(batch, min(limit)), samples))
+    last = out[-1]
+    out[-1] = Bucket(last.length, batch, last.samples)
+    return out
 
 
 def _in_memory_refused(need: int, usable: int, dataset: int) -> str:

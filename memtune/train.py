@@ -21,11 +21,15 @@ from memtune.constants import BLOCK_ROWS
 from memtune.data.blocks import Block
 from memtune.data.pipeline import (
     BatchSource,
+    BucketedBatches,
+    Bucketing,
     EvenBatches,
     InMemoryBatches,
     Layout,
     StreamingBatches,
     blocks_of,
+    bucketed_in_memory,
+    bucketed_streaming,
     load_in_memory,
     row_range,
     split_blocks,
@@ -242,7 +246,8 @@ def _fit_data(
     layout = layout_for(prepared.info, prepared.footprint, opts)
     split = opts.validation_split if val_layout is None else None
     batch = plan.batch_size * topology.local_replicas
-    block_rows = max(batch, BLOCK_ROWS)
+    bucketing = _bucketing(prepared)
+    block_rows = max(batch, BLOCK_ROWS, *(bucketing.sizes if bucketing else ()))
     workers, index = topology.workers, topology.worker_index
     blocks = worker_blocks(prepared.info, workers, index, block_rows)
     if workers > 1:
@@ -262,12 +267,24 @@ def _fit_data(
         n = cut = prepared.info.num_samples
         if split:  # the last rows, as Keras's validation_split takes them
             cut = int(n * (1 - split))
-        train: BatchSource = InMemoryBatches(
-            row_range(inputs, 0, cut),
-            row_range(targets, 0, cut),
-            batch,
-            shuffle=shuffle,
-            seed=seed,
+        train: BatchSource = (
+            bucketed_in_memory(
+                layout,
+                blocks,
+                row_range(inputs, 0, cut),
+                row_range(targets, 0, cut),
+                bucketing,
+                shuffle=shuffle,
+                seed=seed,
+            )
+            if bucketing is not None
+            else InMemoryBatches(
+                row_range(inputs, 0, cut),
+                row_range(targets, 0, cut),
+                batch,
+                shuffle=shuffle,
+                seed=seed,
+            )
         )
         held: BatchSource | None = None
         if split:
@@ -276,7 +293,11 @@ def _fit_data(
         held_blocks: list[Block] = []
         if split:  # whole trailing shards
             blocks, held_blocks = split_blocks(blocks, split)
-        train = StreamingBatches(layout, blocks, batch, shuffle=shuffle, seed=seed)
+        train = (
+            bucketed_streaming(layout, blocks, bucketing, shuffle=shuffle, seed=seed)
+            if bucketing is not None
+            else StreamingBatches(layout, blocks, batch, shuffle=shuffle, seed=seed)
+        )
         held = StreamingBatches(layout, held_blocks, batch) if held_blocks else None
     kwargs: dict[str, Any] = {}
     if held is not None:
@@ -290,6 +311,20 @@ def _fit_data(
         )
         kwargs["validation_data"] = feed.stream(source)
     return kwargs, train
+
+
+def _bucketing(prepared: Prepared) -> Bucketing | None:
+    """The plan's length buckets as the pipeline takes them (None: not bucketed)."""
+    plan = prepared.plan
+    if not plan.buckets:
+        return None
+    feed = next(f for f in prepared.footprint.inputs if f.flexible)
+    return Bucketing(
+        feed.name,
+        feed.columns[0],
+        tuple(b.length for b in plan.buckets),
+        tuple(b.batch_size for b in plan.buckets),
+    )
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -311,9 +346,12 @@ def _train(
     plan, model = prepared.plan, prepared.model
     topology, strategy = distributed
     local = topology.local_replicas
-    feed = KerasFeed(prepared.footprint)
+    flexible = frozenset(f.name for f in prepared.footprint.inputs if f.flexible)
+    feed = KerasFeed(prepared.footprint, flexible=flexible if plan.buckets else frozenset())
     shuffle, seed = bool(extra.get("shuffle", True)), extra.get("seed")
     val_kwargs, train = _fit_data(prepared, val_layout, feed, shuffle, seed, topology)
+    if isinstance(train, BucketedBatches):  # the dashboard and the trace show the bucket
+        _each(callbacks, "bucketed", train.step_bucket)
     if topology.strategy == "multiworker":
         distribute.build_for_multiworker(model, strategy, feed.pair(*train[0]))
     epochs, save = run.epochs, run.save
@@ -453,6 +491,8 @@ def _recover(
     the epoch reached (doubling accumulation, so the effective batch holds, where Keras can
     accumulate), or stop with what to try when it cannot. Returns the change record."""
     what = f"{exc.reason} ({exc})" if isinstance(exc, MemoryOverrun) else "out of memory"
+    if isinstance(train, BucketedBatches):
+        return _recover_bucket(what, exc, train, progress, accumulation, planned)
     local = topology.local_replicas
     batch = train.batch_size // local  # per replica
     if topology.strategy == "multiworker":
@@ -474,6 +514,40 @@ def _recover(
         "sample": done,
         "from": batch,
         "to": batch // 2,
+        "gradient_accumulation_steps": accumulation,
+        "reason": getattr(exc, "reason", "out of memory"),
+    }
+
+
+def _recover_bucket(
+    what: str,
+    exc: BaseException,
+    train: BucketedBatches,
+    progress: Any,
+    accumulation: int,
+    planned: int,
+) -> dict[str, Any]:
+    """Recovery with length buckets: halve the batch of the bucket whose step overran, keep
+    the other buckets' batches. The guard reads memory after a step ends (that step
+    overran, and its rows were trained); TensorFlow's OOM stops the step after the last
+    one that ended."""
+    after = isinstance(exc, MemoryOverrun)
+    step = min(max(0, progress.steps - 1) if after else progress.steps, len(train) - 1)
+    bucket = train.bucket_of(step)
+    batch = train.sizes[bucket]
+    length = train.bucketing.lengths[bucket]
+    if batch == 1:
+        raise TrainingFailed(
+            f"{what} even at batch 1 in the length-{length} bucket (planned {planned} for the "
+            "longest); try a smaller --maxlen, mixed precision or more memory"
+        ) from exc
+    done = train.shrink(bucket, batch // 2, epoch=progress.epoch, done_batches=progress.steps)
+    return {
+        "epoch": progress.epoch,
+        "sample": done,
+        "from": batch,
+        "to": batch // 2,
+        "bucket_length": length,
         "gradient_accumulation_steps": accumulation,
         "reason": getattr(exc, "reason", "out of memory"),
     }

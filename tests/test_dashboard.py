@@ -61,6 +61,14 @@ def test_render_golden() -> None:
     )
 
 
+def test_a_bucketed_run_shows_the_current_bucket() -> None:
+    state = DashboardState(epochs=1, step=2, steps=9, batch_size=64, bucket=(120, 410))
+    state.samples_per_second = 900.0
+    history = [Sample(0, 300 * MiB, 2048 * MiB, (), ())]
+    head = text_of(render(state, history, 300 * MiB)).splitlines()[0]
+    assert head == "memtune — epoch 1/1  step 2/9  900 samples/s  bucket ≤120: batch 410"
+
+
 def test_sparkline_scales_to_the_runs_own_range() -> None:
     gib = 1024 * MiB
     rss = [600 * MiB, 650 * MiB, 700 * MiB]

@@ -13,7 +13,7 @@ import contextlib
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +22,7 @@ import numpy as np
 
 from memtune.constants import BLOCK_ROWS
 from memtune.data.blocks import Block, make_blocks, read_block
+from memtune.data.buckets import BucketOrder, bucket_ids
 from memtune.data.cells import Ragged
 from memtune.data.padding import Side, pad
 from memtune.data.scan import DataInfo
@@ -30,6 +31,7 @@ from memtune.errors import MemtuneError
 from memtune.footprint import Feed, Footprint
 
 Arrays = dict[str, np.ndarray]
+Cut = tuple[str, slice] | None  # one array's columns to keep (a length bucket's), or all
 
 
 @dataclass(frozen=True)
@@ -304,13 +306,19 @@ class StreamingBatches:
         """Positions ``lo:hi`` of this epoch's order, as one batch."""
         return self._gather(self.order.pieces(lo, hi))
 
-    def _gather(self, pieces: list[tuple[int, np.ndarray]]) -> tuple[Arrays, Arrays]:
+    def _gather(
+        self, pieces: list[tuple[int, np.ndarray]], cut: Cut = None
+    ) -> tuple[Arrays, Arrays]:
+        """The rows of ``pieces`` as one batch; ``cut``: one input's columns only."""
         parts = [(self._padded(block), rows) for block, rows in pieces]
         if len(parts) == 1:
             (inputs, targets), rows = parts[0]
-            return _take(inputs, rows), _take(targets, rows)
+            return _take(inputs, rows, cut), _take(targets, rows)
         return (
-            {k: np.concatenate([p[0][k][r] for p, r in parts]) for k in parts[0][0][0]},
+            {
+                k: np.concatenate([_rows(p[0][k], r, k, cut) for p, r in parts])
+                for k in parts[0][0][0]
+            },
             {k: np.concatenate([p[1][k][r] for p, r in parts]) for k in parts[0][0][1]},
         )
 
@@ -469,13 +477,188 @@ def row_range(arrays: Arrays, lo: int, hi: int | None = None) -> Arrays:
     return {k: v[lo:hi] for k, v in arrays.items()}
 
 
-def _take(arrays: Arrays, rows: np.ndarray) -> Arrays:
-    """Rows of every array: a view for an ascending run (unshuffled), else a copy."""
+def _take(arrays: Arrays, rows: np.ndarray, cut: Cut = None) -> Arrays:
+    """Rows of every array: a view for an ascending run (unshuffled), else a copy; ``cut``
+    keeps only some columns of one array (copying just those)."""
     n = rows.shape[0]
     if n and int(rows[-1]) - int(rows[0]) + 1 == n and np.all(np.diff(rows) == 1):
-        lo = int(rows[0])
-        return {k: v[lo : lo + n] for k, v in arrays.items()}
-    return {k: v[rows] for k, v in arrays.items()}
+        run = slice(int(rows[0]), int(rows[0]) + n)
+        return {k: v[run, cut[1]] if cut and k == cut[0] else v[run] for k, v in arrays.items()}
+    return {k: _rows(v, rows, k, cut) for k, v in arrays.items()}
+
+
+def _rows(values: np.ndarray, rows: np.ndarray, name: str, cut: Cut) -> np.ndarray:
+    return values[rows, cut[1]] if cut and name == cut[0] else values[rows]
+
+
+Pieces = list[tuple[int, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Bucketing:
+    """Length buckets of one input: its name, boundaries, and each bucket's batch."""
+
+    feed: str
+    column: str
+    lengths: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+
+class BucketedBatches:
+    """Batches of one length bucket each, cut to that bucket's length (``data.buckets``).
+
+    Rows are held padded to the full length — the in-memory arrays, or the streaming block
+    cache — and a batch copies only the bucket's last (``pre`` padding) or first (``post``)
+    columns of the bucketed input, which hold every token of a row no longer than that.
+    """
+
+    def __init__(
+        self,
+        gather: Callable[[Pieces, Cut], tuple[Arrays, Arrays]],
+        order: BucketOrder,
+        bucketing: Bucketing,
+        padding: Side,
+        read_ahead: Callable[[int], None] | None = None,
+    ) -> None:
+        self.gather, self.order, self.bucketing = gather, order, bucketing
+        self.padding = padding
+        self.read_ahead = read_ahead
+        self.num_samples = order.total
+        self.failure: MemtuneError | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.order.batch_size
+
+    @property
+    def sizes(self) -> list[int]:
+        return list(self.order.sizes)
+
+    @property
+    def position(self) -> int:
+        return self.order.start
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def bucket_of(self, i: int) -> int:
+        return self.order.bucket_of(i)
+
+    def step_bucket(self, i: int) -> tuple[int, int]:
+        """Batch ``i`` of this epoch's listing: its bucket's length and its rows."""
+        if not 0 <= i < len(self):
+            return 0, 0
+        batch = self.order.batches[i]
+        return self.bucketing.lengths[batch.bucket], batch.rows
+
+    def resize(self, batch_size: int, *, epoch: int, start: int) -> None:
+        """Every bucket's batch scaled with the longest's (a resumed run at a smaller batch)."""
+        if start:
+            raise MemtuneError("a bucketed run resizes one bucket at a time (shrink)")
+        self.order.epoch = epoch
+        self.order.scale(batch_size)
+
+    def shrink(self, bucket: int, size: int, *, epoch: int, done_batches: int) -> int:
+        """Bucket ``bucket``'s batch becomes ``size`` after ``done_batches`` trained batches
+        of ``epoch``; returns the samples of the epoch already trained."""
+        return self.order.shrink(bucket, size, epoch=epoch, done_batches=done_batches)
+
+    def __getitem__(self, i: int) -> tuple[Arrays, Arrays]:
+        pieces = self.order.batch(i)
+        following = self.order.block_after(i)
+        if following is not None and self.read_ahead is not None:
+            self.read_ahead(following)
+        length = self.bucketing.lengths[self.order.bucket_of(i)]
+        columns = slice(-length, None) if self.padding == "pre" else slice(0, length)
+        return self.gather(pieces, (self.bucketing.feed, columns))
+
+    def __iter__(self) -> Iterator[tuple[Arrays, Arrays]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def row_buckets(layout: Layout, blocks: list[Block], bucketing: Bucketing) -> np.ndarray:
+    """The bucket of every row of ``blocks``, in order, from the scan's lengths."""
+    info = layout.info
+    lengths = info.column(bucketing.column).lengths
+    if lengths is None:
+        raise MemtuneError(f"column {bucketing.column!r} holds no sequences to bucket")
+    pad_length = next(f.shape[0] for f in layout.footprint.inputs if f.name == bucketing.feed)
+    firsts = first_rows(info, blocks)
+    parts = [lengths[first : first + b.rows] for first, b in zip(firsts, blocks, strict=True)]
+    joined = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    ids = bucket_ids(joined, pad_length, list(bucketing.lengths))
+    beyond = np.flatnonzero(ids >= len(bucketing.lengths))
+    if beyond.size:
+        raise MemtuneError(
+            f"column {bucketing.column!r}: a row {int(joined[beyond[0]])} long is past the "
+            f"longest bucket ({bucketing.lengths[-1]})"
+        )
+    return ids
+
+
+def first_rows(info: DataInfo, blocks: list[Block]) -> list[int]:
+    """Each block's first row as a row of the whole data (shards in order)."""
+    offsets = np.concatenate([[0], np.cumsum(info.shard_rows)[:-1]])
+    index = {id(shard): k for k, shard in enumerate(info.source.shards)}
+    return [int(offsets[index[id(b.shard)]]) + b.start for b in blocks]
+
+
+def bucketed_in_memory(
+    layout: Layout,
+    blocks: list[Block],
+    inputs: Arrays,
+    targets: Arrays,
+    bucketing: Bucketing,
+    *,
+    shuffle: bool = False,
+    seed: int | None = None,
+) -> BucketedBatches:
+    """Bucketed batches over the rows of ``blocks`` already padded in memory (``inputs``,
+    ``targets``: their rows in order, possibly only the first of them)."""
+    n = next(iter(inputs.values())).shape[0]
+    ids = row_buckets(layout, blocks, bucketing)[:n]
+    order = BucketOrder([n], ids, list(bucketing.sizes), shuffle=shuffle, seed=seed)
+
+    def gather(pieces: Pieces, cut: Cut) -> tuple[Arrays, Arrays]:
+        ((_, rows),) = pieces
+        return _take(inputs, rows, cut), _take(targets, rows)
+
+    return BucketedBatches(gather, order, bucketing, layout.padding)
+
+
+def bucketed_streaming(
+    layout: Layout,
+    blocks: list[Block],
+    bucketing: Bucketing,
+    *,
+    shuffle: bool = False,
+    seed: int | None = None,
+) -> BucketedBatches:
+    """Bucketed batches read lazily: each window of two blocks' rows (the largest bucket
+    batch is at most a block) is batched by bucket; the cache holds a window, the blocks
+    read ahead and one spare."""
+    block_rows = max((b.rows for b in blocks), default=1)
+    smallest = min((b.rows for b in blocks), default=1)
+    window = 2 * block_rows
+    ids = row_buckets(layout, blocks, bucketing)
+    order = BucketOrder(
+        [b.rows for b in blocks],
+        ids,
+        list(bucketing.sizes),
+        shuffle=shuffle,
+        seed=seed,
+        window_rows=window,
+    )
+    source = StreamingBatches(
+        layout, blocks, 1, cache_blocks=math.ceil(window / max(smallest, 1)) + 3
+    )
+    return BucketedBatches(
+        source._gather, order, bucketing, layout.padding, read_ahead=source._read_ahead
+    )
 
 
 def split_blocks(blocks: list[Block], fraction: float) -> tuple[list[Block], list[Block]]:
@@ -509,13 +692,24 @@ def batches(
     mode: str = "streaming",
     shuffle: bool = False,
     seed: int | None = None,
+    bucketing: Bucketing | None = None,
 ) -> Iterator[tuple[Arrays, Arrays]]:
-    """One epoch of ``(inputs, targets)`` numpy batches, dicts keyed by name."""
-    blocks = blocks_of(layout.info, max(BLOCK_ROWS, batch_size))
+    """One epoch of ``(inputs, targets)`` numpy batches, dicts keyed by name; with
+    ``bucketing``, each batch one bucket's rows at that bucket's batch and length."""
+    largest = max(bucketing.sizes) if bucketing else batch_size
+    blocks = blocks_of(layout.info, max(BLOCK_ROWS, largest))
+    if mode not in ("streaming", "in-memory"):
+        raise MemtuneError(f"mode {mode!r}: expected in-memory or streaming")
     if mode == "streaming":
+        if bucketing is not None:
+            yield from bucketed_streaming(layout, blocks, bucketing, shuffle=shuffle, seed=seed)
+            return
         yield from StreamingBatches(layout, blocks, batch_size, shuffle=shuffle, seed=seed)
         return
-    if mode != "in-memory":
-        raise MemtuneError(f"mode {mode!r}: expected in-memory or streaming")
     inputs, targets = load_in_memory(layout, blocks)
+    if bucketing is not None:
+        yield from bucketed_in_memory(
+            layout, blocks, inputs, targets, bucketing, shuffle=shuffle, seed=seed
+        )
+        return
     yield from InMemoryBatches(inputs, targets, batch_size, shuffle=shuffle, seed=seed)

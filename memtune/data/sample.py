@@ -14,7 +14,7 @@ import numpy as np
 
 from memtune.constants import BLOCK_ROWS
 from memtune.data.blocks import Block
-from memtune.data.pipeline import Arrays, Layout, _release_arrow_memory, blocks_of
+from memtune.data.pipeline import Arrays, Layout, _release_arrow_memory, blocks_of, first_rows
 
 
 def trial_rows(layout: Layout, batch_size: int) -> tuple[Arrays, Arrays]:
@@ -45,9 +45,47 @@ def trial_rows(layout: Layout, batch_size: int) -> tuple[Arrays, Arrays]:
     return inputs, targets
 
 
-def write_trial_rows(layout: Layout, batch_size: int, path: Path) -> Path:
-    """:func:`trial_rows` saved as ``.npz`` (``in:NAME`` / ``out:NAME``) for a trial child."""
-    inputs, targets = trial_rows(layout, batch_size)
+def short_rows(layout: Layout, batch_size: int, feed: str, length: int) -> tuple[Arrays, Arrays]:
+    """``batch_size`` real rows no longer than ``length`` in input ``feed`` (repeated if
+    fewer), the longest of them included, with ``feed`` cut to ``length``: what a batch of
+    the bucket at ``length`` holds."""
+    spec = next(f for f in layout.footprint.inputs if f.name == feed)
+    (column,) = spec.columns
+    found = layout.info.column(column).lengths
+    assert found is not None
+    lengths = np.minimum(found.astype(np.int64), spec.shape[0])
+    fits = np.flatnonzero(lengths <= length)
+    if fits.size == 0:
+        fits = np.array([int(np.argmin(lengths))])
+    longest = fits[int(np.argmax(lengths[fits]))]
+    wanted = np.resize(fits[:batch_size], batch_size)
+    wanted[0] = longest
+    blocks = blocks_of(layout.info, BLOCK_ROWS)
+    inputs, targets = layout.empty(batch_size)
+    for block, first in zip(blocks, first_rows(layout.info, blocks), strict=True):
+        mine = np.flatnonzero((wanted >= first) & (wanted < first + block.rows))
+        if mine.size == 0:
+            continue
+        part = layout.block(block)
+        for s, d in zip(part, (inputs, targets), strict=True):
+            for name, values in s.items():
+                d[name][mine] = values[wanted[mine] - first]
+    _release_arrow_memory()
+    full = inputs[feed]
+    cut = full[:, -length:] if layout.padding == "pre" else full[:, :length]
+    inputs[feed] = np.ascontiguousarray(cut)
+    return inputs, targets
+
+
+def write_trial_rows(
+    layout: Layout, batch_size: int, path: Path, *, bucket: tuple[str, int] | None = None
+) -> Path:
+    """:func:`trial_rows` saved as ``.npz`` (``in:NAME`` / ``out:NAME``) for a trial child;
+    ``bucket`` (input, length): :func:`short_rows` instead."""
+    if bucket is None:
+        inputs, targets = trial_rows(layout, batch_size)
+    else:
+        inputs, targets = short_rows(layout, batch_size, *bucket)
     arrays = {f"in:{k}": v for k, v in inputs.items()} | {f"out:{k}": v for k, v in targets.items()}
     with open(path, "wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]

@@ -28,6 +28,9 @@ class ColumnInfo:
     is_int: bool
     max_len: int  # longest sequence; 1 for scalars
     longest_at: tuple[int, int] = (0, 0)  # (shard, row in shard) of the longest sequence
+    # Every row's sequence length, in shard and row order (sequence columns only): what
+    # length buckets are cut from. 1-4 B a row.
+    lengths: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def dtype(self) -> str:
@@ -55,6 +58,8 @@ def scan(data: object) -> DataInfo:
     infos: dict[str, ColumnInfo] = {}
     shard_rows: list[int] = []
     warnings: list[str] = []
+    # Per column, each chunk's lengths (a scalar chunk: its row count, each row 1 long).
+    lengths: dict[str, list[np.ndarray | int]] = {}
     for index, shard in enumerate(source.shards):
         names = shard_columns(shard)
         if not names:
@@ -82,14 +87,34 @@ def scan(data: object) -> DataInfo:
                     chunk, name, where=shard.label, first_row=first_row, sequence=sequence
                 )
                 infos[name] = _merge(info, name, values, (index, first_row))
+                lengths.setdefault(name, []).append(
+                    _compact(values.lengths) if isinstance(values, Ragged) else len(values)
+                )
         if rows == 0:
             warnings.append(f"{shard.label}: empty shard skipped")
         shard_rows.append(rows)
     if header is None or sum(shard_rows) == 0:
         raise MemtuneError(f"data {source.label!r} holds no rows")
     # A column first seen as scalars and later as lists is a sequence column everywhere.
-    columns = {name: infos[name] for name in header}
+    columns = {
+        name: replace(infos[name], lengths=_joined(lengths[name]))
+        if infos[name].sequence
+        else infos[name]
+        for name in header
+    }
     return DataInfo(source, columns, sum(shard_rows), tuple(shard_rows), warnings)
+
+
+def _compact(lengths: np.ndarray) -> np.ndarray:
+    """Lengths in the smallest unsigned type that holds them (1-4 B a row)."""
+    top = int(lengths.max()) if lengths.size else 0
+    kind = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32
+    return lengths.astype(kind)
+
+
+def _joined(parts: list[np.ndarray | int]) -> np.ndarray:
+    arrays = [p if isinstance(p, np.ndarray) else np.ones(p, np.uint8) for p in parts]
+    return _compact(np.concatenate(arrays)) if arrays else np.zeros(0, np.uint8)
 
 
 def _merge(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -128,11 +129,14 @@ class Trials:
     def __init__(self, s: Setup, spec: TrialSpec, folder: Path) -> None:
         self.s, self.spec, self.folder = s, spec, folder
         self.fresh: dict[int, Trial] = {}  # measured by this run (the anchor)
+        self.extra: list[Trial] = []  # trials at other lengths (buckets), as measured
+        self.drifted = False  # the anchor moved or dropped the cache: measure lengths anew
+        self.length: int | None = None  # a length bucket's trials: the input's length
 
     def run(self, batch: int, *, keep: bool = True) -> Trial:
         """A new trial, bypassing the cache (which it then updates if ``keep``)."""
         s = self.s
-        progress.report("trial", batch=batch, limit=child_share(s))
+        progress.report("trial", batch=batch, limit=child_share(s), length=self.length)
         spec = self.spec
         if s.rows is not None:
             rows = s.rows(batch * s.cpu_replicas, self.folder / f"rows-{batch}.npz")
@@ -149,7 +153,12 @@ class Trials:
         if trial is None:
             trial = self.run(batch)
         progress.report(
-            "trial_done", batch=batch, peak=trial.peak_bytes, exceeded=trial.exceeded, cached=cached
+            "trial_done",
+            batch=batch,
+            peak=trial.peak_bytes,
+            exceeded=trial.exceeded,
+            cached=cached,
+            length=self.length,
         )
         return _in_fit(s, trial)
 
@@ -170,6 +179,7 @@ class Trials:
             cached=False,
         )
         if now.exceeded:  # memory is tighter than when the cache was written: measure anew
+            self.drifted = True
             self.s.cache.clear()
             return (
                 f"a fresh trial at batch {old.batch_size} passed its limit where the cache "
@@ -183,6 +193,7 @@ class Trials:
         )
         if abs(delta) <= noise:  # the cache's own value stays: the same search, the same plan
             return f"{said}: within the noise (± {format_bytes(noise)}), the cache holds"
+        self.drifted = True
         self.fresh[now.batch_size] = now
         self.s.cache.put(now)
         self.s.cache.shift(delta, keep=now.batch_size)
@@ -217,12 +228,101 @@ def one_trial(model: Any, s: Setup, batch: int) -> Trial | None:
         return None if measure is None else measure(batch)
 
 
+@dataclass(frozen=True)
+class LengthTrial:
+    """A trial at a shorter padded length of the bucketed input ``feed``: rows no longer
+    than ``length`` (written by ``rows``), so memory is known over batch × length."""
+
+    feed: str
+    length: int
+    pad_length: int
+    boundaries: tuple[int, ...]
+    samples: int  # rows in the shortest bucket: its batch never needs to be larger
+    rows: Callable[[int, Path], Path] | None
+
+
+def bucket_scale(
+    measure: Trials, s: Setup, lt: LengthTrial, curve: MemoryCurve, reach: int, notes: list[str]
+) -> tuple[float, ...]:
+    """Each bucket's per-sample memory as a share of a full-length sample's.
+
+    Trials at the shortest bucket's length: first at the batch a guess between token scaling
+    and none puts near ``reach`` (the full-length batch the plan may use); its peak, read
+    back on the full-length curve (noise added), gives that bucket's share. Then, when that
+    share gives the bucket a batch past the one measured, a trial at that batch verifies it
+    (the larger of the two shares is kept). Shares in between are interpolated linearly in
+    the length: exact for per-sample memory affine in the length; for a convex one
+    (attention) the line lies above, on the safe side. A first trial stopped at its limit
+    is tried once at half the batch; stopped again, no bucket gets more than the longest's
+    batch."""
+    short = lt.length
+    tokens = short / lt.pad_length
+    feeds = tuple(
+        replace(f, shape=(short, *f.shape[1:])) if f.name == lt.feed else f for f in s.feeds
+    )
+    cache = TrialCache(
+        f"{s.cache.key}/length{short}", enabled=s.cache.enabled, directory=s.cache.path.parent
+    )
+    if measure.drifted:  # its trials were measured in another period: measure anew
+        cache.clear()
+    mine = Trials(
+        replace(s, feeds=feeds, cache=cache, rows=lt.rows),
+        replace(measure.spec, feeds=feeds, num_samples=None),
+        measure.folder,
+    )
+    mine.length = short
+
+    def share(batch: int) -> tuple[Trial, float]:
+        """A trial at ``batch`` and the share its peak (plus noise) implies."""
+        trial = mine(batch)
+        measure.extra.append(
+            replace(trial, peak_bytes=trial.peak_bytes - s.parent_extra, length=short)
+        )
+        noise = max(NOISE_FLOOR, int(NOISE_SHARE * trial.peak_bytes))
+        equal = curve.largest_batch(trial.peak_bytes + noise)
+        return trial, min(1.0, max(tokens, equal / batch))
+
+    batch = max(1, math.floor(max(1, reach) / math.sqrt(tokens)))
+    trial, measured = share(batch)
+    if trial.exceeded and batch > 1:
+        batch //= 2
+        trial, measured = share(batch)
+    if trial.exceeded:
+        notes.append(
+            f"buckets: a trial at length {short}, batch {batch:,} passed its limit: no bucket "
+            "is given a larger batch than the longest"
+        )
+        return tuple(1.0 for _ in lt.boundaries)
+    said = (
+        f"buckets: a trial at length {short}, batch {batch:,} peaked at "
+        f"{format_bytes(trial.peak_bytes)}"
+    )
+    target = min(math.floor(reach / measured), lt.samples)
+    if target > batch * 1.05:
+        check, again = share(target)
+        measured = max(measured, again)
+        said += (
+            f"; at batch {target:,} it {'passed its limit at' if check.exceeded else 'peaked at'}"
+            f" {format_bytes(check.peak_bytes)}"
+        )
+    notes.append(
+        f"{said}: a sample of length {short} takes {measured:.0%} of the memory of one of "
+        f"{lt.pad_length} (read on the full-length curve, noise included)"
+    )
+    scale = []
+    for length in lt.boundaries:
+        at = measured + (1 - measured) * (length - short) / max(1, lt.pad_length - short)
+        scale.append(min(1.0, max(length / lt.pad_length, at)))
+    return tuple(scale)
+
+
 def measured_plan(
     model: Any,
     s: Setup,
     prior: MemoryCurve,
     plan_for: Callable[..., Plan],
     notes: list[str],
+    lengths: LengthTrial | None = None,
 ) -> tuple[Plan, MemoryCurve]:
     """Trials in child processes (cached) refine the prior; the choice lies on or near them."""
     with trials(model, s) as measure:
@@ -241,6 +341,12 @@ def measured_plan(
             lambda curve, cap: plan_for(curve, cap, within=within),
             lambda curve, cap: plan_for(curve, cap),
         )
+        scale = None
+        if lengths is not None:
+            reach = plan_for(result.curve, result.cap, within=within).largest_safe_batch_size
+            if result.cap is not None:
+                reach = min(reach, result.cap)
+            scale = bucket_scale(measure, s, lengths, result.curve, reach, result.notes)
     data = "the data's own rows, its longest included" if s.rows else "synthetic rows"
     summary = (
         f"{len(result.trials)} trial(s) measured in a child process on {data}, each "
@@ -253,10 +359,10 @@ def measured_plan(
             "trial process (data readers), which fit's process holds too"
         )
     notes.extend([*result.notes, summary, *([anchored] if anchored else [])])
-    plan = plan_for(result.curve, result.cap, notes)
+    plan = plan_for(result.curve, result.cap, notes, scale=scale)
     # The plan lists what each trial measured; the curve adds this process's share.
     measured = [replace(t, peak_bytes=t.peak_bytes - s.parent_extra) for t in result.trials]
-    return replace(plan, trials=measured), result.curve
+    return replace(plan, trials=measured + measure.extra), result.curve
 
 
 SLOPE_BATCHES = (8, 64)

@@ -37,6 +37,7 @@ class DashboardState:
     preparing: str = ""  # what happens before the first step (building, tracing)
     steps_per_second: float = 0.0  # shown when the batch size is unknown
     events: list[str] = field(default_factory=list)  # batch changes, newest last
+    bucket: tuple[int, int] | None = None  # the last step's (bucket length, rows)
 
 
 def sparkline(values: list[int], usable: int | None = None, width: int = 40) -> str:
@@ -75,7 +76,9 @@ def render(state: DashboardState, history: list[Sample], peak_rss: int) -> Rende
             eta = int(state.eta_seconds)
             head.append(f"  ETA {eta // 60}:{eta % 60:02d}")
         head.append(f"  {_rate(state)}")
-    if state.batch_size:
+    if state.bucket is not None:
+        head.append(f"  bucket ≤{state.bucket[0]}: batch {state.bucket[1]}")
+    elif state.batch_size:
         head.append(f"  batch {state.batch_size} × {state.accumulation}")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")

@@ -70,6 +70,7 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
         self._epoch_start = time.perf_counter()
         self._epoch_samples = 0
         self._epoch_steps = 0
+        self._bucket_of: Any = None  # step → (bucket length, rows) when the run is bucketed
 
     # ------------------------------------------------------------------ the view's life
 
@@ -111,6 +112,11 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
         self.state.preparing = "building the pipeline"
         self._open_view()
 
+    def bucketed(self, step_bucket: Any) -> None:
+        """memtune fit trains with length buckets: ``step_bucket(i)`` is step i's
+        (bucket length, rows) in the current epoch."""
+        self._bucket_of = step_bucket
+
     def run_finished(self) -> None:
         """The run ended (trained, failed or interrupted): close the view and the trace."""
         self._close_view()
@@ -148,7 +154,13 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
         self.state.preparing = ""
         self.state.step = self._offset + batch + 1
         self._epoch_steps += 1
-        self._epoch_samples += self.state.batch_size or 0
+        rows = self.state.batch_size or 0
+        bucket: dict[str, int] = {}
+        if self._bucket_of is not None:
+            length, rows = self._bucket_of(batch)
+            self.state.bucket = (length, rows)
+            bucket = {"bucket_length": length, "rows": rows}
+        self._epoch_samples += rows
         elapsed = time.perf_counter() - self._epoch_start
         if elapsed > 0:
             self.state.samples_per_second = self._epoch_samples / elapsed
@@ -164,6 +176,7 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
                 epoch=self.state.epoch,
                 step=self.state.step,
                 batch_size=self.state.batch_size or 0,
+                **bucket,
                 **self.state.logs,
             )
 
@@ -207,14 +220,17 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
 
     def batch_changed(self, change: dict[str, Any]) -> None:
         """memtune fit halved the batch (out of memory, over budget, memory pressure)."""
-        self.state.batch_size = change["to"]
+        if "bucket_length" not in change:  # a bucket's batch changed, not the longest's
+            self.state.batch_size = change["to"]
         self.state.accumulation = change["gradient_accumulation_steps"]
         self._offset, self._continuing = self.state.step, True
         if self.trace:
             self.trace.event("batch_change", **change)
         message = (
             f"epoch {change['epoch'] + 1}, sample {change['sample']:,}: "
-            f"{change.get('reason', 'out of memory')} at batch {change['from']} — "
+            f"{change.get('reason', 'out of memory')} at batch {change['from']}"
+            + (f" (length-{change['bucket_length']} bucket)" if "bucket_length" in change else "")
+            + " — "
             f"continuing at batch {change['to']} × {change['gradient_accumulation_steps']}"
         )
         self.state.events.append(message)

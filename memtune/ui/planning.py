@@ -54,6 +54,7 @@ class PlanningView:
         self._live: Live | None = None
         self._lock = threading.Lock()
         self._limit = 0
+        self._at = ""  # " at length N" while a length bucket's trial runs
 
     def __enter__(self) -> PlanningView:
         if self.console.is_terminal:
@@ -97,13 +98,15 @@ class PlanningView:
                 self._finished(f"data: {fields['rows']:,} rows{where}")
             elif event == "trial":
                 self._limit = int(fields["limit"])
+                self._at = f" at length {fields['length']}" if fields.get("length") else ""
                 self.state.trial = (
-                    f"trial at batch {fields['batch']:,} (stopped past "
+                    f"trial at batch {fields['batch']:,}{self._at} (stopped past "
                     f"{format_bytes(self._limit)}): starting a child process"
                 )
             elif event == "trial_peak":
                 self.state.trial = (
-                    f"trial at batch {fields['batch']:,}: {format_bytes(fields['rss'])} so far "
+                    f"trial at batch {fields['batch']:,}{self._at}: "
+                    f"{format_bytes(fields['rss'])} so far "
                     f"(stopped past {format_bytes(self._limit)})"
                 )
             elif event == "trial_done":
@@ -111,4 +114,5 @@ class PlanningView:
                 peak = format_bytes(fields["peak"])
                 outcome = f"over {peak}: does not fit" if fields["exceeded"] else f"peak {peak}"
                 outcome += " (cached)" if fields["cached"] else ""
-                self._finished(f"trial at batch {fields['batch']:,}: {outcome}")
+                at = f" at length {fields['length']}" if fields.get("length") else ""
+                self._finished(f"trial at batch {fields['batch']:,}{at}: {outcome}")

@@ -73,7 +73,21 @@ def render_plan(plan: Plan, out: Console) -> None:
     table = Table(title="memtune plan", title_justify="left", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
-    table.add_row("batch size", f"{plan.batch_size:,}")
+    longest = " (the longest bucket's)" if plan.buckets else ""
+    table.add_row("batch size", f"{plan.batch_size:,}{longest}")
+    for bucket in plan.buckets:
+        table.add_row(
+            f"bucket ≤{bucket.length}",
+            f"batch {bucket.batch_size:,}, {bucket.samples:,} samples",
+        )
+    if plan.buckets:
+        without, with_ = plan.tokens
+        table.add_row(
+            "padding saved",
+            f"{plan.padding_cut:.0%} of the padding tokens ({without:,} → {with_:,} tokens "
+            f"an epoch); predicted speed-up ≈ {without / max(with_, 1):.1f}× if time goes "
+            "with tokens",
+        )
     if plan.gradient_accumulation_steps > 1:
         table.add_row("accumulation steps", str(plan.gradient_accumulation_steps))
         table.add_row("effective batch", f"{plan.effective_batch_size:,}")
@@ -88,7 +102,10 @@ def render_plan(plan: Plan, out: Console) -> None:
     table.add_row("bytes per sample", f"{plan.per_sample_bytes:,}")
     table.add_row("padded dataset", format_bytes(plan.dataset_bytes))
     for trial in plan.trials:
-        table.add_row("trial", f"batch {trial.batch_size}: peak {format_bytes(trial.peak_bytes)}")
+        at = f" at length {trial.length}" if trial.length is not None else ""
+        table.add_row(
+            "trial", f"batch {trial.batch_size}{at}: peak {format_bytes(trial.peak_bytes)}"
+        )
     out.print(table)
     out.print("Why:")
     for reason in plan.reasons:

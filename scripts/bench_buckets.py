@@ -1,0 +1,263 @@
+"""Do length buckets pay? A BiLSTM and a text CNN on long-tailed token ids, one budget,
+``memtune fit`` with buckets (the default) and with ``--buckets off``, in alternating rounds.
+
+The data: ``--samples`` rows of Zipf-distributed token ids (vocabulary 20,000) whose lengths
+are lognormal (median ~170, tail cut at 2,500), padded / truncated to ``--maxlen`` 1,000.
+Each round runs both settings for each model, in alternating order, in fresh processes
+sharing one trial cache per setting (the first round measures, later rounds hit the cache
+and re-measure its anchor, as a user's second run would). Measured per run: samples/s over
+the epochs (``fit --json``), tokens fed per epoch (from the trace: every step's rows × its
+padded length), the fit process tree's peak (sampled every 10 ms) and, from the trace, the
+highest RSS seen while each bucket's steps ran.
+
+    python scripts/bench_buckets.py [--json] [--rounds 3] [--samples 1200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+
+GiB = 1024**3
+MiB = 1024**2
+MAXLEN = 1000
+VOCAB = 20_000
+
+MODELS = {
+    "bilstm": """
+x = keras.Input((None,), dtype="int32", name="tokens")
+h = keras.layers.Embedding(VOCAB, 32)(x)
+h = keras.layers.Bidirectional(keras.layers.LSTM(16))(h)
+model = keras.Model(x, keras.layers.Dense(1, activation="sigmoid", name="answer")(h))
+""",
+    "text-cnn": """
+x = keras.Input((None,), dtype="int32", name="tokens")
+h = keras.layers.Embedding(VOCAB, 128)(x)
+h = keras.layers.Conv1D(128, 7, strides=3, activation="relu")(h)
+h = keras.layers.Conv1D(128, 7, strides=3, activation="relu")(h)
+h = keras.layers.GlobalMaxPooling1D()(h)
+model = keras.Model(x, keras.layers.Dense(1, activation="sigmoid", name="answer")(h))
+""",
+}
+
+
+def write_data(folder: Path, samples: int, seed: int = 0) -> tuple[Path, np.ndarray]:
+    """Four CSV shards of token rows (space-separated ids) and a 0/1 answer."""
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.lognormal(np.log(170), 0.8, samples).astype(int) + 1, 2500)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [" ".join(map(str, np.minimum(rng.zipf(1.3, n), VOCAB - 1))) for n in lengths]
+    frame = pd.DataFrame({"tokens": rows, "answer": rng.integers(0, 2, samples)})
+    for i, part in enumerate(np.array_split(np.arange(samples), 4)):
+        frame.iloc[part].to_csv(folder / f"{i}.csv", index=False)
+    return folder, lengths
+
+
+def factory(name: str, folder: Path) -> str:
+    path = folder / f"{name}.py"
+    body = MODELS[name].strip().replace("\n", "\n    ")
+    path.write_text(
+        f"import keras\n\nVOCAB = {VOCAB}\n\n\ndef build():\n    {body}\n"
+        "    model.compile('adam', 'binary_crossentropy')\n    return model\n"
+    )
+    return f"{path}:build"
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def run_fit(args: list[str], cache: str) -> tuple[dict[str, Any], int]:
+    """``memtune fit`` in a fresh process: its JSON and its tree's peak (10 ms samples)."""
+    env = {**os.environ, "MEMTUNE_CACHE_DIR": cache}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memtune", "fit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(proc.pid)
+            while not done.is_set():
+                peak = max(peak, tree_rss(root))
+                time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"memtune fit {' '.join(args)} failed: {err.strip()[-800:]}")
+    return json.loads(out), peak
+
+
+def from_trace(path: Path, epochs: int) -> tuple[int, dict[int, int]]:
+    """Tokens fed per epoch (rows × padded length of every step) and, per padded length,
+    the highest RSS sampled (every 0.25 s) while a step of that length ran."""
+    tokens = 0
+    peaks: dict[int, int] = {}
+    since = 0
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if event["kind"] == "sample":
+            since = max(since, int(event["rss"]))
+        elif event["kind"] == "step":
+            length = int(event.get("bucket_length", MAXLEN))
+            tokens += length * int(event.get("rows", event["batch_size"]))
+            if since:  # a sample (every 0.25 s) fell in this step
+                peaks[length] = max(peaks.get(length, 0), since)
+            since = 0
+    return tokens // epochs, peaks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--budget", default="1.5GiB")
+    parser.add_argument(
+        "--max-batch-size",
+        default="100000",
+        help="passed to fit (default: lifts the 16-step floor, so memory sets every batch)",
+    )
+    parser.add_argument("--only", action="append", help="a model name (repeatable)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    budget = int(float(args.budget.rstrip("GiB")) * GiB)
+    names = args.only or list(MODELS)
+    settings = {"buckets": [], "no buckets": ["--buckets", "off"]}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {s: [] for s in settings} for m in names}
+    with tempfile.TemporaryDirectory(prefix="memtune-bench-buckets-") as tmp:
+        data, lengths = write_data(Path(tmp) / "data", args.samples)
+        caches = {
+            (m, s): str(Path(tmp) / f"cache-{m}-{i}") for m in names for i, s in enumerate(settings)
+        }
+        for round_ in range(args.rounds):
+            order = list(settings) if round_ % 2 == 0 else list(settings)[::-1]
+            for model in names:
+                spec = factory(model, Path(tmp))
+                for setting in order:
+                    trace = Path(tmp) / f"trace-{model}-{round_}-{len(settings[setting])}.jsonl"
+                    fit_args = [
+                        "--model",
+                        spec,
+                        "--data",
+                        str(data),
+                        "--maxlen",
+                        str(MAXLEN),
+                        "--budget",
+                        args.budget,
+                        "--epochs",
+                        str(args.epochs),
+                        "--no-dashboard",
+                        "--json",
+                        "--trace",
+                        str(trace),
+                        *settings[setting],
+                    ]
+                    result, peak = run_fit(fit_args, caches[model, setting])
+                    tokens, per_length = from_trace(trace, args.epochs)
+                    plan = result["plan"]
+                    runs[model][setting].append(
+                        {
+                            "samples_per_s": result["samples_per_second"],
+                            "tokens": tokens,
+                            "fit_tree_peak": peak,
+                            "peak_by_length": per_length,
+                            "batch_size": plan["batch_size"],
+                            "buckets": plan.get("buckets", []),
+                            "changes": len(result["batch_size_changes"]),
+                        }
+                    )
+                    print(
+                        f"round {round_ + 1} {model:<9} {setting:<11} "
+                        f"{result['samples_per_second']:>8,.1f} samples/s  tokens {tokens:>9,}"
+                        f"  tree peak {peak / MiB:,.0f} MiB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+    real = int(np.minimum(lengths, MAXLEN).sum())
+    summary: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores, CPU only",
+        "samples": args.samples,
+        "epochs": args.epochs,
+        "rounds": args.rounds,
+        "budget_bytes": budget,
+        "real_tokens": real,
+        "models": {},
+    }
+    print(
+        f"\n{'model':<10}{'setting':<12}{'samples/s':>11}{'tokens/epoch':>14}{'padding':>10}"
+        f"{'tree/budget':>13}{'worst bucket/budget':>21}"
+    )
+    for model in names:
+        rows = runs[model]
+        speed = [
+            b["samples_per_s"] / n["samples_per_s"]
+            for b, n in zip(rows["buckets"], rows["no buckets"], strict=True)
+        ]
+        padding = {s: rows[s][0]["tokens"] - real for s in settings}
+        cut = 1 - padding["buckets"] / padding["no buckets"]
+        worst = max(max(r["peak_by_length"].values()) for r in rows["buckets"]) / budget
+        for setting in settings:
+            rate = statistics.median(r["samples_per_s"] for r in rows[setting])
+            tree = max(r["fit_tree_peak"] for r in rows[setting]) / budget
+            bucket_peak = max(max(r["peak_by_length"].values()) for r in rows[setting]) / budget
+            print(
+                f"{model:<10}{setting:<12}{rate:>11,.1f}{rows[setting][0]['tokens']:>14,}"
+                f"{padding[setting]:>10,}{tree:>13.3f}{bucket_peak:>21.3f}"
+            )
+        summary["models"][model] = {
+            "speedup": {
+                "median": round(statistics.median(speed), 3),
+                "min": round(min(speed), 3),
+                "max": round(max(speed), 3),
+            },
+            "padding_cut": round(cut, 4),
+            "fit_tree_peak_over_budget": {
+                s: round(max(r["fit_tree_peak"] for r in rows[s]) / budget, 3) for s in settings
+            },
+            "worst_bucket_peak_over_budget": round(worst, 3),
+            "buckets": rows["buckets"][0]["buckets"],
+            "batch_size_without_buckets": rows["no buckets"][0]["batch_size"],
+            "batch_changes": sum(r["changes"] for s in settings for r in rows[s]),
+            "runs": rows,
+        }
+        print(
+            f"{model}: padding cut {cut:.1%} (>= 60 %), samples/s with / without buckets "
+            f"median {statistics.median(speed):.2f}x (min {min(speed):.2f}, max {max(speed):.2f};"
+            f" >= 1.8x), worst bucket peak / budget {worst:.3f} (<= 1)"
+        )
+    if args.json:
+        print(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+    main()
