@@ -7,8 +7,9 @@ Each round runs both settings for each model, in alternating order, in fresh pro
 sharing one trial cache per setting (the first round measures, later rounds hit the cache
 and re-measure its anchor, as a user's second run would). Measured per run: samples/s over
 the epochs (``fit --json``), tokens fed per epoch (from the trace: every step's rows × its
-padded length), the fit process tree's peak (sampled every 10 ms) and, from the trace, the
-highest RSS seen while each bucket's steps ran.
+padded length; without buckets, every row × 1,000), the fit process tree's peak, planning
+included (sampled every 10 ms) and, from the trace, the highest RSS seen while each bucket's
+steps ran (the allocator keeps what the largest step took, so these read alike).
 
     python scripts/bench_buckets.py [--json] [--rounds 3] [--samples 1200]
 """
@@ -116,10 +117,13 @@ def run_fit(args: list[str], cache: str) -> tuple[dict[str, Any], int]:
     return json.loads(out), peak
 
 
-def from_trace(path: Path, epochs: int) -> tuple[int, dict[int, int]]:
-    """Tokens fed per epoch (rows × padded length of every step) and, per padded length,
-    the highest RSS sampled (every 0.25 s) while a step of that length ran."""
+def from_trace(path: Path, epochs: int, samples: int) -> tuple[int, dict[int, int]]:
+    """Tokens fed per epoch and, per padded length, the highest RSS sampled (every 0.25 s)
+    while a step of that length ran. A bucketed step's event carries its rows and length;
+    without buckets every row is padded to ``MAXLEN`` (the events carry only the planned
+    batch, which a last partial batch does not fill), so the epoch feeds samples × MAXLEN."""
     tokens = 0
+    bucketed = False
     peaks: dict[int, int] = {}
     since = 0
     for line in path.read_text().splitlines():
@@ -128,11 +132,13 @@ def from_trace(path: Path, epochs: int) -> tuple[int, dict[int, int]]:
             since = max(since, int(event["rss"]))
         elif event["kind"] == "step":
             length = int(event.get("bucket_length", MAXLEN))
-            tokens += length * int(event.get("rows", event["batch_size"]))
-            if since:  # a sample (every 0.25 s) fell in this step
+            if "bucket_length" in event:
+                bucketed = True
+                tokens += length * int(event["rows"])
+            if since:  # a sample fell in this step
                 peaks[length] = max(peaks.get(length, 0), since)
             since = 0
-    return tokens // epochs, peaks
+    return (tokens // epochs if bucketed else samples * MAXLEN), peaks
 
 
 def main() -> None:
@@ -182,7 +188,7 @@ def main() -> None:
                         *settings[setting],
                     ]
                     result, peak = run_fit(fit_args, caches[model, setting])
-                    tokens, per_length = from_trace(trace, args.epochs)
+                    tokens, per_length = from_trace(trace, args.epochs, args.samples)
                     plan = result["plan"]
                     runs[model][setting].append(
                         {
