@@ -1,3 +1,4 @@
+from memtune.children import finish
 from memtune.cli import main
 
-raise SystemExit(main())
+finish(main())

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 PARENT_ENV = "MEMTUNE_TRIAL_PARENT"
 PR_SET_PDEATHSIG = 1
@@ -60,6 +60,20 @@ def die_with_parent() -> None:
     parent = os.environ.get(PARENT_ENV)
     if parent and os.getppid() != int(parent):
         os._exit(1)
+
+
+def finish(code: int) -> NoReturn:
+    """End this process now, its output flushed, skipping the interpreter's teardown.
+
+    A process that loaded TensorFlow and pyarrow can hang in their thread pools' shutdown
+    after its work is done (apache/arrow#50482 is one such deadlock): a child's answer is
+    then printed, but its parent waits for EOF until the child's deadline, and a finished
+    ``memtune`` never returns to the shell. Everything memtune writes is closed before this
+    (outputs are written atomically), so only the teardown is skipped."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def last_json(text: str) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from memtune import _tf, signals
+from memtune import _tf, children, signals
 from memtune.errors import MemtuneError
 
 
@@ -408,7 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``memtune`` console script; returns the exit code."""
+    """Entry point of the ``memtune`` console script; returns the exit code (called with
+    ``argv``, as tests do). As the script itself (no ``argv``) the process ends with that
+    code once its output is flushed, without the interpreter's teardown, where TensorFlow's
+    and pyarrow's thread pools can hang (:func:`memtune.children.finish`)."""
+    code = _run(argv)
+    if argv is None:
+        children.finish(code)
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in raw

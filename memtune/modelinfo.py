@@ -168,4 +168,4 @@ def _child() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child())
+    children.finish(_child())

@@ -176,7 +176,7 @@ class BucketOrder:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.windows)) if self.shuffle else range(len(self.windows))
         skip = self.done if self.resume_epoch == epoch else None
-        self.batches = []
+        batches: list[BucketBatch] = []  # built aside, then swapped in whole
         for position, w in enumerate(order):
             blocks = self.windows[w]
             following = self.windows[order[position + 1]][0] if position + 1 < len(order) else None
@@ -194,7 +194,8 @@ class BucketOrder:
                     made.append(BucketBatch(k, self._pieces(mine[lo : lo + size]), following))
             if self.shuffle:
                 made = [made[i] for i in rng.permutation(len(made))]
-            self.batches.extend(made)
+            batches.extend(made)
+        self.batches = batches
 
     def _pieces(self, rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Global rows as (block, sorted rows in block) pieces, blocks ascending."""
