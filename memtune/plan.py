@@ -135,17 +135,12 @@ class Plan:
     def tokens(self) -> tuple[int, int]:
         """Tokens of the bucketed input fed per epoch (real and padding): without buckets,
         with them."""
-        return (
-            self.pad_length * sum(b.samples for b in self.buckets),
-            sum(b.length * b.samples for b in self.buckets),
-        )
+        return _tokens(self.buckets, self.pad_length)
 
     @property
     def padding_cut(self) -> float:
         """The share of padding tokens the buckets remove."""
-        without, with_ = self.tokens
-        padding = without - self.real_tokens
-        return (without - with_) / padding if padding > 0 else 0.0
+        return _padding_cut(self.buckets, self.pad_length, self.real_tokens)
 
     @property
     def effective_batch_size(self) -> int:
@@ -452,10 +447,7 @@ def make_plan(
         buckets = _bucket_batches(batch, fits, mode, num_samples, options)
         sizes = ", ".join(f"{b.length}: {b.batch_size:,}" for b in buckets)
         how = "measured" if curve.source == "measured" else "tokens, unverified"
-        without = options.pad_length * sum(b.samples for b in buckets)
-        with_ = sum(b.length * b.samples for b in buckets)
-        padding = without - options.real_tokens
-        cut = (without - with_) / padding if padding > 0 else 0.0
+        cut = _padding_cut(buckets, options.pad_length, options.real_tokens)
         reasons.append(
             f"{len(buckets)} length buckets (length: batch) {sizes}; each bucket's batch grows "
             f"as its samples' memory shrinks ({how}); {cut:.0%} of the padding is gone"
@@ -527,6 +519,19 @@ def _bucket_batches(
     last = out[-1]
     out[-1] = Bucket(last.length, batch, last.samples)
     return out
+
+
+def _tokens(buckets: list[Bucket], pad_length: int) -> tuple[int, int]:
+    return (
+        pad_length * sum(b.samples for b in buckets),
+        sum(b.length * b.samples for b in buckets),
+    )
+
+
+def _padding_cut(buckets: list[Bucket], pad_length: int, real_tokens: int) -> float:
+    without, with_ = _tokens(buckets, pad_length)
+    padding = without - real_tokens
+    return (without - with_) / padding if padding > 0 else 0.0
 
 
 def _in_memory_refused(need: int, usable: int, dataset: int) -> str:

@@ -17,21 +17,17 @@ steps ran (the allocator keeps what the largest step took, so these read alike).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
+from bench_estimate import run_measured  # the CLI in a fresh process, its tree sampled
 
 GiB = 1024**3
 MiB = 1024**2
@@ -76,45 +72,6 @@ def factory(name: str, folder: Path) -> str:
         "    model.compile('adam', 'binary_crossentropy')\n    return model\n"
     )
     return f"{path}:build"
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
-def run_fit(args: list[str], cache: str) -> tuple[dict[str, Any], int]:
-    """``memtune fit`` in a fresh process: its JSON and its tree's peak (10 ms samples)."""
-    env = {**os.environ, "MEMTUNE_CACHE_DIR": cache}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "memtune", "fit", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(proc.pid)
-            while not done.is_set():
-                peak = max(peak, tree_rss(root))
-                time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"memtune fit {' '.join(args)} failed: {err.strip()[-800:]}")
-    return json.loads(out), peak
 
 
 def from_trace(path: Path, epochs: int, samples: int) -> tuple[int, dict[int, int]]:
@@ -187,7 +144,7 @@ def main() -> None:
                         str(trace),
                         *settings[setting],
                     ]
-                    result, peak = run_fit(fit_args, caches[model, setting])
+                    result, _, peak = run_measured("fit", *fit_args, cache=caches[model, setting])
                     tokens, per_length = from_trace(trace, args.epochs, args.samples)
                     plan = result["plan"]
                     runs[model][setting].append(
