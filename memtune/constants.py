@@ -1,5 +1,6 @@
 """The pipeline's memory-shaping constants, shared by the pipelines and the pure plan."""
 
+DEFAULT_BUCKETS = 8  # length buckets of a None-length input unless --buckets says
 BLOCK_ROWS = 8192  # rows a pipeline reads and pads at a time (or the batch, if larger)
 STREAM_QUEUE_BATCHES = 4  # padded batches prefetched ahead of training
 WORKERS = 2  # parallel batch builders

@@ -25,7 +25,7 @@ class KerasFeed:
     footprint: Footprint
     streams: list[BatchSource] = field(default_factory=list)
     # Inputs whose length changes from batch to batch (length buckets): fed as None-long,
-    # so Keras traces one training function for every bucket.
+    # so one traced training function serves every bucket.
     flexible: frozenset[str] = frozenset()
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from memtune.data.buckets import DEFAULT_BUCKETS
+from memtune.constants import DEFAULT_BUCKETS
 from memtune.distribute import STRATEGIES
 from memtune.errors import MemtuneError
 from memtune.footprint import parse_maxlen

@@ -18,7 +18,6 @@ import numpy as np
 
 from memtune.errors import MemtuneError
 
-DEFAULT_BUCKETS = 8
 CANDIDATES = 256  # boundary candidates the search considers (quantiles of the lengths)
 
 

@@ -477,6 +477,12 @@ def row_range(arrays: Arrays, lo: int, hi: int | None = None) -> Arrays:
     return {k: v[lo:hi] for k, v in arrays.items()}
 
 
+def bucket_columns(padding: Side, length: int) -> slice:
+    """The columns of a full-length padded row that hold every token of a row no longer
+    than ``length``: the last ones with ``pre`` padding, the first with ``post``."""
+    return slice(-length, None) if padding == "pre" else slice(0, length)
+
+
 def _take(arrays: Arrays, rows: np.ndarray, cut: Cut = None) -> Arrays:
     """Rows of every array: a view for an ascending run (unshuffled), else a copy; ``cut``
     keeps only some columns of one array (copying just those)."""
@@ -572,8 +578,7 @@ class BucketedBatches:
         if following is not None and self.read_ahead is not None:
             self.read_ahead(following)
         length = self.bucketing.lengths[self.order.bucket_of(i)]
-        columns = slice(-length, None) if self.padding == "pre" else slice(0, length)
-        return self.gather(pieces, (self.bucketing.feed, columns))
+        return self.gather(pieces, (self.bucketing.feed, bucket_columns(self.padding, length)))
 
     def __iter__(self) -> Iterator[tuple[Arrays, Arrays]]:
         for i in range(len(self)):

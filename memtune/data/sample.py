@@ -14,7 +14,14 @@ import numpy as np
 
 from memtune.constants import BLOCK_ROWS
 from memtune.data.blocks import Block
-from memtune.data.pipeline import Arrays, Layout, _release_arrow_memory, blocks_of, first_rows
+from memtune.data.pipeline import (
+    Arrays,
+    Layout,
+    _release_arrow_memory,
+    blocks_of,
+    bucket_columns,
+    first_rows,
+)
 
 
 def trial_rows(layout: Layout, batch_size: int) -> tuple[Arrays, Arrays]:
@@ -71,9 +78,7 @@ def short_rows(layout: Layout, batch_size: int, feed: str, length: int) -> tuple
             for name, values in s.items():
                 d[name][mine] = values[wanted[mine] - first]
     _release_arrow_memory()
-    full = inputs[feed]
-    cut = full[:, -length:] if layout.padding == "pre" else full[:, :length]
-    inputs[feed] = np.ascontiguousarray(cut)
+    inputs[feed] = np.ascontiguousarray(inputs[feed][:, bucket_columns(layout.padding, length)])
     return inputs, targets
 
 
