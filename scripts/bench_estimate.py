@@ -320,6 +320,10 @@ def main() -> None:
                     # 16-steps-per-epoch floor is lifted (the dataset still caps the batch).
                     "--max-batch-size",
                     str(10**9),
+                    # One padded length: the curve over the batch is judged here; length
+                    # buckets have their own bench (bench_buckets.py).
+                    "--buckets",
+                    "off",
                 ]
                 cache = str(folder / f"cache-{budget / GiB:.2f}")  # fresh per row
                 start = time.perf_counter()

@@ -23,10 +23,18 @@ NONLINEAR = 0.05  # a verification this far off the line means the curve bends
 # 1,792 and peaked 2,011 MiB against 1,751 predicted (0.98 of the budget): a trial at 2,110
 # itself read 1,930 MiB — memory per sample more than doubled past the last trial.
 REACH = 1.0
+# While the slope is still the prior's, the second trial goes 1/PRIOR_SHARE of the way to
+# the prior's choice (in batch): far enough that its growth stands clear of the trials'
+# noise (±3 %), near enough that a prior too flat by up to this factor does not stop it.
+# Half the way geometrically (8 → ~100 of ~1,300) measured a growth of 40 MiB against
+# 40 MiB of noise: the third trial then missed by 18 % or was stopped.
+PRIOR_SHARE = 2
 # After a stop, the next trial goes this share of the way to the steepened choice (the
 # stopped peak is only a lower bound; a second stop would leave the plan at the trial
-# before). With the true peak at the stop a third over the limit, it still fits.
-AFTER_STOP = 0.7
+# before). It still fits when the true peak at the stop lies up to a fifth of the headroom
+# over the limit; the stops seen on bench_estimate came from noise and an upward bend, and
+# 0.7 landed the plan at 0.71-0.84 of usable.
+AFTER_STOP = 0.85
 
 Measure = Callable[[int], Trial]
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
@@ -61,9 +69,11 @@ def fitted(prior: MemoryCurve, trials: list[Trial]) -> MemoryCurve:
 
 def reach(top: int, trials: list[Trial]) -> int:
     """The largest batch trials support: ``REACH`` past ``top`` (the largest that fitted),
-    and under any batch whose trial was stopped."""
+    or up to a larger batch a trial completed (the curve is measured on both sides), and
+    under any batch whose trial was stopped."""
     stopped = [t.batch_size - 1 for t in trials if t.exceeded and t.batch_size > top]
-    return max(top, min([int(top * REACH), *stopped]))
+    done = max(t.batch_size for t in trials if not t.exceeded)
+    return max(top, min([max(int(top * REACH), done), *stopped]))
 
 
 def search(
@@ -74,8 +84,9 @@ def search(
     ``plan_for`` is the plan a trial aims at (the limit a trial runs under, less noise);
     ``choose`` the final plan (the usable budget; default: ``plan_for``). While only one
     trial has completed, the curve's slope is the prior's, so the next trial goes half the
-    way (geometrically) to its choice: a prior too flat by a lot still lands under the
-    limit and gives a measured slope. A stopped trial steepens the curve (:func:`fitted`),
+    way (:data:`PRIOR_SHARE`) to its choice: a prior too flat by up to that much still
+    lands under the limit and gives a measured slope. A stopped trial steepens the curve
+    (:func:`fitted`),
     but its peak is only a lower bound, so the next trial goes ``AFTER_STOP`` of the way to
     the steepened curve's choice. A choice at or near a batch already measured needs no
     trial; the final batch lies at most ``REACH`` past the largest batch a trial ran, and
@@ -112,15 +123,22 @@ def search(
         )
     while len(trials) < MAX_TRIALS:
         top = max(good)
-        bound = min(
-            (t.batch_size for t in trials if t.exceeded and t.batch_size > top), default=None
-        )
-        b = plan_for(curve, None).batch_size
-        if len({t.batch_size for t in trials if not t.exceeded}) < 2:
-            b = max(top, math.isqrt(top * b))  # the slope is still the prior's: half the way
-        elif bound is not None:  # a stop says the curve is too flat, not by how much
-            b = top + int((min(b, bound) - top) * AFTER_STOP)
-        if b <= top + max(1, top // 20):  # at or near a batch measured to fit: no trial
+        stops = [t for t in trials if t.exceeded and t.batch_size > top]
+        bound = min((t.batch_size for t in stops), default=None)
+        aimed = plan_for(curve, None)
+        b = aimed.batch_size
+        if bound is not None:
+            b = min(b, bound - 1)
+        measured = len({t.batch_size for t in trials if not t.exceeded}) >= 2  # a slope
+        if not measured and bound is None:
+            b = top + (b - top) // PRIOR_SHARE
+        elif not measured:  # the prior is too flat by more than that: half the way, geometrically
+            b = max(top, math.isqrt(top * b))
+        elif any(curve.peak(t.batch_size) <= t.peak_bytes for t in stops):
+            # a stop steepened the curve: it says the curve is too flat, not by how much
+            b = top + int((b - top) * AFTER_STOP)
+        whole = b >= aimed.num_samples > top  # a different regime: one step, a view
+        if b <= top + max(1, top // 20) and not whole:  # at or near a batch measured: no trial
             break
         predicted = curve.peak(b)
         t = measure(b)
