@@ -255,3 +255,40 @@ def test_a_choice_of_the_whole_dataset_is_measured_even_near_a_trial() -> None:
     result = search(MemoryCurve(700 * MiB, 120_000), measure, plan_for)
     assert 15_000 / 1.05 < calls[2] < 15_000  # near enough that it would be skipped
     assert calls[3] == 15_000 and result.plan.batch_size == 15_000
+
+
+def test_the_whole_dataset_point_holds_at_its_batch_only() -> None:
+    """All 8,000 rows read less than 2,621 (one step an epoch, the arrays a view): the line
+    below it is the other points', not bent down toward the whole dataset's."""
+    pts = [(8, 740 * MiB), (2376, 957 * MiB), (2621, 970 * MiB), (8000, 1051 * MiB)]
+    c = MemoryCurve(0, 10).with_points(pts, whole_from=8000)
+    assert c.whole == (8000, 1051 * MiB) and c.points[-1] == (2621, 970 * MiB)
+    assert c.peak(8000) == 1051 * MiB  # its own measurement, not floored by smaller batches
+    slope = (970 - 957) * MiB / (2621 - 2376)
+    assert c.peak(5441) == round(970 * MiB + slope * (5441 - 2621))  # the line, extended
+    assert c.largest_batch(1100 * MiB) >= 8000  # the whole dataset fits
+    below = c.largest_batch(1040 * MiB)  # it does not: the largest on the line, under 8,000
+    assert below < 8000 and c.peak(below) <= 1040 * MiB < c.peak(below + 1)
+    lone = MemoryCurve(0, 10).with_points([(50, 900)], whole_from=50)
+    assert lone.whole is None and lone.points == ((50, 900),)  # nothing else: a plain point
+    kept = c.with_points([*c.points, (3000, 990 * MiB)])  # check adds a point: whole stays
+    assert kept.whole == c.whole
+
+
+def test_a_cheaper_whole_dataset_trial_is_not_interpolated_toward() -> None:
+    """bench_estimate's wide-mlp at 1.25 GiB: the plan interpolated between batch 2,621 and
+    the whole dataset's cheaper trial, chose 5,441, and fit peaked at 1.02 of usable."""
+
+    def truth(b: int) -> int:
+        if b >= 8000:
+            return 1100 * MiB  # no copy of the batch each step: cheaper than the line
+        bump = 60 * MiB if 1000 < b < 3600 else 0  # the second trial reads high
+        return 740 * MiB + int(0.06 * MiB) * b + bump
+
+    usable = int(1.25 * GiB * 0.9)
+    measure, calls = machine(truth, usable)
+    plan_for = planner(int(1.25 * GiB), n=8000, max_batch_size=10**9)
+    result = search(MemoryCurve(700 * MiB, int(0.05 * MiB)), measure, plan_for, None, 8000)
+    assert calls[-1] == 8000  # measured, and over the aim: the plan lies under it
+    check(result, truth, usable)  # before: batch 7,743 on the line toward it, 1.05 of usable
+    assert result.plan.batch_size <= max(c for c in calls if c < 8000)

@@ -131,7 +131,7 @@ def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]
     if not trials:
         return prior, []
     points = [(t.batch_size, _in_fit(s, t).peak_bytes) for t in trials]
-    return prior.with_points(points), trials
+    return prior.with_points(points, s.num_samples), trials
 
 
 class Trials:
@@ -352,6 +352,7 @@ def measured_plan(
             measure,
             lambda curve, cap: plan_for(curve, cap, within=within),
             lambda curve, cap: plan_for(curve, cap),
+            s.num_samples,
         )
         scale = None
         if lengths is not None:

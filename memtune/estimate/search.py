@@ -49,35 +49,41 @@ class SearchResult:
     cap: int  # the largest batch the trials support: the plan's verified cap
 
 
-def fitted(prior: MemoryCurve, trials: list[Trial]) -> MemoryCurve:
+def fitted(prior: MemoryCurve, trials: list[Trial], whole_from: int | None = None) -> MemoryCurve:
     """The prior refitted through the trials that completed, steepened by stopped ones.
 
     A stopped trial's peak is a lower bound on its batch's true peak: where the curve
     predicts less there, the curve is too flat and the stopped point is added to it. Where
     it predicts more, the point says nothing new and is left out (it would flatten it).
+    A trial of the whole dataset (``whole_from`` rows) holds at that batch only.
     """
     points = [(t.batch_size, t.peak_bytes) for t in trials if not t.exceeded]
     if not points:
         return prior
-    curve = prior.with_points(points)
+    curve = prior.with_points(points, whole_from)
     for t in sorted((t for t in trials if t.exceeded), key=lambda t: t.batch_size):
         if t.batch_size > max(b for b, _ in points) and t.peak_bytes > curve.peak(t.batch_size):
             points.append((t.batch_size, t.peak_bytes))
-            curve = prior.with_points(points)
+            curve = prior.with_points(points, whole_from)
     return curve
 
 
-def reach(top: int, trials: list[Trial]) -> int:
+def reach(top: int, trials: list[Trial], whole_from: int | None = None) -> int:
     """The largest batch trials support: ``REACH`` past ``top`` (the largest that fitted),
-    or up to a larger batch a trial completed (the curve is measured on both sides), and
-    under any batch whose trial was stopped."""
+    or up to a larger batch a trial completed (the curve is measured on both sides; not the
+    whole dataset's, a regime of its own), and under any batch whose trial was stopped."""
     stopped = [t.batch_size - 1 for t in trials if t.exceeded and t.batch_size > top]
-    done = max(t.batch_size for t in trials if not t.exceeded)
+    ends = [t.batch_size for t in trials if not t.exceeded]
+    done = max((b for b in ends if whole_from is None or b < whole_from), default=top)
     return max(top, min([max(int(top * REACH), done), *stopped]))
 
 
 def search(
-    prior: MemoryCurve, measure: Measure, plan_for: PlanFor, choose: PlanFor | None = None
+    prior: MemoryCurve,
+    measure: Measure,
+    plan_for: PlanFor,
+    choose: PlanFor | None = None,
+    num_samples: int | None = None,
 ) -> SearchResult:
     """Measure, refit, aim the next trial; then choose, on or under a batch a trial ran.
 
@@ -93,13 +99,14 @@ def search(
     never at or past a stopped one.
     """
     choose = choose or plan_for
+    n = num_samples  # the training samples: a trial of them all is a regime of its own
     trials: list[Trial] = []
     notes: list[str] = []
     good: list[int] = []  # batches a trial showed to fit, with the pipeline beside them
 
     def record(t: Trial) -> MemoryCurve:
         trials.append(t)
-        curve = fitted(prior, trials)
+        curve = fitted(prior, trials, n)
         if t.exceeded:
             notes.append(f"the trial at batch {t.batch_size} passed its limit and was stopped")
         else:
@@ -137,7 +144,7 @@ def search(
         elif any(curve.peak(t.batch_size) <= t.peak_bytes for t in stops):
             # a stop steepened the curve: it says the curve is too flat, not by how much
             b = top + int((b - top) * AFTER_STOP)
-        whole = b >= aimed.num_samples > top  # a different regime: one step, a view
+        whole = b >= (n or aimed.num_samples) > top  # its own regime: one step, a view
         if b <= top + max(1, top // 20) and not whole:  # at or near a batch measured: no trial
             break
         predicted = curve.peak(b)
@@ -152,5 +159,9 @@ def search(
             )
         curve = record(t)
     top = max(good)
-    cap = reach(top, trials)
-    return SearchResult(choose(curve, cap), curve, trials, notes, cap)
+    cap = reach(top, trials, n)
+    plan = choose(curve, cap)
+    if n is not None and plan.batch_size < n <= cap:  # not the whole: bounded by the rest
+        cap = reach(max((b for b in good if b < n), default=top), trials, n)
+        plan = choose(curve, cap)
+    return SearchResult(plan, curve, trials, notes, cap)
