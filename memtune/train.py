@@ -408,7 +408,7 @@ def _train(
                 "epochs": last,
                 "initial_epoch": first_epoch,
                 "shuffle": False,  # the batch sources shuffle, seeded, per epoch
-                "callbacks": [feed.epoch_callback(), progress, guard, *callbacks],
+                "callbacks": [feed.epoch_callback(), progress, *callbacks, guard],
                 "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
             }
             try:
@@ -424,7 +424,8 @@ def _train(
                 accumulation = change["gradient_accumulation_steps"]
                 set_accumulation(model, accumulation)
                 heap.release()
-                first_epoch = progress.epoch
+                first_epoch = change["epoch"]
+                pending = first_epoch < epochs
                 changes.append(change)
                 _each(callbacks, "batch_changed", change)  # the dashboard and the trace
     finally:  # trained, failed or interrupted: the view closes, checkpoints stay on disk
@@ -505,18 +506,25 @@ def _recover(
             f"{what} even at batch 1 (after halving from {planned}); "
             "try a smaller --maxlen, mixed precision or more memory"
         ) from exc
-    done = train.position + progress.steps * train.batch_size
+    epoch, done = progress.epoch, train.position + progress.steps * train.batch_size
+    if _epoch_trained(train, progress):  # the guard raised at its end: go on from the next
+        epoch, done = epoch + 1, 0
     if not topology.active:  # Keras 3 has no gradient accumulation under a strategy
         accumulation *= 2
-    train.resize(batch // 2 * local, epoch=progress.epoch, start=done)
+    train.resize(batch // 2 * local, epoch=epoch, start=done)
     return {
-        "epoch": progress.epoch,
+        "epoch": epoch,
         "sample": done,
         "from": batch,
         "to": batch // 2,
         "gradient_accumulation_steps": accumulation,
         "reason": getattr(exc, "reason", "out of memory"),
     }
+
+
+def _epoch_trained(train: BatchSource, progress: Any) -> bool:
+    """Every step of the epoch ran (the guard raises at an epoch's end after its last)."""
+    return bool(progress.steps >= len(train))
 
 
 def _recover_bucket(
@@ -541,9 +549,12 @@ def _recover_bucket(
             f"{what} even at batch 1 in the length-{length} bucket (planned {planned} for the "
             "longest); try a smaller --maxlen, mixed precision or more memory"
         ) from exc
-    done = train.shrink(bucket, batch // 2, epoch=progress.epoch, done_batches=progress.steps)
+    epoch, steps = progress.epoch, progress.steps
+    if _epoch_trained(train, progress):  # the guard raised at its end: go on from the next
+        epoch, steps = epoch + 1, 0
+    done = train.shrink(bucket, batch // 2, epoch=epoch, done_batches=steps)
     return {
-        "epoch": progress.epoch,
+        "epoch": epoch,
         "sample": done,
         "from": batch,
         "to": batch // 2,

@@ -191,3 +191,68 @@ def test_the_scan_hands_its_memory_back_before_the_model_child_starts(monkeypatc
     with pytest.raises(Stop):
         api.prepare("model.py:build", frame, make_options(target="answer", budget="1GiB"))
     assert order == ["release", "model child"]
+
+
+@pytest.mark.parametrize("step", ["last", "middle"])
+def test_the_guard_at_an_epochs_last_step_recovers_from_the_next_epoch(
+    step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog fires after a chosen step (its readings faked). After the last step of
+    an epoch whose last batch is partial, recovery once restarted the epoch past its end
+    (``__len__() should return >= 0``); now the epoch ends, validation included, and the
+    next one runs at the halved batch. Every sample still trains once per epoch."""
+    from memtune.callbacks import memory_guard
+    from memtune.watchdog import MemoryOverrun, Watchdog
+    from tests.test_fit import recording_model
+
+    steps = -(-N // 16)  # 19: the last batch holds 12 rows
+    fire_at = steps if step == "last" else 5
+    calls = [0]
+
+    def check(self: Watchdog, now: object) -> None:
+        calls[0] += 1
+        if calls[0] == fire_at:
+            raise MemoryOverrun("over (faked)", reason="over the usable budget")
+
+    monkeypatch.setattr(memory_guard, "WATCH_SECONDS", 0.0)
+    monkeypatch.setattr(Watchdog, "check", check)
+    seen: list[int] = []
+    result = memtune.fit(
+        recording_model(seen),
+        id_pipelines()["pair"],
+        epochs=3,
+        batch_size=16,
+        analytic=True,
+        verbose=0,
+    )
+    change = result.batch_size_changes[0]
+    assert (change["from"], change["to"]) == (16, 8)
+    if step == "last":
+        assert (change["epoch"], change["sample"]) == (1, 0)
+    else:
+        assert (change["epoch"], change["sample"]) == (0, 5 * 16)
+    assert len(seen) == 3 * N and len(result.history["loss"]) == 3
+    for epoch in range(3):
+        assert sorted(seen[epoch * N : (epoch + 1) * N]) == list(range(N))
+
+
+def test_the_guard_defers_an_overrun_at_an_epochs_last_step_to_its_end() -> None:
+    from memtune.callbacks.memory_guard import MemoryGuard
+    from memtune.watchdog import MemoryOverrun
+
+    class Firing:
+        def check(self, now: object) -> None:
+            raise MemoryOverrun("over", reason="over the usable budget")
+
+    guard = MemoryGuard(4 * 2**30, 3 * 2**30, cpu=True)
+    guard.watchdog = Firing()  # type: ignore[assignment]
+    guard.set_params({"steps": 3, "epochs": 2})
+    with pytest.raises(MemoryOverrun):
+        guard.on_train_batch_end(1)  # mid-epoch: at once
+    guard.next_check = 0.0
+    guard.on_train_batch_end(2)  # the last step: held
+    with pytest.raises(MemoryOverrun):
+        guard.on_epoch_end(0)
+    guard.next_check = 0.0
+    guard.on_train_batch_end(2)
+    guard.on_epoch_end(1)  # the run's last epoch: nothing left to recover

@@ -10,7 +10,7 @@ import psutil
 
 from memtune import _tf
 from memtune.probe.host import read_host
-from memtune.watchdog import Reading, Watchdog
+from memtune.watchdog import MemoryOverrun, Reading, Watchdog
 
 keras = _tf.keras()
 
@@ -21,7 +21,13 @@ WATCH_SECONDS = 0.01
 class MemoryGuard(keras.callbacks.Callback):  # type: ignore[name-defined]
     """Raises :class:`memtune.watchdog.MemoryOverrun` after a step when this process passed
     the usable budget or other processes took the memory the plan counted on (CPU plans;
-    on a GPU, TensorFlow raises ``ResourceExhaustedError`` itself)."""
+    on a GPU, TensorFlow raises ``ResourceExhaustedError`` itself).
+
+    After an epoch's last step it raises at the epoch's end instead, once validation and
+    the other callbacks have run (it must come last): every row of the epoch is trained,
+    and recovery goes on from the next epoch. Raised mid-step-list, a partial last batch
+    counted as a full one put the epoch's restart past its end (fit crashed on wide-mlp,
+    8,000 rows at batch 3,746). After the run's last step there is nothing to recover."""
 
     def __init__(
         self,
@@ -36,12 +42,24 @@ class MemoryGuard(keras.callbacks.Callback):  # type: ignore[name-defined]
         self.watchdog = Watchdog(budget_bytes, usable_bytes) if cpu else None
         self.next_check = 0.0
         self.notify = notify  # where the watchdog's notices go (the dashboard and trace)
+        self.pending: MemoryOverrun | None = None  # raised at the epoch's end
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         now = time.monotonic()
         if self.watchdog is not None and now >= self.next_check:
             self.next_check = now + WATCH_SECONDS
             rss = int(self.process.memory_info().rss)
-            notice = self.watchdog.check(Reading(rss, read_host().available_bytes))
+            try:
+                notice = self.watchdog.check(Reading(rss, read_host().available_bytes))
+            except MemoryOverrun as overrun:
+                if batch + 1 < (self.params.get("steps") or 0):
+                    raise
+                self.pending = overrun
+                return
             if notice is not None and self.notify is not None:
                 self.notify(notice)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        overrun, self.pending = self.pending, None
+        if overrun is not None and epoch + 1 < (self.params.get("epochs") or 0):
+            raise overrun
