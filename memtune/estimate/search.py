@@ -92,11 +92,11 @@ def search(
     trial has completed, the curve's slope is the prior's, so the next trial goes half the
     way (:data:`PRIOR_SHARE`) to its choice: a prior too flat by up to that much still
     lands under the limit and gives a measured slope. A stopped trial steepens the curve
-    (:func:`fitted`),
-    but its peak is only a lower bound, so the next trial goes ``AFTER_STOP`` of the way to
-    the steepened curve's choice. A choice at or near a batch already measured needs no
-    trial; the final batch lies at most ``REACH`` past the largest batch a trial ran, and
-    never at or past a stopped one.
+    (:func:`fitted`), but its peak is only a lower bound, so the next trial goes
+    ``AFTER_STOP`` of the way to the steepened curve's choice. A choice at or near a batch
+    already measured needs no trial, unless it is the whole dataset (``num_samples``: a
+    regime of its own). The final batch lies at most ``REACH`` past the largest batch that
+    fitted, or between it and a larger completed trial, and never at or past a stopped one.
     """
     choose = choose or plan_for
     n = num_samples  # the training samples: a trial of them all is a regime of its own
