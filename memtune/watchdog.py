@@ -10,9 +10,16 @@ Two dangers, both caught before the kernel's OOM killer acts (it sends no except
 
 After a trigger the next one needs the excess to grow by a step, so allocator slack (RSS
 rarely falls after a batch change) or a neighbour that merely *holds* its memory does not
-halve the batch all the way down to 1; once back under the limit, the next excess triggers.
-When the reading after a halving is still over the limit and no lower, the halving freed
-nothing, and :meth:`Watchdog.check` says so once, so the user knows why memory stays high.
+halve the batch all the way down to 1; once back under the limit by a step, the next excess
+triggers. (Back under it at all was not enough: a stream's RSS swings ±70 MiB between
+steps, and each dip under the limit re-armed the trigger — a 2 GiB stream halved 40,423 →
+2,526 at 1.85-1.90 GiB, and with Arrow's system memory pool on to batch 1, where fit gave
+up at 1.81 GiB, under its budget.) Within half a step of the budget itself, though, growth
+of a quarter step since the last trigger triggers again: memory that grows whatever the
+batch (that system pool: 2.14 GiB at a 2 GiB budget with a step of growth per trigger)
+must stop before the budget, at batch 1 if need be. When the reading after a halving is
+still over the limit and no lower, the halving freed nothing, and :meth:`Watchdog.check`
+says so once, so the user knows why memory stays high.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ class Watchdog:
         self.step = max(64 * MiB, budget_bytes // 20)
         self.start: Reading | None = None
         self._threshold = 0  # how far past the limit the next trigger needs
-        self._halved_at: int | None = None  # RSS when the last trigger fired
+        self._halved_at: int | None = None  # RSS when the last trigger fired (one reading)
+        self._last = 0  # RSS when the last trigger fired
 
     def others(self, now: Reading) -> int:
         """Memory other processes took since the first reading (never negative)."""
@@ -75,9 +83,13 @@ class Watchdog:
         excess = now.rss - limit
         halved_at, self._halved_at = self._halved_at, None
         if excess <= 0:
-            self._threshold = 0
+            if excess <= -self.step:  # clearly back under: the next excess triggers
+                self._threshold = 0
             return None
-        if excess <= self._threshold:
+        # Near the budget itself, growth since the last trigger halves again however small
+        # the step: memory that grows whatever the batch must stop before the budget.
+        nearing = now.rss >= self.budget - self.step // 2 and now.rss >= self._last + self.step // 4
+        if excess <= self._threshold and not nearing:
             if halved_at is not None and now.rss >= halved_at - self.step // 4:
                 return (
                     f"halving the batch freed nothing: RSS stays at {format_bytes(now.rss)}, "
@@ -87,7 +99,7 @@ class Watchdog:
                 )
             return None
         self._threshold = excess + self.step
-        self._halved_at = now.rss
+        self._halved_at = self._last = now.rss
         others = self.others(now)
         if others >= self.step or now.available < self.margin:
             raise MemoryOverrun(

@@ -231,8 +231,59 @@ def test_the_choice_may_lie_between_two_completed_trials() -> None:
     margin) measures the curve on the far side: the choice interpolates up to it."""
     done = [Trial(8, 700 * MiB), Trial(1000, 1200 * MiB), Trial(1400, 1500 * MiB)]
     assert reach(1000, done) == 1400
-    assert reach(1000, [*done, Trial(1200, 1400 * MiB, exceeded=True)]) == 1199
     assert reach(1000, done[:2]) == int(1000 * REACH)
+
+
+def test_no_choice_between_trials_where_the_curve_is_no_line() -> None:
+    """A trial stopped under a larger one that completed, or a larger trial far above the
+    line (bench_estimate's embedding-lstm: batch 2,100 read 1,469 MiB, 2,200 1,845 MiB, its
+    epoch's last batch of 1,000 rows costing oneDNN more): a batch between them may hold
+    what the stop or the jump measured, so the choice stays at the batch that fitted."""
+    done = [Trial(8, 700 * MiB), Trial(1000, 1200 * MiB), Trial(1400, 1500 * MiB)]
+    assert reach(1000, [*done, Trial(1200, 1400 * MiB, exceeded=True)]) == 1000
+    jumped = [*done[:2], Trial(1400, 1700 * MiB)]  # the line below says ~1,400 MiB
+    assert reach(1000, jumped) == 1000
+    assert reach(1000, [*done[:2], Trial(1400, 1560 * MiB)]) == 1400  # steeper, not a jump
+
+
+def partial_batch_truth(n: int) -> Callable[[int], int]:
+    """embedding-lstm's memory: an epoch's last batch under 1,024 rows after full batches
+    over it costs its rows' growth again (TensorFlow's oneDNN allocations; 3,200 rows at
+    batch 1,104: 1,093 MiB, with the last batch of 992 rows 1,452 MiB)."""
+
+    def truth(b: int) -> int:
+        last = n % b
+        extra = int(0.34 * MiB) * last if b >= 1024 and 0 < last < 1024 else 0
+        return 650 * MiB + int(0.37 * MiB) * b + extra
+
+    return truth
+
+
+def test_the_plan_is_measured_itself_when_a_trial_remains() -> None:
+    """The choice between trials (1,095 on 2,548 rows) ends its epoch on a batch of 358
+    rows no trial ran: measured, it passes the usable budget, and the plan is smaller.
+    Before, three trials planned 1,095 unmeasured: 1.02 of usable."""
+    truth = partial_batch_truth(2548)
+    usable = int(1.25 * GiB * 0.9)
+    measure, calls = machine(truth, int(1.25 * GiB * 0.95))
+    plan_for = planner(int(1.25 * GiB), n=2548, max_batch_size=10**9)
+    result = search(MemoryCurve(600 * MiB, int(0.3 * MiB)), measure, plan_for, None, 2548)
+    assert calls[:3] == [8, 743, 1200] and calls[3] == 1095  # the fourth: the plan itself
+    assert any("the plan's own batch 1095" in note for note in result.notes)
+    check(result, truth, usable)
+
+
+def test_a_stop_under_a_batch_that_fitted_leaves_the_plan_on_a_measured_batch() -> None:
+    """1,198 fitted, then the plan's own 1,107 (a last batch of 942 rows) was stopped: the
+    curve is no line there. Before, the plan stayed at the stopped 1,107: 1.20 of usable."""
+    truth = partial_batch_truth(10905)
+    usable = int(1.25 * GiB * 0.9)
+    measure, _ = machine(truth, int(1.25 * GiB * 0.95))
+    plan_for = planner(int(1.25 * GiB), n=10905, max_batch_size=10**9)
+    result = search(MemoryCurve(600 * MiB, int(0.3 * MiB)), measure, plan_for, None, 10905)
+    assert [t.exceeded for t in result.trials] == [False, False, False, True]
+    assert result.plan.batch_size in {t.batch_size for t in result.trials if not t.exceeded}
+    check(result, truth, usable)
 
 
 def test_trials_may_use_half_the_safety_margin() -> None:

@@ -82,6 +82,38 @@ def test_rss_over_usable_triggers_again_only_after_real_growth() -> None:
         dog.check(Reading(rss=int(1.85 * GiB) + 120 * MiB, available=20 * GiB))
 
 
+def test_a_dip_under_the_limit_does_not_rearm_the_trigger() -> None:
+    """A 2 GiB stream's RSS swings ±70 MiB between steps: each dip under the limit re-armed
+    the trigger, and 40,423 went to 2,526 at 1.85-1.90 GiB (with Arrow's system pool, to
+    batch 1, failing at 1.81 GiB, under the budget). Only a step under the limit re-arms."""
+    dog = Watchdog(budget_bytes=2 * GiB, usable_bytes=int(1.8 * GiB))  # limit 1,843 MiB
+    dog.check(Reading(rss=1 * GiB, available=20 * GiB))
+    with pytest.raises(MemoryOverrun):
+        dog.check(Reading(rss=1850 * MiB, available=20 * GiB))
+    for rss in (1790, 1870, 1800, 1890, 1780, 1900):  # swinging around the limit
+        dog.check(Reading(rss=rss * MiB, available=20 * GiB))
+    with pytest.raises(MemoryOverrun):  # a step past the last trigger: real growth
+        dog.check(Reading(rss=1960 * MiB, available=20 * GiB))
+    dog.check(Reading(rss=1700 * MiB, available=20 * GiB))  # a step under: re-armed
+    with pytest.raises(MemoryOverrun):
+        dog.check(Reading(rss=1850 * MiB, available=20 * GiB))
+
+
+def test_growth_near_the_budget_halves_again_however_small() -> None:
+    """Memory that grows whatever the batch (Arrow's system pool on a 2 GiB stream reached
+    2.14 GiB, a step of growth per trigger): near the budget, a quarter step triggers."""
+    dog = Watchdog(budget_bytes=2 * GiB, usable_bytes=int(1.8 * GiB))  # step 102 MiB
+    dog.check(Reading(rss=1 * GiB, available=20 * GiB))
+    with pytest.raises(MemoryOverrun):
+        dog.check(Reading(rss=1960 * MiB, available=20 * GiB))  # past the usable budget
+    assert dog.check(Reading(rss=1970 * MiB, available=20 * GiB)) is not None  # freed nothing
+    with pytest.raises(MemoryOverrun):
+        dog.check(Reading(rss=2000 * MiB, available=20 * GiB))  # 40 MiB more, near 2 GiB
+    dog.check(Reading(rss=2010 * MiB, available=20 * GiB))  # under a quarter step: held
+    with pytest.raises(MemoryOverrun):
+        dog.check(Reading(rss=2030 * MiB, available=20 * GiB))
+
+
 # ------------------------------------------------------------ a real neighbour, real memory
 
 HOG = """

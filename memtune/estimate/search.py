@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from memtune.constants import NOISE_FLOOR, NOISE_SHARE
 from memtune.errors import NothingFits
 from memtune.estimate.curve import MemoryCurve
 from memtune.plan import Plan, Trial
@@ -35,6 +36,11 @@ PRIOR_SHARE = 2
 # over the limit; the stops seen on bench_estimate came from noise and an upward bend, and
 # 0.7 landed the plan at 0.71-0.84 of usable.
 AFTER_STOP = 0.85
+# A larger completed trial reading more than the line below the plan's trial, this many
+# times as steep, predicts marks a jump between them (a convex bend reads ~1.5x): the plan
+# is not interpolated into it. embedding-lstm on 3,200 rows: 2,100 read 1,469 MiB, 2,200
+# 1,845 MiB (its last batch of 1,000 rows costs oneDNN more, see :func:`_unmeasured_risk`).
+JUMP = 2.0
 
 Measure = Callable[[int], Trial]
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
@@ -71,11 +77,32 @@ def fitted(prior: MemoryCurve, trials: list[Trial], whole_from: int | None = Non
 def reach(top: int, trials: list[Trial], whole_from: int | None = None) -> int:
     """The largest batch trials support: ``REACH`` past ``top`` (the largest that fitted),
     or up to a larger batch a trial completed (the curve is measured on both sides; not the
-    whole dataset's, a regime of its own), and under any batch whose trial was stopped."""
+    whole dataset's, a regime of its own), and under any batch whose trial was stopped.
+
+    Not up to that larger trial when the curve between them is not a line: a trial stopped
+    under it, or it reads more than ``JUMP`` times the slope below ``top`` (plus noise)
+    predicts. A batch in such a stretch may hold what the stop or the jump measured.
+    """
     stopped = [t.batch_size - 1 for t in trials if t.exceeded and t.batch_size > top]
-    ends = [t.batch_size for t in trials if not t.exceeded]
-    done = max((b for b in ends if whole_from is None or b < whole_from), default=top)
+    peaks: dict[int, int] = {}
+    for t in trials:
+        if not t.exceeded and (whole_from is None or t.batch_size < whole_from):
+            peaks[t.batch_size] = max(t.peak_bytes, peaks.get(t.batch_size, 0))
+    done = max(peaks, default=top)
+    if done > top and (min(stopped, default=done) < done or _jump(top, done, peaks)):
+        done = top
     return max(top, min([max(int(top * REACH), done), *stopped]))
+
+
+def _jump(top: int, done: int, peaks: dict[int, int]) -> bool:
+    """The trial at ``done`` reads more than the line below ``top``, ``JUMP`` times as
+    steep, predicts (noise allowed)."""
+    below = max((b for b in peaks if b < top), default=None)
+    if below is None or top not in peaks:
+        return False
+    slope = max(0.0, (peaks[top] - peaks[below]) / (top - below))
+    expected = peaks[top] + JUMP * slope * (done - top)
+    return peaks[done] > expected + max(NOISE_FLOOR, NOISE_SHARE * expected)
 
 
 def search(
@@ -97,6 +124,8 @@ def search(
     already measured needs no trial, unless it is the whole dataset (``num_samples``: a
     regime of its own). The final batch lies at most ``REACH`` past the largest batch that
     fitted, or between it and a larger completed trial, and never at or past a stopped one.
+    While trials remain, a plan near the budget that no trial ran is measured itself
+    (:func:`_unmeasured_risk`).
     """
     choose = choose or plan_for
     n = num_samples  # the training samples: a trial of them all is a regime of its own
@@ -129,6 +158,10 @@ def search(
             f"nothing fits: even batch {trials[-1].batch_size} passed the usable budget"
         )
     while len(trials) < MAX_TRIALS:
+        if len(trials) == MAX_TRIALS - 1:
+            plan, _ = _final(curve, trials, good, choose, n)
+            if _unmeasured_risk(plan, curve, trials):
+                break  # the last trial measures the plan itself (below)
         top = max(good)
         stops = [t for t in trials if t.exceeded and t.batch_size > top]
         bound = min((t.batch_size for t in stops), default=None)
@@ -158,10 +191,76 @@ def search(
                 "measurement"
             )
         curve = record(t)
+    plan, cap = _final(curve, trials, good, choose, n)
+    # The plan's own epoch, measured: its last, partial batch has shapes no trial may have
+    # run, and their memory is not the line's (:func:`_unmeasured_risk`).
+    while len(trials) < MAX_TRIALS and _unmeasured_risk(plan, curve, trials):
+        b = plan.batch_size
+        if any(t.exceeded and t.batch_size == b for t in trials):
+            break  # stopped already, under a batch that fitted: the curve is no line here
+        t = measure(b)
+        curve = record(t)
+        if b in good:  # measured to fit: the plan goes no further on the line
+            plan, cap = choose(curve, b), b
+        else:
+            plan, cap = _final(curve, trials, good, choose, n)
+            what = "passed its limit at" if t.exceeded else "measured"
+            notes.append(
+                f"the plan's own batch {b} {what} {format_bytes(t.peak_bytes)} (its epoch's "
+                "last batch included), over the usable budget: the plan is smaller"
+            )
+    if _unmeasured_risk(plan, curve, trials) and _not_monotone(trials, n):  # no trial left
+        fallback = _largest_measured(curve, good, choose)
+        if fallback is not None:
+            notes.append(
+                f"batch {plan.batch_size} lies between trials and none is left to measure it: "
+                f"the plan is batch {fallback.batch_size}, the largest measured to fit"
+            )
+            plan, cap = fallback, fallback.batch_size
+    return SearchResult(plan, curve, trials, notes, cap)
+
+
+def _not_monotone(trials: list[Trial], whole_from: int | None) -> bool:
+    """A trial was stopped under a batch that completed (not the whole dataset's, a regime
+    of its own): between trials, the curve may hold anything."""
+    done = [t.batch_size for t in trials if not t.exceeded]
+    done = [b for b in done if whole_from is None or b < whole_from]
+    return any(t.exceeded and t.batch_size < max(done, default=0) for t in trials)
+
+
+def _largest_measured(curve: MemoryCurve, good: list[int], choose: PlanFor) -> Plan | None:
+    """The plan at the largest batch a trial showed to fit that the choice keeps whole."""
+    for b in sorted(set(good), reverse=True):
+        plan = choose(curve, b)
+        if plan.batch_size == b:
+            return plan
+    return None
+
+
+def _final(
+    curve: MemoryCurve, trials: list[Trial], good: list[int], choose: PlanFor, n: int | None
+) -> tuple[Plan, int]:
+    """The plan on this curve and the cap the trials support (:func:`reach`); a plan under
+    the whole dataset is bounded by the trials under it."""
     top = max(good)
     cap = reach(top, trials, n)
     plan = choose(curve, cap)
-    if n is not None and plan.batch_size < n <= cap:  # not the whole: bounded by the rest
+    if n is not None and plan.batch_size < n <= cap:
         cap = reach(max((b for b in good if b < n), default=top), trials, n)
         plan = choose(curve, cap)
-    return SearchResult(plan, curve, trials, notes, cap)
+    return plan, cap
+
+
+def _unmeasured_risk(plan: Plan, curve: MemoryCurve, trials: list[Trial]) -> bool:
+    """A plan no trial ran whose epoch's last batch could pass the usable budget.
+
+    An epoch of n rows at batch b ends with a batch of n mod b rows, and a new batch shape
+    can cost up to its rows' growth again: under about 1,024 rows TensorFlow's oneDNN
+    kernels hold more (gone with ``TF_ENABLE_ONEDNN_OPTS=0``). embedding-lstm on 3,200
+    rows: batch 2,150 (a last batch of 1,050) peaked 1,501 MiB, batch 2,180 (1,020) 1,870.
+    Only a trial of that batch, its last one included, measures it."""
+    b = plan.batch_size
+    if any(t.batch_size == b and not t.exceeded for t in trials):
+        return False
+    growth = curve.peak(b) - curve.peak(1)
+    return plan.predicted_peak_bytes + growth > plan.usable_bytes
