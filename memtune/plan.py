@@ -271,12 +271,14 @@ def pipeline_bytes(
     """Host memory the data pipeline holds beside training at this batch.
 
     In-memory: the padded dataset and its shuffle index. Streaming: a bounded cache of padded
-    blocks (never more than the dataset). Parquet row groups are read whole: each batch
-    builder and the read-ahead may be decoding one (at ``DECODE_FACTOR`` times its size,
-    however small the group: an 8,192-row stream ran 8-16 % over a plan without it), and
-    with row groups larger than a batch the cache holds as many of them as a batch spans
-    plus three (``StreamingBatches.capacity``). A trial trains on rows handed to
-    it, not through this reader, so the whole term is added to measured plans too.
+    blocks (never more than the dataset), counted at its capacity, the bound (it drops the
+    blocks no batch still to come reads, so it usually holds fewer). Parquet row groups are
+    read whole: each batch builder and the read-ahead may be decoding one (at
+    ``DECODE_FACTOR`` times its size, however small the group: an 8,192-row stream ran
+    8-16 % over a plan without it), and with row groups larger than a batch the cache holds
+    as many of them as a batch spans plus three (``StreamingBatches.capacity``). A trial
+    trains on rows handed to it, not through this reader, so the whole term is added to
+    measured plans too.
     ``with_queue`` adds the prefetched batches, which a measured trial already includes and
     the analytic prior does not.
     """

@@ -69,6 +69,28 @@ def test_exactly_once_shuffled_across_epochs(tmp_path: Path, batch_size: int) ->
     assert len(stream) == -(-sum(SIZES) // batch_size)
 
 
+def test_a_stream_keeps_only_the_blocks_batches_still_need(tmp_path: Path) -> None:
+    """After a batch, the cache holds no block a later batch of the epoch will not read:
+    an LRU up to its capacity held a 40,423-row stream's 27 row groups, 150 MiB more than
+    the 8 its batches in flight and the read-ahead use."""
+    folder = id_shards(tmp_path / "d")
+    info = scan(folder)
+    sig = ModelSignature((TensorSpec("id", (None,)),), (TensorSpec("answer", (None,)),))
+    stream = StreamingBatches(
+        Layout(footprint(sig, info), info), blocks_of(info, 4), 16, shuffle=True, seed=3
+    )
+    assert stream.capacity >= 16  # the bound: a batch could span 16 one-row blocks
+    for epoch in range(2):
+        stream.set_epoch(epoch)
+        seen = []
+        for i in range(len(stream)):
+            seen.extend(int(v) for v in stream[i][0]["id"])
+            done = min((i + 1) * 16, sum(SIZES))
+            assert all(stream.order.block_end[b] > done for b in stream._cache)
+            assert len(stream._cache) <= 2  # the block running on, the one read ahead
+        assert sorted(seen) == list(range(sum(SIZES)))
+
+
 def test_epoch_order_is_a_bijection() -> None:
     order = EpochOrder([5, 1, 7, 3], 4, shuffle=True, seed=9)
     for epoch in range(3):
