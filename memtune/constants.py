@@ -4,9 +4,6 @@ DEFAULT_BUCKETS = 8  # length buckets of a None-length input unless --buckets sa
 BLOCK_ROWS = 8192  # rows a pipeline reads and pads at a time (or the batch, if larger)
 STREAM_QUEUE_BATCHES = 4  # padded batches prefetched ahead of training
 WORKERS = 2  # parallel batch builders
-# Streaming holds at most this many blocks: a batch's span, the read-ahead, one spare —
-# and the raw text of the block being parsed.
-STREAM_CACHE_BLOCKS = 5
 INDEX_BYTES_PER_SAMPLE = 8  # in-memory mode's per-epoch permutation (int64)
 # Length buckets: every row's bucket (int8), the epoch's batches (int64 rows) and the
 # permutation they are cut from while an epoch's order is built.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from memtune.constants import BLOCK_ROWS, STREAM_CACHE_BLOCKS, STREAM_QUEUE_BATCHES
+from memtune.constants import BLOCK_ROWS, STREAM_QUEUE_BATCHES, WORKERS
 from memtune.errors import MemtuneError, NothingFits
 from memtune.estimate.curve import MemoryCurve
 from memtune.plan import Budget, PlanOptions, make_plan
@@ -30,8 +30,8 @@ def test_largest_batch_under_usable() -> None:
     usable = int(GiB * 0.9)
     assert p.usable_bytes == usable
     assert p.predicted_peak_bytes <= usable
-    slope = MiB + STREAM_QUEUE_BATCHES * 1000
-    cache = STREAM_CACHE_BLOCKS * BLOCK_ROWS * 1000
+    slope = MiB + (STREAM_QUEUE_BATCHES + WORKERS) * 1000  # the queue, the batches building
+    cache = (WORKERS + 1) * BLOCK_ROWS * 1000  # a block running on each, and one read ahead
     assert p.batch_size == (usable - 100 * MiB - cache) // slope
     assert plan(safety=0.0).batch_size > p.batch_size
 
@@ -163,7 +163,7 @@ def test_streaming_parquet_row_groups_larger_than_a_batch_are_held_and_decoded_w
         "streaming", 4096, num_samples=n, per_sample_bytes=per, with_queue=False,
         whole_blocks=groups,
     )  # fmt: skip
-    assert small == 5 * 8192 * per
+    assert small == (2 * 4096 + 3 * 8192) * per  # two batches building, three blocks
     assert whole == 4 * 100_000 * per + 3 * DECODE_FACTOR * 98 * MiB
     fitting = (8192, 8192, 8 * MiB)  # row groups no larger than a block: still decoded whole
     assert small + 3 * DECODE_FACTOR * 8 * MiB == pipeline_bytes(
@@ -188,4 +188,5 @@ def test_a_small_parquet_dataset_is_planned_in_memory_where_decoding_would_cost_
     assert streamed.mode == unbounded.mode == "streaming"
     freed = 3 * DECODE_FACTOR * 30 * MiB
     assert streamed.predicted_peak_bytes <= streamed.usable_bytes
-    assert unbounded.batch_size - streamed.batch_size == pytest.approx(freed / MiB, abs=2)
+    per_sample = MiB + (STREAM_QUEUE_BATCHES + WORKERS) * 1000  # training, queue, building
+    assert unbounded.batch_size - streamed.batch_size == pytest.approx(freed / per_sample, abs=2)
