@@ -273,7 +273,7 @@ def pipeline_bytes(
     blocks (never more than the dataset): the blocks of the batches the builders are
     building, each batch's rows plus a block running on at its end, and the block read ahead
     (blocks no batch still to come reads are dropped; counted at the cache's capacity, a
-    40,423-row stream was predicted 8.9 % over its fit). Parquet row groups are read whole:
+    40,044-row stream was predicted 8.9 % over its fit). Parquet row groups are read whole:
     each batch builder and the read-ahead may be decoding one (at ``DECODE_FACTOR`` times its
     size, however small the group: an 8,192-row stream ran 8-16 % over a plan without it),
     and with row groups larger than a batch the cache holds as many of them as a batch spans

@@ -322,7 +322,8 @@ class StreamingBatches:
         """Drop cached blocks that end by ``position`` of this epoch's order: batches are
         built in order, so no batch still to come needs them. The cache then holds the
         blocks of the batches being built and the one read ahead, not up to its capacity
-        (a 40,423-row stream of 8,192-row groups: 8 blocks, not 27 — 150 MiB less)."""
+        (a 40,423-row stream of 8,192-row groups filled all 27 of it; it now holds 150 MiB
+        less beside training)."""
         self._floor = max(self._floor, position)
         ends = self.order.block_end
         for block in [b for b in self._cache if ends[b] <= self._floor]:
