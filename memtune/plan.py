@@ -387,7 +387,13 @@ def make_plan(
             caps.append((options.verified_cap, "what the trials support"))
         cap, cap_why = min(caps, key=lambda c: c[0])
         batch = min(fits, cap)
-        if fits > cap:
+        if fits > cap and cap_why == "what the trials support":
+            # The curve past the trials is a line nobody measured: it may hold a cliff.
+            reasons.append(
+                f"the curve fitted to the trials allows more than {cap:,}; batch {cap:,} is "
+                "capped by what the trials support (no batch past it is measured to fit)"
+            )
+        elif fits > cap:
             reasons.append(f"more than {cap:,} would fit; batch {cap:,} is capped by {cap_why}")
             if cap_why == floor:
                 verified = options.verified_cap

@@ -8,6 +8,12 @@ a fresh process for at least 10 steps (one epoch, or more when the batch is the 
 its peak measured from outside (``wait4`` → ru_maxrss, and the tree sampled). The analytic
 prior's prediction at the same batch is printed beside it, so the gain of measuring shows.
 
+A plan under 0.85 of the usable budget that the dataset does not cap is checked against the
+model's own curve: ``fit`` runs at larger batches, 5 % apart (at most four), until one
+reads more than the usable budget. If none landed between 0.85 and 1.00 of it, the curve
+caps the batch (a measured cliff, e.g. oneDNN's cost of a small last batch); if one did,
+the plan left that memory unused and the row misses.
+
     python scripts/bench_estimate.py [--json] [--only NAME]
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -23,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,9 @@ import pyarrow.parquet as pq
 GiB = 1024**3
 MiB = 1024**2
 BUDGETS = (1.25 * GiB, 2.0 * GiB)
+FULL = 0.85  # a plan the dataset does not cap should reach this share of the usable budget
+CHECK_STEP = 1.05  # the curve check's batches: this factor apart
+CHECKS = 4
 
 # What users train: keras-io-style text, sequence and tabular models on data shaped like theirs.
 MODELS: dict[str, str] = {
@@ -289,6 +300,53 @@ def run_measured(*args: str, cache: str) -> tuple[dict[str, Any], int, int]:
     return json.loads(out), own, max(tree_peak, own)
 
 
+def fit_peak(inputs: list[str], plan: dict[str, Any], cache: str, batch: int) -> int:
+    """``fit``'s peak at a forced batch (at least 10 steps), under a budget the host can give
+    so the watchdog leaves the batch alone."""
+    steps = -(-plan["num_samples"] // batch)
+    _, peak, _ = run_measured(
+        "fit",
+        *inputs,
+        "--budget",
+        "12GiB",
+        "--max-batch-size",
+        str(10**9),
+        "--buckets",
+        "off",
+        "--batch-size",
+        str(batch),
+        "--mode",
+        plan["mode"],
+        "--epochs",
+        str(max(1, -(-10 // steps))),
+        "--json",
+        cache=cache,
+    )
+    return peak
+
+
+def curve_check(
+    fit: Callable[[int], int], plan: dict[str, Any], usable: int
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Whether the model's own curve caps a plan under ``FULL`` of ``usable``: ``fit`` at
+    batches ``CHECK_STEP`` apart above it (``fit(batch)`` → its peak) until one reads more
+    than ``usable``. "curve" when none landed in [FULL, 1] of it, None when one did (the plan
+    left that memory unused) or none passed it within ``CHECKS`` batches."""
+    checks: list[dict[str, Any]] = []
+    batch = plan["batch_size"]
+    for _ in range(CHECKS):
+        batch = min(plan["num_samples"], max(batch + 1, round(batch * CHECK_STEP)))
+        share = fit(batch) / usable
+        checks.append({"batch_size": batch, "peak_over_usable": round(share, 3)})
+        if FULL <= share <= 1.0:
+            return None, checks
+        if share > 1.0:
+            return "curve", checks
+        if batch >= plan["num_samples"]:
+            return "dataset", checks
+    return None, checks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -307,13 +365,9 @@ def main() -> None:
             targets = [a for t in TARGETS.get(name, ["answer"]) for a in ("--target", t)]
             maxlen = ["--maxlen", str(MAXLEN[name])] if name in MAXLEN else []
             for budget in [b * GiB for b in args.budget] if args.budget else BUDGETS:
+                inputs = ["--model", model, "--data", str(data), *targets, *maxlen]
                 common = [
-                    "--model",
-                    model,
-                    "--data",
-                    str(data),
-                    *targets,
-                    *maxlen,
+                    *inputs,
                     "--budget",
                     f"{budget / GiB:.2f}GiB",
                     # The memory model is judged at the memory bound, so the default
@@ -346,13 +400,20 @@ def main() -> None:
                     "fit", *common, *forced, "--epochs", epochs, "--json", cache=cache
                 )
                 pred = plan["predicted_peak_bytes"]
+                capped = "dataset" if plan["batch_size"] >= plan["num_samples"] else None
+                checks: list[dict[str, Any]] = []
+                if capped is None and measured < FULL * plan["usable_bytes"]:
+                    capped, checks = curve_check(
+                        functools.partial(fit_peak, inputs, plan, cache), plan, plan["usable_bytes"]
+                    )
                 rows.append(
                     {
                         "model": name,
                         "budget_gib": round(budget / GiB, 2),
                         "batch_size": plan["batch_size"],
                         "mode": plan["mode"],
-                        "capped": plan["batch_size"] >= plan["num_samples"],
+                        "capped": capped,  # "dataset", "curve" (checked) or None
+                        "curve_checks": checks,
                         "trials": len(plan["trials"]),
                         "predicted": pred,
                         "measured": measured,
@@ -378,6 +439,19 @@ def main() -> None:
                     f"{r['suggest_s']:.0f} s",
                     flush=True,
                 )
+                for c in checks:
+                    print(
+                        f"    curve check: fit at batch {c['batch_size']:>6} read "
+                        f"{c['peak_over_usable']:.2f} of usable",
+                        flush=True,
+                    )
+                if checks:
+                    verdict = {
+                        "curve": "no larger batch lands in 0.85-1.00: the curve caps the batch",
+                        "dataset": "the dataset caps the batch",
+                        None: "MISS: a larger batch fits",
+                    }[capped]
+                    print(f"    {verdict}", flush=True)
                 if args.verbose:
                     for t in plan["trials"]:
                         stopped = " (stopped)" if t.get("exceeded") else ""
@@ -390,21 +464,24 @@ def main() -> None:
         print(json.dumps({"rows": [], "nothing_fits": refusals}) if args.json else "no rows")
         return
     errors = [r["error"] for r in rows]
-    analytic = [r["analytic_error"] for r in rows]
+    analytic_errors = [r["analytic_error"] for r in rows]
     uncapped = [r["peak_over_usable"] for r in rows if not r["capped"]]
+    curve_capped = [f"{r['model']} {r['budget_gib']}" for r in rows if r["capped"] == "curve"]
     summary = {
         "machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GiB:.0f} GiB, CPU only",
         "runs": len(rows),
         "median_error": round(statistics.median(errors), 4),
         "max_error": round(max(errors), 4),
-        "analytic_median_error": round(statistics.median(analytic), 4),
-        "analytic_max_error": round(max(analytic), 4),
+        "analytic_median_error": round(statistics.median(analytic_errors), 4),
+        "analytic_max_error": round(max(analytic_errors), 4),
         "peak_over_usable_min": round(min(uncapped), 3) if uncapped else None,
         "peak_over_usable_max": round(max(r["peak_over_usable"] for r in rows), 3),
         "fit_tree_over_budget_max": round(max(r["fit_tree_over_budget"] for r in rows), 3),
         "planning_tree_over_budget_max": round(
             max(r["planning_tree_over_budget"] for r in rows), 3
         ),
+        "capped_by_curve": curve_capped,
+        "under_full_uncapped": sum(u < FULL for u in uncapped),
         "over_budget": sum(r["over_budget"] for r in rows),
         "max_trials": max(r["trials"] for r in rows),
         "median_suggest_s": statistics.median(r["suggest_s"] for r in rows),
@@ -413,7 +490,9 @@ def main() -> None:
     print(
         f"median error {summary['median_error']:.1%} (target <= 3%), max {summary['max_error']:.1%} (<= 8%); "
         f"analytic alone: median {summary['analytic_median_error']:.1%}, max {summary['analytic_max_error']:.1%}; "
-        f"fit/usable {summary['peak_over_usable_min']}-{summary['peak_over_usable_max']} (0.85-1.00 uncapped); "
+        f"fit/usable {summary['peak_over_usable_min']}-{summary['peak_over_usable_max']} (0.85-1.00 uncapped; "
+        f"{summary['under_full_uncapped']} uncapped under 0.85, capped by their curve: "
+        f"{', '.join(curve_capped) or 'none'}); "
         f"fit tree/budget max {summary['fit_tree_over_budget_max']}, planning tree/budget max "
         f"{summary['planning_tree_over_budget_max']} (<= 1.00); rows over budget {summary['over_budget']}; "
         f"trials <= {summary['max_trials']}"
