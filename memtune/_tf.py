@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
+from memtune import heap
+
 _debug = False
 INTEROP_THREADS = 1
 
@@ -54,6 +56,7 @@ def tensorflow() -> ModuleType:
     if "tensorflow" in sys.modules and "keras" in sys.modules:
         return sys.modules["tensorflow"]
     if "tensorflow" not in sys.modules:
+        heap.limit_arenas()  # before TensorFlow's threads take arenas of their own
         # One inter-op thread: independent ops run one after another, so the peak of a step
         # is the same from run to run. With TensorFlow's default, identical runs of one model
         # peaked 200 MiB apart (two large ops' buffers live at once, or not), at the same

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from memtune import _tf, children, signals
+from memtune import _tf, children, heap, signals
 from memtune.errors import MemtuneError
 
 
@@ -412,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``argv``, as tests do). As the script itself (no ``argv``) the process ends with that
     code once its output is flushed, without the interpreter's teardown, where TensorFlow's
     and pyarrow's thread pools can hang (:func:`memtune.children.finish`)."""
+    if argv is None:  # the process is memtune's: glibc's arenas are set before any thread
+        heap.limit_arenas()
     code = _run(argv)
     if argv is None:
         children.finish(code)

@@ -1,13 +1,34 @@
-"""This process's memory: handing freed memory back to the system, so resident memory says
-what is held, and its high-water mark."""
+"""This process's memory: how glibc's allocator keeps it, handing freed memory back to the
+system (so resident memory says what is held), and its high-water mark."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import gc
+import os
 import resource
 import sys
+
+ARENAS = 2  # glibc malloc arenas (mallopt M_ARENA_MAX), unless MALLOC_ARENA_MAX is set
+_M_ARENA_MAX = -8
+
+
+def limit_arenas() -> None:
+    """At most ``ARENAS`` glibc malloc arenas for this process (a user's MALLOC_ARENA_MAX
+    wins; a no-op off glibc).
+
+    ``tf.data`` starts new threads each epoch, glibc hands new threads new arenas (up to
+    eight per core), and each arena keeps what its threads freed. A peak then climbs epoch
+    after epoch: wide-mlp at batch 3,437 read 981 MiB after one epoch and 1,411 MiB after
+    twelve, where a trial reads the first epochs. With two arenas and a trim as each epoch
+    begins (:class:`memtune.callbacks.trim_heap.TrimHeap`) it held 988 MiB from the second
+    epoch on (mlp 1,096 flat, against 1,080 → 1,238), at the same speed. Takes effect for
+    arenas created later, so it runs before TensorFlow starts its threads."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, ARENAS)
 
 
 def release() -> None:

@@ -363,6 +363,7 @@ def _train(
         set_accumulation(model, accumulation)
     from memtune.callbacks.epoch_progress import EpochProgress
     from memtune.callbacks.memory_guard import MemoryGuard
+    from memtune.callbacks.trim_heap import TrimHeap
 
     progress = EpochProgress()
     guard = MemoryGuard(
@@ -408,7 +409,7 @@ def _train(
                 "epochs": last,
                 "initial_epoch": first_epoch,
                 "shuffle": False,  # the batch sources shuffle, seeded, per epoch
-                "callbacks": [feed.epoch_callback(), progress, *callbacks, guard],
+                "callbacks": [TrimHeap(), feed.epoch_callback(), progress, *callbacks, guard],
                 "verbose": extra.get("verbose", 1 if sys.stdout.isatty() else 2),
             }
             try:

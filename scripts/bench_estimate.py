@@ -4,8 +4,8 @@ streaming one twice: in row groups as pyarrow writes them, and of 8,192 rows), t
 For each (model, budget), with a fresh trial cache: ``memtune suggest`` (trials) gives a
 plan, and its whole process tree (planning process + trial children) is sampled every 10 ms;
 ``memtune fit`` then trains at exactly that plan (forced ``--batch-size`` and ``--mode``) in
-a fresh process for at least 10 steps (one epoch, or more when the batch is the dataset),
-its peak measured from outside (``wait4`` → ru_maxrss, and the tree sampled). The analytic
+a fresh process for at least three epochs and 10 steps (memory that grows from epoch to
+epoch shows; a trial trains the first epochs only), its peak measured from outside (``wait4`` → ru_maxrss, and the tree sampled). The analytic
 prior's prediction at the same batch is printed beside it, so the gain of measuring shows.
 
 A plan under 0.85 of the usable budget that the dataset does not cap is checked against the
@@ -300,9 +300,15 @@ def run_measured(*args: str, cache: str) -> tuple[dict[str, Any], int, int]:
     return json.loads(out), own, max(tree_peak, own)
 
 
+def epochs_for(steps: int) -> int:
+    """A training run, not one step: at least as many steps as a trial may take (a batch
+    capped by the dataset is one step per epoch), over at least three epochs."""
+    return max(3, -(-10 // steps))
+
+
 def fit_peak(inputs: list[str], plan: dict[str, Any], cache: str, batch: int) -> int:
-    """``fit``'s peak at a forced batch (at least 10 steps), under a budget the host can give
-    so the watchdog leaves the batch alone."""
+    """``fit``'s peak at a forced batch (:func:`epochs_for` its steps), under a budget the
+    host can give so the watchdog leaves the batch alone."""
     steps = -(-plan["num_samples"] // batch)
     _, peak, _ = run_measured(
         "fit",
@@ -318,7 +324,7 @@ def fit_peak(inputs: list[str], plan: dict[str, Any], cache: str, batch: int) ->
         "--mode",
         plan["mode"],
         "--epochs",
-        str(max(1, -(-10 // steps))),
+        str(epochs_for(steps)),
         "--json",
         cache=cache,
     )
@@ -392,10 +398,8 @@ def main() -> None:
                 analytic, _, _ = run_measured(
                     "suggest", *common, *forced, "--analytic", "--force", "--json", cache=cache
                 )
-                # A training run, not one step: at least as many steps as a trial may take
-                # (a batch capped by the dataset is one step per epoch).
                 steps = -(-plan["num_samples"] // plan["batch_size"])
-                epochs = str(max(1, -(-10 // steps)))
+                epochs = str(epochs_for(steps))
                 _, measured, fit_tree = run_measured(
                     "fit", *common, *forced, "--epochs", epochs, "--json", cache=cache
                 )

@@ -31,7 +31,7 @@ from memtune.plan import Budget, Plan, Trial
 from memtune.probe import Probe
 from memtune.units import format_bytes
 
-MEMTUNE_TRIAL_FORMAT = "6"  # bump when what a trial measures changes
+MEMTUNE_TRIAL_FORMAT = "7"  # bump when what a trial measures changes
 TRIAL_AIM = 0.97  # a trial aims this far under its limit: one stopped by noise is one lost
 
 

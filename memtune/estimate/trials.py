@@ -292,6 +292,7 @@ def _carry_fit_libraries() -> None:
 
 def _child() -> int:
     children.die_with_parent()
+    heap.limit_arenas()  # as fit's process: before any library starts threads
     _carry_fit_libraries()
     raw = json.loads(sys.stdin.read())
     if raw.get("baseline"):
@@ -354,11 +355,17 @@ def _child() -> int:
         from memtune.callbacks.epoch_progress import EpochProgress
         from memtune.callbacks.flat_peak import FlatPeak
         from memtune.callbacks.memory_guard import MemoryGuard
+        from memtune.callbacks.trim_heap import TrimHeap
 
         flat = FlatPeak(MIN_STEPS)
         # fit's own callbacks run here too (the guard's readings, never its stop: the
         # parent's watcher stops a trial), so their memory is part of what is measured.
-        ride_along = [feed.epoch_callback(), EpochProgress(), MemoryGuard(2**62, 2**62, cpu=True)]
+        ride_along = [
+            TrimHeap(),
+            feed.epoch_callback(),
+            EpochProgress(),
+            MemoryGuard(2**62, 2**62, cpu=True),
+        ]
         try:
             data = feed.stream(source)
             extra: dict[str, Any] = {}

@@ -1,0 +1,79 @@
+"""glibc's allocator as memtune sets it: few arenas, freed memory handed back each epoch.
+
+Each case runs in a fresh Python, since an arena limit only holds for arenas made later.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from memtune import heap
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="glibc's malloc arenas",
+)
+
+# Eight threads allocate at once, then glibc lists its arenas on stderr ("Arena N:").
+THREADS = """
+import ctypes, threading
+held, start = [], threading.Barrier(8)
+def work():
+    start.wait()
+    held.extend(bytearray(50_000) for _ in range(100))
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL("libc.so.6").malloc_stats()
+"""
+
+
+def arenas(setup: str, env: dict[str, str]) -> int:
+    code = textwrap.dedent(setup) + THREADS
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    return {**env, **extra}
+
+
+def test_threads_share_the_limited_arenas() -> None:
+    assert arenas("", clean_env()) > heap.ARENAS  # glibc alone: an arena per thread
+    limited = "from memtune import heap\nheap.limit_arenas()\n"
+    assert arenas(limited, clean_env()) == heap.ARENAS
+
+
+def test_a_users_malloc_arena_max_wins() -> None:
+    limited = "from memtune import heap\nheap.limit_arenas()\n"
+    assert arenas(limited, clean_env(MALLOC_ARENA_MAX="4")) == 4
+
+
+def test_trim_heap_hands_freed_memory_back_as_an_epoch_begins() -> None:
+    """Every other 100 kB block freed: glibc keeps the holes (nothing at the heap's top to
+    trim); the callback hands them back."""
+    code = textwrap.dedent(
+        """
+        import psutil
+        from memtune.callbacks.trim_heap import TrimHeap
+        blocks = [bytearray(100_000) for _ in range(3000)]
+        del blocks[::2]
+        before = psutil.Process().memory_info().rss
+        TrimHeap().on_epoch_begin(1)
+        print(before - psutil.Process().memory_info().rss)
+        """
+    )
+    env = clean_env(TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    freed = int(out.stdout.strip().splitlines()[-1])
+    assert freed > 100 * 1024**2  # of the 150 MB freed, most goes back
