@@ -14,10 +14,15 @@ import pytest
 
 from memtune import heap
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
-    reason="glibc's malloc arenas",
-)
+
+def _glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError, AttributeError):  # not glibc, or not a POSIX confstr
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _glibc(), reason="glibc's malloc arenas")
 
 # Eight threads allocate at once, then glibc lists its arenas on stderr ("Arena N:").
 THREADS = """
