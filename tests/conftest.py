@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def sigint_reaches_child() -> None:
+    """``preexec_fn`` for a child a test Ctrl-Cs: a test run started as ``cmd &`` by a
+    non-interactive shell ignores SIGINT, and its children inherit that (Python then installs
+    no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write_csv_shards(

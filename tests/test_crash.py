@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from memtune.failpoints import ENV
-from tests.conftest import write_csv_shards, write_factory
+from tests.conftest import sigint_reaches_child, write_csv_shards, write_factory
 
 pytestmark = pytest.mark.slow
 
@@ -226,6 +226,7 @@ def test_a_signalled_suggest_leaves_no_trial_child(world: dict[str, Any], signum
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_reaches_child,
     )
     me = psutil.Process(parent.pid)
     children: list[psutil.Process] = []

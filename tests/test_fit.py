@@ -13,7 +13,7 @@ import memtune.data.pipeline as pipeline
 from memtune.cli import main
 from memtune.errors import MemtuneError
 from memtune.train import fit
-from tests.conftest import write_factory
+from tests.conftest import sigint_reaches_child, write_factory
 from tests.test_pipeline import SIZES, id_shards
 
 pytestmark = pytest.mark.slow
@@ -388,6 +388,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_keeps_the_checkpoint(
         stderr=subprocess.PIPE,
         text=True,
         env=os.environ,
+        preexec_fn=sigint_reaches_child,
     )
     _wait_for_epochs(child, trace, 1)
     child.send_signal(getattr(signal, signame))
