@@ -53,10 +53,10 @@ def native_stderr_quiet() -> Iterator[None]:
 
 def tensorflow() -> ModuleType:
     """``import tensorflow`` (and Keras) with its start-up noise kept off memtune's stderr."""
+    heap.limit_arenas()  # before TensorFlow's threads take arenas of their own, if it can
     if "tensorflow" in sys.modules and "keras" in sys.modules:
         return sys.modules["tensorflow"]
     if "tensorflow" not in sys.modules:
-        heap.limit_arenas()  # before TensorFlow's threads take arenas of their own
         # One inter-op thread: independent ops run one after another, so the peak of a step
         # is the same from run to run. With TensorFlow's default, identical runs of one model
         # peaked 200 MiB apart (two large ops' buffers live at once, or not), at the same

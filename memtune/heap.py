@@ -12,6 +12,7 @@ import sys
 
 ARENAS = 2  # glibc malloc arenas (mallopt M_ARENA_MAX), unless MALLOC_ARENA_MAX is set
 _M_ARENA_MAX = -8
+_arenas_limited = False
 
 
 def limit_arenas() -> None:
@@ -24,9 +25,12 @@ def limit_arenas() -> None:
     twelve, where a trial reads the first epochs. With two arenas and a trim as each epoch
     begins (:class:`memtune.callbacks.trim_heap.TrimHeap`) it held 988 MiB from the second
     epoch on (mlp 1,096 flat, against 1,080 → 1,238), at the same speed. Takes effect for
-    arenas created later, so it runs before TensorFlow starts its threads."""
-    if "MALLOC_ARENA_MAX" in os.environ:
+    arenas created later (glibc stops listening once nine exist), so it runs before
+    TensorFlow starts its threads where memtune can, and once."""
+    global _arenas_limited
+    if _arenas_limited or "MALLOC_ARENA_MAX" in os.environ:
         return
+    _arenas_limited = True
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, ARENAS)
 
