@@ -40,6 +40,12 @@ def release() -> None:
     gc.collect()
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
+    trim()
+
+
+def trim() -> None:
+    """Hand the C heap's free pages back to the system (glibc; under a millisecond, where a
+    full garbage collection beside TensorFlow takes ~170 ms)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

@@ -10,7 +10,7 @@ keras = _tf.keras()
 
 
 class TrimHeap(keras.callbacks.Callback):  # type: ignore[name-defined]
-    """Hands freed memory back to the system as each epoch begins (:func:`heap.release`).
+    """Hands freed memory back to the system as each epoch begins (:func:`heap.trim`).
 
     Each epoch's ``tf.data`` iterator runs on new threads; what the last one's threads freed
     stays cached in glibc's arenas, and the new epoch's batches land beside it. Both ``fit``
@@ -18,4 +18,4 @@ class TrimHeap(keras.callbacks.Callback):  # type: ignore[name-defined]
     :func:`heap.limit_arenas` for the measurements)."""
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        heap.release()
+        heap.trim()
