@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
@@ -10,7 +11,15 @@ from memtune.api import MEASURED_AIM as AIM
 from memtune.errors import NothingFits
 from memtune.estimate.curve import MemoryCurve
 from memtune.estimate.measured import trial_limit
-from memtune.estimate.search import MAX_TRIALS, REACH, fitted, reach, search
+from memtune.estimate.search import (
+    MAX_TRIALS,
+    REACH,
+    _within_noise,
+    fitted,
+    reach,
+    search,
+    trial_noise,
+)
 from memtune.plan import Budget, Plan, PlanOptions, Trial, make_plan
 
 MiB = 1024**2
@@ -106,7 +115,6 @@ def test_step_in_the_curve_is_followed() -> None:
 
 
 def test_noise_does_not_break_safety() -> None:
-    import random
 
     rng = random.Random(4)
 
@@ -206,7 +214,6 @@ def test_a_noisy_short_baseline_is_not_extrapolated_from() -> None:
     102 (half the way geometrically), where a 45 MiB growth read against ±20 MiB of noise;
     the third trial landed 18 % low and the fourth was stopped (fit / usable 0.76). Half
     the way in batch, the slope is measured over ~1,300 samples."""
-    import random
 
     rng = random.Random(7)
 
@@ -343,3 +350,49 @@ def test_a_cheaper_whole_dataset_trial_is_not_interpolated_toward() -> None:
     assert calls[-1] == 8000  # measured, and over the aim: the plan lies under it
     check(result, truth, usable)  # before: batch 7,743 on the line toward it, 1.05 of usable
     assert result.plan.batch_size <= max(c for c in calls if c < 8000)
+
+
+@pytest.mark.parametrize("flat", [3, 4, 8, 12])
+def test_the_last_trial_allows_for_the_noise_of_a_short_slope(flat: float) -> None:
+    """bench_estimate's BiLSTM at 2 GiB: the prior ~4x too flat, the second trial stopped,
+    the third at batch 72 read a slope of 2.0 MiB a row over 64 rows (±30 MiB each), the
+    last, aimed on it at 432, was stopped: plan 72, 0.56 of usable. Over 40 noisy runs of
+    a linear truth, every plan lands safe and at 0.84 of usable or more. A prior over ~13x
+    too flat here stops the third trial too (two thirds of the way from 8 to the stop):
+    the plan then lands near 0.6."""
+
+    def truth(b: int) -> int:
+        return 845 * MiB + int(2.6 * MiB) * b
+
+    usable = int(2 * GiB * 0.9)
+    trial_limit = int(2 * GiB * 0.95) - 90 * MiB  # beside the planning process
+    prior = MemoryCurve(840 * MiB, int(2.6 * MiB / flat))
+    landed = []
+    for seed in range(40):
+        rng = random.Random(seed)
+
+        def noisy(b: int, rng: random.Random = rng) -> int:
+            return truth(b) + rng.randint(-30 * MiB, 30 * MiB)
+
+        measure, _ = machine(noisy, trial_limit)
+        trial_plan = planner(2 * GiB, within=int(trial_limit * 0.97))
+        result = search(prior, measure, trial_plan, planner(2 * GiB), noise=trial_noise)
+        assert truth(result.plan.batch_size) + 30 * MiB <= usable  # safe at its noisiest
+        landed.append(truth(result.plan.batch_size) / usable)
+    assert min(landed) >= 0.84, sorted(landed)[:5]
+
+
+def test_the_noise_hedge_shrinks_with_the_baseline() -> None:
+    """The slope's error is the noise over the distance it was read across: a long
+    baseline, or a short step past it, is hardly hedged; a far step past a short one is."""
+    curve = MemoryCurve(0, 0).with_points([(8, 860 * MiB), (72, 989 * MiB)])
+    trials = [Trial(8, 860 * MiB), Trial(72, 989 * MiB)]
+    target = curve.peak(440)
+    hedged = _within_noise(curve, trials, 72, 440, target, trial_noise, None)
+    assert 340 < hedged < 390  # 30 MiB over 64 rows: the slope allowed ~23 % steeper
+    long = [Trial(8, 860 * MiB), Trial(1000, 2860 * MiB)]
+    far = MemoryCurve(0, 0).with_points([(t.batch_size, t.peak_bytes) for t in long])
+    step = _within_noise(far, long, 1000, 1100, far.peak(1100), trial_noise, None)
+    assert step >= 1095  # 86 MiB of noise over 992 rows: ~0.09 MiB a row, 9 MiB at 1,100
+    beside = [*trials, Trial(500, 1900 * MiB)]  # measured past: an interpolation, not hedged
+    assert _within_noise(curve, beside, 72, 440, target, trial_noise, None) == 440

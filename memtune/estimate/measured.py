@@ -15,7 +15,7 @@ from memtune import _tf, heap, progress
 from memtune.constants import NOISE_FLOOR, NOISE_SHARE
 from memtune.estimate.cache import TrialCache, cache_key
 from memtune.estimate.curve import MemoryCurve
-from memtune.estimate.search import search
+from memtune.estimate.search import search, trial_noise
 from memtune.estimate.trials import (
     MAX_STEPS,
     FeedSpec,
@@ -353,6 +353,7 @@ def measured_plan(
             lambda curve, cap: plan_for(curve, cap, within=within),
             lambda curve, cap: plan_for(curve, cap),
             s.num_samples,
+            noise=trial_noise,
         )
         scale = None
         if lengths is not None:
