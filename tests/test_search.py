@@ -394,5 +394,9 @@ def test_the_noise_hedge_shrinks_with_the_baseline() -> None:
     far = MemoryCurve(0, 0).with_points([(t.batch_size, t.peak_bytes) for t in long])
     step = _within_noise(far, long, 1000, 1100, far.peak(1100), trial_noise, None)
     assert step >= 1095  # 86 MiB of noise over 992 rows: ~0.09 MiB a row, 9 MiB at 1,100
+    stop = [*trials, Trial(300, 1700 * MiB, exceeded=True)]  # steepens: the line says 1,449
+    steep = fitted(MemoryCurve(0, 0), stop)
+    toward = _within_noise(steep, stop, 72, 250, steep.peak(250), trial_noise, None)
+    assert toward >= 240  # the slope past 72 is read over 72 -> 300: 30 MiB over 228 rows
     beside = [*trials, Trial(500, 1900 * MiB)]  # measured past: an interpolation, not hedged
     assert _within_noise(curve, beside, 72, 440, target, trial_noise, None) == 440

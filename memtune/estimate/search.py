@@ -256,19 +256,24 @@ def _within_noise(
     """The largest batch up to ``b`` whose peak stays under ``target`` when the slope past
     ``top`` is steeper by ``SPREAD`` times the noise over the distance it was read across.
 
-    Only an extrapolation past every completed trial: the slope read between ``top`` and
-    the trial below it carries their noise, and its error grows with the distance past
-    ``top``. A short baseline, far extrapolated, is hedged most: bench_estimate's BiLSTM
-    at 2 GiB read 860 MiB at batch 8 and 989 at 72 (±30 MiB); on that slope its last
-    trial, at 432, was stopped and the plan stayed at 72 (0.56 of usable), where batch
-    341 peaked at 0.94.
+    Only an extrapolation past every completed trial: the slope the curve runs on past
+    ``top`` (read from the trial below it, or toward a stopped trial that steepened it)
+    carries their noise, and its error grows with the distance past ``top``. A short
+    baseline, far extrapolated, is hedged most: bench_estimate's BiLSTM at 2 GiB read
+    860 MiB at batch 8 and 989 at 72 (±30 MiB); on that slope its last trial, at 432,
+    was stopped and the plan stayed at 72 (0.56 of usable), where batch 341 peaked at 0.94.
     """
     done = {t.batch_size: t.peak_bytes for t in trials if not t.exceeded}
     done = {k: v for k, v in done.items() if whole_from is None or k < whole_from}
     below = max((k for k in done if k < top), default=None)
     if below is None or top not in done or b <= top or max(done) > top:
         return b
-    spread = SPREAD * noise(done[top]) / (top - below)
+    # Past ``top`` the curve runs toward a stopped trial that steepened it, if one did: its
+    # slope is read over that longer stretch (text-cnn at 1.25 GiB, hedged over 8 -> 74
+    # instead of 74 -> 344, planned 241 at 0.82 of usable where 361 read 0.93).
+    above = min((k for k, _ in curve.points if k > top), default=None)
+    stretch = above - top if above is not None else top - below
+    spread = SPREAD * noise(done[top]) / stretch
 
     def fits(x: int) -> bool:
         return x <= top or curve.peak(x) + spread * (x - top) <= target
