@@ -383,20 +383,33 @@ def test_the_last_trial_allows_for_the_noise_of_a_short_slope(flat: float) -> No
 
 
 def test_the_noise_hedge_shrinks_with_the_baseline() -> None:
-    """The slope's error is the noise over the distance it was read across: a long
-    baseline, or a short step past it, is hardly hedged; a far step past a short one is."""
-    curve = MemoryCurve(0, 0).with_points([(8, 860 * MiB), (72, 989 * MiB)])
-    trials = [Trial(8, 860 * MiB), Trial(72, 989 * MiB)]
-    target = curve.peak(440)
-    hedged = _within_noise(curve, trials, 72, 440, target, trial_noise, None)
-    assert 340 < hedged < 390  # 30 MiB over 64 rows: the slope allowed ~23 % steeper
-    long = [Trial(8, 860 * MiB), Trial(1000, 2860 * MiB)]
-    far = MemoryCurve(0, 0).with_points([(t.batch_size, t.peak_bytes) for t in long])
-    step = _within_noise(far, long, 1000, 1100, far.peak(1100), trial_noise, None)
-    assert step >= 1095  # 86 MiB of noise over 992 rows: ~0.09 MiB a row, 9 MiB at 1,100
-    stop = [*trials, Trial(300, 1700 * MiB, exceeded=True)]  # steepens: the line says 1,449
-    steep = fitted(MemoryCurve(0, 0), stop)
-    toward = _within_noise(steep, stop, 72, 250, steep.peak(250), trial_noise, None)
-    assert toward >= 240  # the slope past 72 is read over 72 -> 300: 30 MiB over 228 rows
-    beside = [*trials, Trial(500, 1900 * MiB)]  # measured past: an interpolation, not hedged
-    assert _within_noise(curve, beside, 72, 440, target, trial_noise, None) == 440
+    """The slope's error is the noise over the distance it was read across: a far step past
+    a short baseline is hedged, one past a long baseline hardly; the planner's own aim
+    decides on the steeper line, so a flat curve still lets the last trial go on."""
+    plan_for = planner(2 * GiB, per=1)
+
+    def hedge(points: list[tuple[int, int, bool]], b: int, budget: int = 2 * GiB) -> int:
+        trials = [Trial(batch, peak, exceeded=stopped) for batch, peak, stopped in points]
+        curve = fitted(MemoryCurve(0, 0), trials)
+        top = max(t.batch_size for t in trials if not t.exceeded)
+        return _within_noise(curve, trials, top, b, trial_noise, None, planner(budget, per=1))
+
+    def aimed(points: list[tuple[int, int, bool]]) -> int:
+        curve = fitted(MemoryCurve(0, 0), [Trial(b, p, exceeded=x) for b, p, x in points])
+        return plan_for(curve, None).batch_size
+
+    short = [(8, 860 * MiB, False), (72, 989 * MiB, False)]  # bilstm: 2.0 MiB a row
+    assert hedge(short, aimed(short)) < 0.88 * aimed(short)  # 30 MiB over 64 rows
+    long = [(8, 700 * MiB, False), (600, 1300 * MiB, False)]
+    assert hedge(long, aimed(long)) >= 0.96 * aimed(long)  # 39 MiB over 592 rows
+    # A stop that steepened the curve: past 72 it runs toward 300, read over 228 rows.
+    stop = [*short, (300, 1700 * MiB, True)]  # the line through 8 and 72 says 1,449 there
+    assert hedge(stop, 299) >= 295  # over 72 -> 8 (64 rows) it would be ~285
+    # Flat past the top trial (mlp: 960 MiB at 2,074, 927 at 2,836): the line allows
+    # the noise's slope, not nothing.
+    flat = [(8, 807 * MiB, False), (2074, 960 * MiB, False), (2836, 927 * MiB, False)]
+    assert hedge(flat, 15_000, budget=int(1.25 * GiB)) > 4_000
+    beside = [*short, (500, 1900 * MiB, False)]  # measured past: an interpolation
+    trials = [Trial(b, p) for b, p, _ in beside]
+    curve = fitted(MemoryCurve(0, 0), trials)
+    assert _within_noise(curve, trials, 72, 440, trial_noise, None, plan_for) == 440
