@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from memtune import _tf, heap, progress
-from memtune.constants import NOISE_FLOOR, NOISE_SHARE
 from memtune.estimate.cache import TrialCache, cache_key
 from memtune.estimate.curve import MemoryCurve
 from memtune.estimate.search import search, trial_noise
@@ -198,7 +197,7 @@ class Trials:
                 f"had {format_bytes(old.peak_bytes)}: the cached trials were dropped"
             )
         delta = now.peak_bytes - old.peak_bytes
-        noise = max(NOISE_FLOOR, int(NOISE_SHARE * old.peak_bytes))
+        noise = trial_noise(old.peak_bytes)
         said = (
             f"a fresh trial at batch {old.batch_size} measured {format_bytes(now.peak_bytes)} "
             f"where the cache had {format_bytes(old.peak_bytes)}"
@@ -290,7 +289,7 @@ def bucket_scale(
         measure.extra.append(
             replace(trial, peak_bytes=trial.peak_bytes - s.parent_extra, length=short)
         )
-        noise = max(NOISE_FLOOR, int(NOISE_SHARE * trial.peak_bytes))
+        noise = trial_noise(trial.peak_bytes)
         equal = curve.largest_batch(trial.peak_bytes + noise)
         return trial, min(1.0, max(tokens, equal / batch))
 

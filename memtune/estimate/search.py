@@ -42,27 +42,25 @@ AFTER_STOP = 0.85
 JUMP = 2.0
 # After a stop with one trial completed (batch 8), the next goes this share of the way to
 # the stopped batch, geometrically: far enough that the slope it gives stands clear of
-# the trials' noise, near enough that a prior 20x too flat is not stopped again. Half the
-# way, bench_estimate's BiLSTM at 2 GiB read its slope over 8 -> 72 (860 and 989 MiB,
-# ±30 MiB of noise) and its last trial, aimed on it, was stopped (plan 0.56 of usable).
-# On made-up linear truths with ±30 MiB of noise and priors 3-20x too flat, a half left
-# 7-17 of 40 plans under 0.85 of usable, two thirds 0-6.
+# the trials' noise, near enough that a prior up to ~13x too flat is not stopped again.
+# Half the way, bench_estimate's BiLSTM at 2 GiB read its slope over 8 -> 72 (860 and
+# 989 MiB, ±30 MiB of noise) and its last trial, aimed on it, was stopped (plan 0.56 of
+# usable). On a made-up linear truth with ±30 MiB of noise and priors 3-12x too flat
+# (tests/test_search.py), half the way with no SPREAD left 4-6 of 40 plans under 0.85 of
+# usable, down to 0.54; two thirds with SPREAD, none under 0.87.
 AFTER_STOP_GEO = 2 / 3
 # The last trial's extrapolation allows for the slope being off by this many times the
-# noise of the two trials it was read from (:func:`_within_noise`): with it, none of
-# those 40 plans landed under 0.84 of usable, and none over the budget.
+# noise of the trials it was read from (:func:`_within_noise`).
 SPREAD = 1.0
 
 Measure = Callable[[int], Trial]
+PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
 
 
 def trial_noise(peak_bytes: int) -> int:
     """How far a trial reading ``peak_bytes`` may be off: trials of one batch differ
     between runs by about this much."""
     return max(NOISE_FLOOR, int(NOISE_SHARE * peak_bytes))
-
-
-PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
 
 
 @dataclass(frozen=True)
@@ -194,7 +192,7 @@ def search(
         measured = len({t.batch_size for t in trials if not t.exceeded}) >= 2  # a slope
         if not measured and bound is None:
             b = top + (b - top) // PRIOR_SHARE
-        elif not measured:  # the prior is too flat by more than that: half the way, geometrically
+        elif not measured:  # the prior is too flat by more than that: AFTER_STOP_GEO of the way
             b = max(top, int(top ** (1 - AFTER_STOP_GEO) * b**AFTER_STOP_GEO))
         elif any(curve.peak(t.batch_size) <= t.peak_bytes for t in stops):
             # a stop steepened the curve: it says the curve is too flat, not by how much
