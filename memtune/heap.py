@@ -1,5 +1,5 @@
-"""This process's memory: how glibc's allocator keeps it, handing freed memory back to the
-system (so resident memory says what is held), and its high-water mark."""
+"""This process's memory: how glibc's allocator keeps it, and handing freed memory back to
+the system (so what is held says what is in use)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import resource
 import sys
 
 ARENAS = 2  # glibc malloc arenas (mallopt M_ARENA_MAX), unless MALLOC_ARENA_MAX is set
@@ -48,18 +47,3 @@ def trim() -> None:
     full garbage collection beside TensorFlow takes ~170 ms)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def high_water() -> int:
-    """The most resident memory this program has held, in bytes: ``VmHWM``.
-
-    Not ``ru_maxrss``: Linux carries the parent's high-water mark into a child's at
-    ``exec`` (subprocess forks by ``vfork``), so a trial child started by a planning process
-    that once held 1.5 GiB reads 1.5 GiB however little it used itself.
-    """
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) * (1 if sys.platform == "darwin" else 1024)

@@ -16,16 +16,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
-import psutil
-
+from memtune.probe import host, process
 from memtune.probe import nvml as _nvml
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One reading: seconds since start, this process's RSS, host available, GPU used."""
+    """One reading: seconds since start, what this process holds (the budget's measure,
+    :mod:`memtune.probe.process`) and its RSS, host available, GPU used."""
 
     t: float
+    held: int
     rss: int
     host_available: int
     gpu_used: tuple[int | None, ...] = ()
@@ -35,6 +36,7 @@ class Sample:
         return {
             "kind": "sample",
             "t": round(self.t, 3),
+            "held": self.held,
             "rss": self.rss,
             "host_available": self.host_available,
             "gpu_used": list(self.gpu_used),
@@ -89,12 +91,11 @@ class MemorySampler:
     nvml: ModuleType | None = None
     trace: Trace | None = None
     history: deque[Sample] = field(default_factory=lambda: deque(maxlen=240))
-    peak_rss: int = 0
+    peak_held: int = 0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._process = psutil.Process()
         self._start = self.trace.start if self.trace else time.monotonic()
         self._handles: list[Any] = []
         if self.nvml is not None and not isinstance(_nvml.query(self.nvml.nvmlInit), _nvml._Failed):
@@ -117,15 +118,17 @@ class MemorySampler:
             ok = info is not None and not isinstance(info, _nvml._Failed)
             used.append(int(info.used) if ok else None)
             total.append(int(info.total) if ok else None)
-        rss = int(self._process.memory_info().rss)
+        mine = process.read_own()
+        held, rss = (mine.held, mine.rss) if mine is not None else (0, 0)
         s = Sample(
             time.monotonic() - self._start,
+            held,
             rss,
-            int(psutil.virtual_memory().available),
+            host.available_bytes(),
             tuple(used),
             tuple(total),
         )
-        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_held = max(self.peak_held, held)
         self.history.append(s)
         if self.trace is not None:
             self.trace.write(s.to_json())

@@ -227,31 +227,38 @@ def resolve_budget(
 ) -> Budget:
     """The budget for ``device``: as given, or ``auto`` (what is free there now).
 
-    On the CPU a given budget above what the host can give this process (what is available
-    plus what the process already holds) is clipped to that, and the source says so: a
+    On the CPU the budget bounds the memory memtune's process tree holds (anonymous and
+    shared pages, page tables: :mod:`memtune.probe.process`). ``auto`` is what the host
+    (or the memory cgroup) has available less the reserve it must keep, plus what memtune
+    already holds. A given budget above that is clipped to it, and the source says so: a
     budget the machine cannot honour would only let the plan run into the kernel.
     """
-    host = probe.host.available_bytes
-    if budget_bytes is not None:
-        can_give = host + probe.host.process_bytes
-        if device == "cpu" and budget_bytes > can_give:
+    host = probe.host
+    if device == "cpu":
+        can_give = host.can_give
+        reserve = format_bytes(host.reserve_bytes)
+        if budget_bytes is not None and budget_bytes > can_give:
             return Budget(
                 device,
                 can_give,
                 f"{source} {format_bytes(budget_bytes)} clipped to what the host can give: "
-                f"{format_bytes(host)} available + {format_bytes(probe.host.process_bytes)} "
-                "this process holds",
-                host,
+                f"{format_bytes(host.available_bytes)} available less the {reserve} reserve, "
+                f"+ {format_bytes(host.process_bytes)} memtune holds",
+                host.available_bytes,
             )
-        return Budget(device, budget_bytes, source, host)
-    if device == "cpu":
+        if budget_bytes is not None:
+            return Budget(device, budget_bytes, source, host.available_bytes)
         where = "available host memory" + (
-            " (capped by the cgroup limit)" if probe.host.limit_bytes is not None else ""
+            " (capped by the cgroup limit)" if host.limit_bytes is not None else ""
         )
-        return Budget(device, host, where, host)
+        return Budget(device, can_give, f"{where} less the {reserve} reserve", host.available_bytes)
+    if budget_bytes is not None:
+        return Budget(device, budget_bytes, source, host.available_bytes)
     index = int(device.split(":")[1])
     gpu = next(g for g in probe.gpus if g.index == index)
-    return Budget(device, gpu.free_bytes, f"free memory of {device} ({gpu.name})", host)
+    return Budget(
+        device, gpu.free_bytes, f"free memory of {device} ({gpu.name})", host.available_bytes
+    )
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

@@ -43,7 +43,7 @@ from memtune.feed import KerasFeed, set_accumulation
 from memtune.options import make_options
 from memtune.paths import output_file, outside_folder
 from memtune.plan import Plan, resolve_device
-from memtune.probe import probe
+from memtune.probe import probe, process
 from memtune.watchdog import MemoryOverrun
 
 
@@ -74,9 +74,10 @@ class FitResult:
         }
 
 
-def peak_rss_bytes() -> int:
-    """This process's high-water mark of resident memory."""
-    return heap.high_water()
+def peak_held_bytes() -> int:
+    """The most this process held since training began (:func:`memtune.probe.process.
+    reset_peak` starts the kernel's high-water mark afresh as the run starts)."""
+    return process.peak_held()
 
 
 def _check_save_path(save: str | None) -> Path | None:
@@ -388,7 +389,9 @@ def _train(
             ),
         ]
     started = time.perf_counter()
+    process.reset_peak()  # the peak fit reports is training's, not the data scan's
     _each(callbacks, "run_started", epochs, first_epoch)  # one dashboard for the whole run
+    poller = process.PeakPoller().__enter__()
     try:
         pending = True  # fit runs at least once: a resumed, finished run opens and closes its trace
         while pending:
@@ -421,15 +424,25 @@ def _train(
             except Exception as exc:
                 if not _is_out_of_memory(exc):
                     raise _training_failure(exc, feed) from exc
-                change = _recover(exc, train, progress, accumulation, topology, plan.batch_size)
+                change = _recover(
+                    exc,
+                    train,
+                    progress,
+                    accumulation,
+                    topology,
+                    plan.batch_size,
+                    lambda notice: _each(callbacks, "memory_notice", notice),
+                )
                 accumulation = change["gradient_accumulation_steps"]
                 set_accumulation(model, accumulation)
                 heap.release()
                 first_epoch = change["epoch"]
                 pending = first_epoch < epochs
-                changes.append(change)
-                _each(callbacks, "batch_changed", change)  # the dashboard and the trace
+                if change["to"] != change["from"]:  # a wait for memory changes no batch
+                    changes.append(change)
+                    _each(callbacks, "batch_changed", change)  # the dashboard and the trace
     finally:  # trained, failed or interrupted: the view closes, checkpoints stay on disk
+        poller.__exit__()
         _each(callbacks, "run_finished")
     seconds = time.perf_counter() - started
     history = _history(run.resumed, progress.logs)
@@ -446,7 +459,7 @@ def _train(
     return FitResult(
         plan=plan,
         history=history,
-        peak_bytes=peak_rss_bytes(),
+        peak_bytes=peak_held_bytes(),
         seconds=seconds,
         samples_per_second=(
             train.num_samples * done_epochs / progress.seconds if progress.seconds > 0 else 0.0
@@ -481,6 +494,63 @@ def _training_failure(exc: BaseException, feed: KerasFeed) -> MemtuneError:
     return TrainingFailed(f"training failed: {type(exc).__name__}: {detail}")
 
 
+# How long a run at batch 1 waits for the host to have its reserve again before it gives
+# up: a neighbour's spike passes, a neighbour that keeps its memory ends the run.
+PRESSURE_WAIT_SECONDS = 60.0
+_WAIT_POLL_SECONDS = 0.5
+
+
+def recovery_action(exc: BaseException, batch: int, multiworker: bool) -> str:
+    """What recovery does after an out-of-memory at ``batch`` (per replica): ``"halve"``
+    the batch, ``"wait"`` for memory (batch 1 under host pressure: the host, not memtune,
+    is short), or ``"fail"``. Pure: tested on made-up errors."""
+    if multiworker:
+        return "fail"
+    if batch > 1:
+        return "halve"
+    if isinstance(exc, MemoryOverrun) and exc.reason == "memory pressure":
+        return "wait"
+    return "fail"
+
+
+def wait_for_memory(
+    exc: MemoryOverrun,
+    notify: Any,
+    *,
+    timeout: float | None = None,
+    read: Any = None,
+    sleep: Any = time.sleep,
+) -> float:
+    """Wait until the host has its reserve again (and a step to spare), at most
+    ``timeout`` seconds; returns the seconds waited, or raises :class:`TrainingFailed`.
+    ``notify`` gets what the run is waiting for, in units (dashboard and trace)."""
+    from memtune.probe.host import RESERVE_BYTES, available_bytes
+    from memtune.units import format_bytes
+
+    timeout = PRESSURE_WAIT_SECONDS if timeout is None else timeout
+    read = read or available_bytes
+    want = RESERVE_BYTES + 64 * 1024**2
+    now = read()
+    notify(
+        f"memory pressure at batch 1: waiting up to {timeout:.0f} s for memory "
+        f"({format_bytes(now)} available, under the {format_bytes(RESERVE_BYTES)} the host must "
+        f"keep; other processes took {format_bytes(exc.others)} since training started)"
+    )
+    waited = 0.0
+    while now < want and waited < timeout:
+        sleep(_WAIT_POLL_SECONDS)
+        waited += _WAIT_POLL_SECONDS
+        now = read()
+    if now < want:
+        raise TrainingFailed(
+            f"memory pressure even at batch 1: waited {waited:.0f} s and the host still has only "
+            f"{format_bytes(now)} available (it must keep {format_bytes(RESERVE_BYTES)}; other "
+            f"processes took {format_bytes(exc.others)}); free memory or lower --budget"
+        ) from exc
+    notify(f"memory is back ({format_bytes(now)} available) after {waited:.0f} s: continuing")
+    return waited
+
+
 def _recover(
     exc: BaseException,
     train: BatchSource,
@@ -488,21 +558,24 @@ def _recover(
     accumulation: int,
     topology: Topology,
     planned: int,
+    notify: Any = None,
 ) -> dict[str, Any]:
     """Recovery's policy after out of memory: halve the per-replica batch from the sample
     the epoch reached (doubling accumulation, so the effective batch holds, where Keras can
-    accumulate), or stop with what to try when it cannot. Returns the change record."""
+    accumulate), wait for memory at batch 1 when the host is short, or stop with what to try
+    when it cannot. Returns the change record (``from`` equals ``to`` after a wait)."""
     what = f"{exc.reason} ({exc})" if isinstance(exc, MemoryOverrun) else "out of memory"
     if isinstance(train, BucketedBatches):
-        return _recover_bucket(what, exc, train, progress, accumulation, planned)
+        return _recover_bucket(what, exc, train, progress, accumulation, planned, notify)
     local = topology.local_replicas
     batch = train.batch_size // local  # per replica
-    if topology.strategy == "multiworker":
+    action = recovery_action(exc, batch, topology.strategy == "multiworker")
+    if action == "fail" and topology.strategy == "multiworker":
         raise TrainingFailed(
             f"{what} on worker index {topology.worker_index}: a multi-worker run cannot change "
             f"its batch on one worker; restart every worker with --batch-size {max(1, batch // 2)}"
         ) from exc
-    if batch == 1:
+    if action == "fail":
         raise TrainingFailed(
             f"{what} even at batch 1 (after halving from {planned}); "
             "try a smaller --maxlen, mixed precision or more memory"
@@ -510,14 +583,19 @@ def _recover(
     epoch, done = progress.epoch, train.position + progress.steps * train.batch_size
     if _epoch_trained(train, progress):  # the guard raised at its end: go on from the next
         epoch, done = epoch + 1, 0
-    if not topology.active:  # Keras 3 has no gradient accumulation under a strategy
-        accumulation *= 2
-    train.resize(batch // 2 * local, epoch=epoch, start=done)
+    change: dict[str, Any] = {"epoch": epoch, "sample": done, "from": batch}
+    if action == "wait":
+        assert isinstance(exc, MemoryOverrun)
+        change["waited_seconds"] = round(wait_for_memory(exc, notify or _warn), 1)
+        to = batch
+    else:
+        to = batch // 2
+        if not topology.active:  # Keras 3 has no gradient accumulation under a strategy
+            accumulation *= 2
+    train.resize(to * local, epoch=epoch, start=done)
     return {
-        "epoch": epoch,
-        "sample": done,
-        "from": batch,
-        "to": batch // 2,
+        **change,
+        "to": to,
         "gradient_accumulation_steps": accumulation,
         "reason": getattr(exc, "reason", "out of memory"),
     }
@@ -535,6 +613,7 @@ def _recover_bucket(
     progress: Any,
     accumulation: int,
     planned: int,
+    notify: Any = None,
 ) -> dict[str, Any]:
     """Recovery with length buckets: halve the batch of the bucket whose step overran, keep
     the other buckets' batches. The guard reads memory after a step ends (that step
@@ -545,7 +624,8 @@ def _recover_bucket(
     bucket = train.bucket_of(step)
     batch = train.sizes[bucket]
     length = train.bucketing.lengths[bucket]
-    if batch == 1:
+    action = recovery_action(exc, batch, False)
+    if action == "fail":
         raise TrainingFailed(
             f"{what} even at batch 1 in the length-{length} bucket (planned {planned} for the "
             "longest); try a smaller --maxlen, mixed precision or more memory"
@@ -553,12 +633,17 @@ def _recover_bucket(
     epoch, steps = progress.epoch, progress.steps
     if _epoch_trained(train, progress):  # the guard raised at its end: go on from the next
         epoch, steps = epoch + 1, 0
-    done = train.shrink(bucket, batch // 2, epoch=epoch, done_batches=steps)
+    change: dict[str, Any] = {"epoch": epoch, "from": batch}
+    to = batch // 2
+    if action == "wait":
+        assert isinstance(exc, MemoryOverrun)
+        change["waited_seconds"] = round(wait_for_memory(exc, notify or _warn), 1)
+        to = batch
+    done = train.shrink(bucket, to, epoch=epoch, done_batches=steps)
     return {
-        "epoch": epoch,
+        **change,
         "sample": done,
-        "from": batch,
-        "to": batch // 2,
+        "to": to,
         "bucket_length": length,
         "gradient_accumulation_steps": accumulation,
         "reason": getattr(exc, "reason", "out of memory"),

@@ -1,25 +1,25 @@
 """Memory watchdog for a CPU fit: decide, from numbers alone, when to shrink the batch.
 
-Two dangers, both caught before the kernel's OOM killer acts (it sends no exception):
+Readings are *held* memory (:mod:`memtune.probe.process`: anonymous and shared pages plus
+page tables, what the kernel cannot take back) and what the host, or the memory cgroup, has
+available. Two dangers, both caught before the kernel's OOM killer acts (it sends no
+exception):
 
-* **overrun** — this process's RSS passed the plan's usable budget and is still growing;
-* **pressure** — other processes took memory the plan counted on. The budget is shared:
-  whatever the host lost since training started, beyond this process's own growth, was
-  taken by someone else, and comes off this process's share. When the share left (or the
-  host's available memory itself) falls under the safety margin, the batch must shrink.
+* **over budget** — memtune holds more than the plan's usable budget and is still growing.
+  An explicit budget is the user's cap on memtune's tree, not a share of the host;
+* **memory pressure** — the host (or the cgroup) would run short: what is available would
+  fall under the reserve it must keep (:func:`memtune.probe.host.reserve_bytes`). Memory
+  other processes take matters only then: a neighbour taking 3 GiB of a host with 18 GiB
+  free changes nothing (it used to halve a run to batch 1).
 
-After a trigger the next one needs the excess to grow by a step, so allocator slack (RSS
-rarely falls after a batch change) or a neighbour that merely *holds* its memory does not
-halve the batch all the way down to 1; once back under the limit by a step, the next excess
-triggers. (Back under it at all was not enough: a stream's RSS swings ±70 MiB between
-steps, and each dip under the limit re-armed the trigger — a 2 GiB stream halved 40,423 →
-2,526 at 1.85-1.90 GiB, and with Arrow's system memory pool on to batch 1, where fit gave
-up at 1.81 GiB, under its budget.) Within half a step of the budget itself, though, growth
-of a quarter step since the last trigger triggers again: memory that grows whatever the
-batch (that system pool: 2.14 GiB at a 2 GiB budget with a step of growth per trigger)
-must stop before the budget, at batch 1 if need be. When the reading after a halving is
-still over the limit and no lower, the halving freed nothing, and :meth:`Watchdog.check`
-says so once, so the user knows why memory stays high.
+After a trigger the next one needs the excess to grow by a step, so allocator slack (memory
+rarely falls after a batch change) does not halve the batch all the way down to 1; once back
+under the limit by a step, the next excess triggers. (Back under it at all was not enough:
+a stream's memory swings ±70 MiB between steps, and each dip re-armed the trigger — a 2 GiB
+stream halved 40,423 → 2,526.) Within half a step of the budget itself, growth of a quarter
+step since the last trigger triggers again: memory that grows whatever the batch must stop
+before the budget, at batch 1 if need be. When the reading after a halving is still over
+the limit and no lower, the halving freed nothing, and :meth:`Watchdog.check` says so once.
 """
 
 from __future__ import annotations
@@ -32,47 +32,54 @@ MiB = 1024**2
 
 
 class MemoryOverrun(Exception):
-    """The process is about to run out of host memory: recover before the kernel kills it."""
+    """The process is about to run out of memory: recover before the kernel kills it.
 
-    def __init__(self, message: str, reason: str) -> None:
+    ``reason``: ``"over budget"`` or ``"memory pressure"``; ``others``: what other processes
+    took since training started (bytes, for the words)."""
+
+    def __init__(self, message: str, reason: str, others: int = 0) -> None:
         super().__init__(message)
         self.reason = reason
+        self.others = others
 
 
 @dataclass(frozen=True)
 class Reading:
-    """This process's RSS and the host's available memory (cgroup-capped), in bytes."""
+    """What memtune holds now, and what the host (cgroup-capped) has available, in bytes."""
 
-    rss: int
+    held: int
     available: int
 
 
 class Watchdog:
-    """Judges readings taken after each training step against the plan's budget."""
+    """Judges readings taken after each training step against the plan's budget and the
+    reserve the host must keep."""
 
-    def __init__(self, budget_bytes: int, usable_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, usable_bytes: int, reserve_bytes: int) -> None:
         self.budget = budget_bytes
         self.usable = usable_bytes
-        self.margin = max(0, budget_bytes - usable_bytes)
+        self.reserve = reserve_bytes
         self.step = max(64 * MiB, budget_bytes // 20)
         self.start: Reading | None = None
         self._threshold = 0  # how far past the limit the next trigger needs
-        self._halved_at: int | None = None  # RSS when the last trigger fired (one reading)
-        self._last = 0  # RSS when the last trigger fired
+        self._halved_at: int | None = None  # held when the last trigger fired (one reading)
+        self._last = 0  # held when the last trigger fired
 
     def others(self, now: Reading) -> int:
         """Memory other processes took since the first reading (never negative)."""
         if self.start is None:
             return 0
         lost = self.start.available - now.available
-        return max(0, lost - max(0, now.rss - self.start.rss))
+        return max(0, lost - max(0, now.held - self.start.held))
+
+    def short(self, now: Reading) -> bool:
+        """The host would run short: what is available is under its reserve."""
+        return now.available < self.reserve
 
     def limit(self, now: Reading) -> int:
-        """What this process may hold now: its usable share less what others took beyond
-        the host's ordinary fluctuation (one step, which the safety margin covers), and no
-        more than keeps the safety margin free on the host."""
-        taken = max(0, self.others(now) - self.step)
-        return min(self.usable - taken, now.rss + now.available - self.margin)
+        """What memtune may hold now: its usable budget, and no more than leaves the
+        host its reserve."""
+        return min(self.usable, now.held + now.available - self.reserve)
 
     def check(self, now: Reading) -> str | None:
         """Raise :class:`MemoryOverrun` when the batch should shrink now; return a notice
@@ -80,7 +87,7 @@ class Watchdog:
         if self.start is None:
             self.start = now
         limit = self.limit(now)
-        excess = now.rss - limit
+        excess = now.held - limit
         halved_at, self._halved_at = self._halved_at, None
         if excess <= 0:
             if excess <= -self.step:  # clearly back under: the next excess triggers
@@ -88,25 +95,33 @@ class Watchdog:
             return None
         # Near the budget itself, growth since the last trigger halves again however small
         # the step: memory that grows whatever the batch must stop before the budget.
-        nearing = now.rss >= self.budget - self.step // 2 and now.rss >= self._last + self.step // 4
+        nearing = (
+            now.held >= self.budget - self.step // 2 and now.held >= self._last + self.step // 4
+        )
         if excess <= self._threshold and not nearing:
-            if halved_at is not None and now.rss >= halved_at - self.step // 4:
+            if halved_at is not None and now.held >= halved_at - self.step // 4:
                 return (
-                    f"halving the batch freed nothing: RSS stays at {format_bytes(now.rss)}, "
-                    f"over the {format_bytes(max(0, limit))} this process may hold (TensorFlow "
-                    f"keeps memory it has freed); no further halving unless it grows by "
+                    f"halving the batch freed nothing: memtune holds {format_bytes(now.held)}, "
+                    f"over the {format_bytes(max(0, limit))} it may hold (TensorFlow keeps "
+                    f"memory it has freed); no further halving unless it grows by "
                     f"{format_bytes(self.step)}"
                 )
             return None
         self._threshold = excess + self.step
-        self._halved_at = self._last = now.rss
+        self._halved_at = self._last = now.held
         others = self.others(now)
-        if others >= self.step or now.available < self.margin:
+        if self.short(now):
             raise MemoryOverrun(
-                f"host memory pressure: other processes took {others} bytes since training "
-                f"started; this process holds {now.rss} and may hold {max(0, limit)} now",
+                f"host memory pressure: {format_bytes(now.available)} available, under the "
+                f"{format_bytes(self.reserve)} the host must keep; other processes took "
+                f"{format_bytes(others)} since training started; memtune holds "
+                f"{format_bytes(now.held)}",
                 reason="memory pressure",
+                others=others,
             )
         raise MemoryOverrun(
-            f"RSS {now.rss} passed the usable budget {self.usable}", reason="over budget"
+            f"memtune holds {format_bytes(now.held)}, past the usable budget "
+            f"{format_bytes(self.usable)}",
+            reason="over budget",
+            others=others,
         )

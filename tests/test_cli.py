@@ -97,7 +97,7 @@ def test_probe_json(capfd) -> None:
     code, out, _ = run(capfd, "probe", "--json")
     assert code == 0
     data = json.loads(out)
-    assert set(data["host"]) == {"total_bytes", "available_bytes", "limit_bytes"}
+    assert set(data["host"]) == {"total_bytes", "available_bytes", "limit_bytes", "reserve_bytes"}
     assert isinstance(data["gpus"], list)
 
 

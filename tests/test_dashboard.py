@@ -42,13 +42,18 @@ def test_render_golden() -> None:
     )
     history = [
         Sample(
-            i, (400 + 100 * i) * MiB, 2048 * MiB, (None, 3 * 1024 * MiB), (8192 * MiB, 8192 * MiB)
+            i,
+            (400 + 100 * i) * MiB,
+            (900 + 100 * i) * MiB,
+            2048 * MiB,
+            (None, 3 * 1024 * MiB),
+            (8192 * MiB, 8192 * MiB),
         )
         for i in range(4)
     ]
     assert text_of(render(state, history, 800 * MiB)) == (
         "memtune — epoch 2/3  step 4/10  ETA 1:05  1,234 samples/s  batch 256 × 2\n"
-        "process   RSS 700 MiB (peak 800 MiB)  usable 1.00 GiB\n"
+        "process   held 700 MiB (peak 800 MiB)  usable 1.00 GiB  RSS 1.17 GiB\n"
         "host RAM  available 2.00 GiB\n"
         "gpu:0     N/A\n"
         "gpu:1     3.00 GiB / 8.00 GiB\n"
@@ -57,14 +62,14 @@ def test_render_golden() -> None:
         "metrics   loss 0.5  accuracy 0.75\n"
     )
     assert plain_line(state, 800 * MiB) == (
-        "epoch 2/3: loss 0.5 accuracy 0.75 — 1,234 samples/s, peak RSS 800 MiB of 1.00 GiB usable"
+        "epoch 2/3: loss 0.5 accuracy 0.75 — 1,234 samples/s, peak held 800 MiB of 1.00 GiB usable"
     )
 
 
 def test_a_bucketed_run_shows_the_current_bucket() -> None:
     state = DashboardState(epochs=1, step=2, steps=9, batch_size=64, bucket=(120, 410))
     state.samples_per_second = 900.0
-    history = [Sample(0, 300 * MiB, 2048 * MiB, (), ())]
+    history = [Sample(0, 300 * MiB, 700 * MiB, 2048 * MiB, (), ())]
     head = text_of(render(state, history, 300 * MiB)).splitlines()[0]
     assert head == "memtune — epoch 1/1  step 2/9  900 samples/s  bucket ≤120: batch 410"
 
@@ -83,7 +88,7 @@ def test_sampler_survives_an_nvml_fault() -> None:
     sampler = MemorySampler(interval=0.01, nvml=fake)
     s = sampler.sample()
     assert s.gpu_used[0] == 1024**3 and s.gpu_used[1] is None  # GPU 1 lost: N/A, no error
-    assert s.rss > 0 and sampler.peak_rss == s.rss
+    assert 0 < s.held < s.rss and sampler.peak_held == s.held
 
 
 def test_sampler_numbers_gpus_as_the_probe_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,7 +127,7 @@ def test_callback_in_any_model_fit_writes_lines_and_trace(tmp_path: Path) -> Non
     steps = [r for r in records if r["kind"] == "step"]
     assert len(steps) == 8 and all(r["batch_size"] == 16 for r in steps)
     sample = next(r for r in records if r["kind"] == "sample")
-    assert set(sample) == {"kind", "t", "rss", "host_available", "gpu_used", "gpu_total"}
+    assert set(sample) == {"kind", "t", "held", "rss", "host_available", "gpu_used", "gpu_total"}
     assert sample["gpu_total"] == [24 * 1024**3]
     code = main(["report", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "r.png")])
     png = (tmp_path / "r.png").read_bytes()
@@ -187,7 +192,7 @@ def test_training_goes_on_when_a_gpu_is_lost_and_then_the_driver_fails(tmp_path:
     assert [70 * 1024**3, 10 * 1024**3] in samples  # before the faults (used = total - free)
     assert [70 * 1024**3, None] in samples  # GPU 1 lost
     assert samples[-1] == [None, None]  # the driver erroring: N/A for all, no exception
-    view = text_of(render(board.state, list(board.sampler.history), board.sampler.peak_rss))
+    view = text_of(render(board.state, list(board.sampler.history), board.sampler.peak_held))
     assert view.count("N/A") >= 2
 
 
@@ -239,7 +244,7 @@ def test_one_clean_view_through_a_recovery(tmp_path: Path) -> None:
         shown.append(line)
     assert shown == [
         "memtune — epoch 2/2  step 17/17  ETA 0:00  # samples/s  batch 4 × 2",
-        "process   RSS # MiB (peak # MiB)  usable # MiB",
+        "process   held # MiB (peak # MiB)  usable # MiB  RSS # MiB",
         "host RAM  available # GiB",
         "memory    <sparkline>  # MiB–# MiB",
         "metrics   loss #",
@@ -261,8 +266,9 @@ def test_the_report_is_drawn_with_epochs_and_shared_permissions(tmp_path: Path) 
     trace = tmp_path / "t.jsonl"
     records = [{"kind": "start", "t": 0, "usable_bytes": 20 * 1024 * MiB}]
     for i in range(40):
-        records.append({"kind": "sample", "t": i / 4, "rss": (600 + i) * MiB,
-                        "host_available": 1, "gpu_used": [], "gpu_total": []})  # fmt: skip
+        records.append({"kind": "sample", "t": i / 4, "held": (300 + i) * MiB,
+                        "rss": (600 + i) * MiB, "host_available": 1, "gpu_used": [],
+                        "gpu_total": []})  # fmt: skip
         if i % 10 == 9:
             records.append({"kind": "epoch", "t": i / 4, "epoch": i // 10})
     records.append({"kind": "batch_change", "t": 5.0, "to": 4})

@@ -139,15 +139,33 @@ def test_larger_budget_never_smaller_batch() -> None:
 def test_a_budget_the_host_cannot_give_is_clipped_and_says_so() -> None:
     from memtune.plan import resolve_budget
     from memtune.probe import Probe
-    from memtune.probe.host import HostMemory
+    from memtune.probe.host import RESERVE_BYTES, HostMemory
 
     seen = Probe(HostMemory(32 * GiB, 10 * GiB, None, process_bytes=GiB), [])
     clipped = resolve_budget(seen, "cpu", 1024 * GiB)
-    assert clipped.budget_bytes == 11 * GiB
+    assert clipped.budget_bytes == 11 * GiB - RESERVE_BYTES  # available less the reserve, + held
     assert "--budget 1.00 TiB clipped to what the host can give" in clipped.source
+    assert "less the 384 MiB reserve" in clipped.source
     assert resolve_budget(seen, "cpu", 8 * GiB).budget_bytes == 8 * GiB  # honoured as given
     p = plan(budget=clipped.budget_bytes)
-    assert p.budget_bytes == 11 * GiB
+    assert p.budget_bytes == 11 * GiB - RESERVE_BYTES
+
+
+def test_auto_is_what_is_available_less_the_reserve_plus_what_memtune_holds() -> None:
+    """In a 1 GiB cgroup whose working set is 150 MiB, with this process holding 100 MiB:
+    1024 - 150 - 384 + 100 MiB. Counting RSS and usage with page cache said "nothing fits"."""
+    from memtune.plan import resolve_budget
+    from memtune.probe import Probe
+    from memtune.probe.host import HostMemory
+
+    seen = Probe(HostMemory(GiB, GiB - 150 * MiB, GiB, process_bytes=100 * MiB), [])
+    auto = resolve_budget(seen, "cpu", None)
+    assert auto.budget_bytes == (1024 - 150 - 384 + 100) * MiB
+    assert auto.source == (
+        "available host memory (capped by the cgroup limit) less the 384 MiB reserve"
+    )
+    bare = Probe(HostMemory(GiB, 200 * MiB, GiB, process_bytes=0), [])
+    assert resolve_budget(bare, "cpu", None).budget_bytes == 0  # under the reserve: nothing
 
 
 def test_streaming_parquet_row_groups_larger_than_a_batch_are_held_and_decoded_whole() -> None:

@@ -18,11 +18,11 @@ def feed() -> None:
     progress.report("stage", what="reading the data once (rows, lengths)")
     progress.report("scanned", rows=3794, shards=12)
     progress.report("trial", batch=8, limit=900 * MiB)
-    progress.report("trial_peak", batch=8, rss=700 * MiB)
+    progress.report("trial_peak", batch=8, held=700 * MiB)
     progress.report("trial_done", batch=8, peak=787 * MiB, exceeded=False, cached=False)
     progress.report("trial_done", batch=64, peak=800 * MiB, exceeded=False, cached=True)
     progress.report("trial", batch=512, limit=900 * MiB)
-    progress.report("trial_peak", batch=512, rss=850 * MiB)
+    progress.report("trial_peak", batch=512, held=850 * MiB)
 
 
 def test_plain_lines_off_a_terminal() -> None:
@@ -46,7 +46,7 @@ def test_on_a_terminal_the_running_trial_shows_its_memory_then_the_view_goes() -
         feed()
         lines = [line.rstrip() for line in _text(render_planning(view.state)).splitlines()]
         assert lines[-1].endswith(
-            "planning: trial at batch 512: 850 MiB so far (stopped past 900 MiB)"
+            "planning: trial at batch 512: 850 MiB held so far (stopped past 900 MiB)"
         )
         assert lines[:3] == [
             "data: 3,794 rows in 12 shards",

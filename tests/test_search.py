@@ -148,8 +148,11 @@ def test_nothing_fits_when_batch_one_is_over() -> None:
 
     usable = int(2 * GiB * 0.9)
     measure, _ = machine(truth, usable)
-    with pytest.raises(NothingFits):
+    with pytest.raises(NothingFits) as info:
         search(MemoryCurve(600 * MiB, 1000), measure, planner(2 * GiB))
+    # #25: the refusal gives figures, even when the prior thought batch 1 would fit
+    assert str(info.value).startswith("nothing fits: even batch 1 needs more than 1.80 GiB")
+    assert "over the usable 1.80 GiB" in str(info.value) and "what could help" in str(info.value)
 
 
 def test_curve_interpolates_and_never_slopes_down() -> None:

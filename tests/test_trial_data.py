@@ -91,7 +91,7 @@ def test_flat_peak_stops_once_memory_holds(monkeypatch: pytest.MonkeyPatch) -> N
 
     mib = 1024**2
     peaks = iter([500 * mib, 700 * mib, 800 * mib, 802 * mib, 803 * mib, 900 * mib])
-    monkeypatch.setattr(flat_peak.heap, "high_water", lambda: next(peaks))
+    monkeypatch.setattr(flat_peak.process, "peak_held", lambda: next(peaks))
     cb = flat_peak.FlatPeak(min_steps=4)
     cb.set_model(types.SimpleNamespace(stop_training=False))  # type: ignore[arg-type]
     stopped_at = None
@@ -117,7 +117,8 @@ def test_a_child_killed_while_the_kernel_counted_an_oom_kill_was_killed_for_memo
 
 def test_a_child_high_water_mark_is_its_own_not_its_parents() -> None:
     """A planning process that once held 600 MiB (a scan of big data) starts a child: the
-    child's ``ru_maxrss`` may carry the parent's mark (Linux, vfork + exec), its VmHWM not."""
+    child's ``ru_maxrss`` may carry the parent's mark (Linux, vfork + exec), its own peak
+    (read from its VmHWM) not."""
     import subprocess
     import sys
 
@@ -128,15 +129,15 @@ from memtune import heap
 big = np.ones(600 * 2**20, np.uint8); del big
 heap.release()
 child = (
-    "import json, resource; from memtune import heap; "
-    "print(json.dumps([heap.high_water(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))"
+    "import json, resource; from memtune.probe import process; "
+    "print(json.dumps([process.peak_held(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))"
 )
 print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     own, maxrss_kib = json.loads(done.stdout)
     # Here the child's ru_maxrss read 626 MiB and its VmHWM 12 MiB.
-    assert own < 200 * 2**20, (own, maxrss_kib)  # a bare Python with memtune.heap
+    assert own < 200 * 2**20, (own, maxrss_kib)  # a bare Python with memtune.probe
     assert maxrss_kib * 1024 >= own
 
 

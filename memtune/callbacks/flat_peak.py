@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from memtune import _tf, heap
+from memtune import _tf
+from memtune.probe import process
 
 keras = _tf.keras()
 
@@ -14,7 +15,7 @@ FLAT_BYTES = 8 * 1024**2
 
 
 class FlatPeak(keras.callbacks.Callback):  # type: ignore[name-defined]
-    """Stops training once ``min_steps`` have run and the process's high-water mark grew by
+    """Stops training once ``min_steps`` have run and the most the process held grew by
     at most 1 % (8 MiB) over the last two steps. The first epoch's allocator growth (arena
     fragmentation, a second set of shapes for the partial batch) shows in the first steps;
     a trial that ends while memory still climbs would promise what ``fit`` does not keep."""
@@ -23,13 +24,13 @@ class FlatPeak(keras.callbacks.Callback):  # type: ignore[name-defined]
         super().__init__()
         self.min_steps = min_steps
         self.peaks: list[int] = []
-        self.begin = 0  # resident memory when training began
+        self.begin = 0  # what the process held when training began
 
     def on_train_begin(self, logs: Any = None) -> None:
-        self.begin = heap.high_water()
+        self.begin = process.peak_held()
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.peaks.append(heap.high_water())
+        self.peaks.append(process.peak_held())
         if len(self.peaks) < max(self.min_steps, FLAT_STEPS + 1):
             return
         grown = self.peaks[-1] - self.peaks[-1 - FLAT_STEPS]

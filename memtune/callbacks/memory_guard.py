@@ -6,10 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 from memtune import _tf
-from memtune.probe.host import read_host
+from memtune.probe import process
+from memtune.probe.host import RESERVE_BYTES, available_bytes
 from memtune.watchdog import MemoryOverrun, Reading, Watchdog
 
 keras = _tf.keras()
@@ -19,8 +18,8 @@ WATCH_SECONDS = 0.01
 
 
 class MemoryGuard(keras.callbacks.Callback):  # type: ignore[name-defined]
-    """Raises :class:`memtune.watchdog.MemoryOverrun` after a step when this process passed
-    the usable budget or other processes took the memory the plan counted on (CPU plans;
+    """Raises :class:`memtune.watchdog.MemoryOverrun` after a step when what this process
+    holds passed the usable budget or the host would run short of its reserve (CPU plans;
     on a GPU, TensorFlow raises ``ResourceExhaustedError`` itself).
 
     After an epoch's last step it raises at the epoch's end instead, once validation and
@@ -36,10 +35,10 @@ class MemoryGuard(keras.callbacks.Callback):  # type: ignore[name-defined]
         *,
         cpu: bool,
         notify: Callable[[str], None] | None = None,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
         super().__init__()
-        self.process = psutil.Process()
-        self.watchdog = Watchdog(budget_bytes, usable_bytes) if cpu else None
+        self.watchdog = Watchdog(budget_bytes, usable_bytes, reserve_bytes) if cpu else None
         self.next_check = 0.0
         self.notify = notify  # where the watchdog's notices go (the dashboard and trace)
         self.pending: MemoryOverrun | None = None  # raised at the epoch's end
@@ -48,9 +47,8 @@ class MemoryGuard(keras.callbacks.Callback):  # type: ignore[name-defined]
         now = time.monotonic()
         if self.watchdog is not None and now >= self.next_check:
             self.next_check = now + WATCH_SECONDS
-            rss = int(self.process.memory_info().rss)
             try:
-                notice = self.watchdog.check(Reading(rss, read_host().available_bytes))
+                notice = self.watchdog.check(Reading(process.held(), available_bytes()))
             except MemoryOverrun as overrun:
                 if batch + 1 < (self.params.get("steps") or 0):
                     raise

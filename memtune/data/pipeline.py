@@ -280,7 +280,10 @@ class StreamingBatches:
         try:
             value = self.layout.block(self.blocks[index])
             with self._lock:
-                self._cache[index] = value
+                # A read-ahead can finish after its block was read for good (the check in
+                # _quiet_load ran before): then it is not cached, or it would linger.
+                if self.order.block_end[index] > self._floor:
+                    self._cache[index] = value
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
             return value

@@ -20,7 +20,7 @@ from memtune.estimate.trials import (
     FeedSpec,
     TrialSpec,
     bare_child_bytes,
-    own_rss,
+    own_held,
     run_trial,
 )
 from memtune.footprint import Footprint
@@ -30,7 +30,7 @@ from memtune.plan import Budget, Plan, Trial
 from memtune.probe import Probe
 from memtune.units import format_bytes
 
-MEMTUNE_TRIAL_FORMAT = "7"  # bump when what a trial measures changes
+MEMTUNE_TRIAL_FORMAT = "8"  # bump when what a trial measures changes (8: held memory)
 TRIAL_AIM = 0.97  # a trial aims this far under its limit: one stopped by noise is one lost
 
 
@@ -84,16 +84,14 @@ def setup(
         }
     )
     if budget.device == "cpu":  # a trial may never take more than the host can give
-        limit = min(
-            trial_limit(budget.budget_bytes, options.safety), seen.host.available_bytes + own_rss()
-        )
+        limit = min(trial_limit(budget.budget_bytes, options.safety), seen.host.can_give)
     else:
         limit = budget.budget_bytes
     cache = TrialCache(key, enabled=not options.no_cache)
     extra = 0
     if budget.device == "cpu" and "tensorflow" not in sys.modules and not options.analytic:
         heap.release()  # what this process holds, not what it freed (fit reuses that)
-        extra = max(0, own_rss() - bare_child_bytes())
+        extra = max(0, own_held() - bare_child_bytes())
     return Setup(
         feeds,
         accumulation,
@@ -121,7 +119,7 @@ def trial_limit(budget_bytes: int, safety: float) -> int:
 
 def child_share(s: Setup) -> int:
     """What a trial child may take now: the tree's limit less this process (CPU)."""
-    return s.limit_bytes - own_rss() if s.device == "cpu" else s.limit_bytes
+    return s.limit_bytes - own_held() if s.device == "cpu" else s.limit_bytes
 
 
 def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]]:

@@ -173,10 +173,7 @@ def search(
     if trials[-1].exceeded and first > 1:
         curve = record(measure(1))
     if not good:
-        choose(curve, None)  # raises NothingFits with the measured numbers
-        raise NothingFits(
-            f"nothing fits: even batch {trials[-1].batch_size} passed the usable budget"
-        )
+        _refuse(prior, trials[-1], choose)
     while len(trials) < MAX_TRIALS:
         if len(trials) == MAX_TRIALS - 1:
             plan, _ = _final(curve, trials, good, choose, n)
@@ -240,6 +237,28 @@ def search(
             )
             plan, cap = fallback, fallback.batch_size
     return SearchResult(plan, curve, trials, notes, cap)
+
+
+def _refuse(prior: MemoryCurve, last: Trial, choose: PlanFor) -> None:
+    """Raise :class:`NothingFits` with the figures: what ``last`` (batch 1, or the first
+    batch when 1 was not tried) measured — or passed its limit at, a lower bound — and the
+    usable budget, with what could help (the plan's own words)."""
+    measured = prior.with_points([(last.batch_size, last.peak_bytes)])
+    try:
+        plan = choose(measured, None)
+    except NothingFits as refused:
+        if not last.exceeded:
+            raise
+        words = str(refused).replace(" needs ", " needs more than ", 1)
+        words = words.replace(" over the usable", " or more over the usable", 1)
+        raise NothingFits(words) from None
+    over = "passed its limit at" if last.exceeded else "measured"
+    raise NothingFits(
+        f"nothing fits: even batch {last.batch_size} {over} "
+        f"{format_bytes(last.peak_bytes)}, with the data pipeline beside it over the usable "
+        f"{format_bytes(plan.usable_bytes)}; what could help: a smaller --maxlen, "
+        "--mode streaming, mixed precision, or a larger --budget"
+    )
 
 
 def _within_noise(

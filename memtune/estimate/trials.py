@@ -31,6 +31,7 @@ import psutil
 from memtune import children, heap, progress
 from memtune.errors import MemtuneError
 from memtune.plan import Trial
+from memtune.probe import process
 from memtune.probe.host import oom_kills
 
 MIN_STEPS = 4  # full, partial (when the epoch has one), then two to see the peak hold
@@ -75,21 +76,21 @@ class TrialSpec:
         return json.dumps(out)
 
 
-def own_rss() -> int:
-    """This (the planning) process's resident memory now."""
-    return int(psutil.Process().memory_info().rss)
+def own_held() -> int:
+    """What this (the planning) process holds now."""
+    return process.held()
 
 
 def bare_child_bytes() -> int:
-    """A trial child's resident memory before it loads TensorFlow (~20 MiB): what the
-    planning process holds beyond it is held by ``fit``'s process too, beside training."""
+    """What a trial child holds before it loads TensorFlow: what the planning process holds
+    beyond it is held by ``fit``'s process too, beside training."""
     proc = children.spawn("memtune.estimate.trials")
     try:
         out, _ = proc.communicate(json.dumps({"baseline": True}), timeout=60)
     finally:
         children.reap(proc)
     answer = children.last_json(out) or {}
-    return int(answer.get("rss", 0))
+    return int(answer.get("held", 0))
 
 
 def run_trial(
@@ -133,23 +134,24 @@ def _watch_trial(
     stopped = threading.Event()
     over = threading.Event()
 
-    seen = [0]  # the most the watcher saw the child hold
+    seen = process.PeakTracker()  # what the watcher saw the child hold
 
     def watch() -> None:
         told = 0.0
         try:
-            child, parent = psutil.Process(proc.pid), psutil.Process()
+            child = psutil.Process(proc.pid)
             while not stopped.is_set():
-                rss = child.memory_info().rss
-                seen[0] = max(seen[0], rss)
-                if spec.device == "cpu" and rss + parent.memory_info().rss > limit_bytes:
+                reading = process.read(proc.pid)
+                seen.add(reading)
+                held = reading.held if reading is not None else 0
+                if spec.device == "cpu" and held + process.held() > limit_bytes:
                     over.set()
                     child.kill()
                     return
                 now = time.monotonic()
                 if now - told >= PROGRESS_SECONDS:
                     told = now
-                    progress.report("trial_peak", batch=batch_size, rss=int(rss))
+                    progress.report("trial_peak", batch=batch_size, held=held)
                 time.sleep(POLL_SECONDS)
         except psutil.Error:
             return
@@ -179,12 +181,12 @@ def _watch_trial(
         out = proc.stdout.read()
         drain.join()
         err = errors[0] if errors else ""
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         stopped.set()  # the watchers stop before the pid can be reused
     if over.is_set():  # the memory the child had passed
-        return Trial(batch_size, seen[0], exceeded=True)
+        return Trial(batch_size, seen.held, exceeded=True)
     result = children.last_json(out)
     if result is None:
         if proc.returncode != 0 and proc.returncode < 0:
@@ -200,7 +202,7 @@ def _watch_trial(
         return Trial(batch_size, limit_bytes, exceeded=True)
     if spec.device != "cpu":
         return Trial(batch_size, int(result["device_peak"]) + GPU_CONTEXT_BYTES)
-    return Trial(batch_size, int(result.get("high_water") or int(usage.ru_maxrss) * 1024))
+    return Trial(batch_size, max(seen.peak, int(result.get("peak_held") or 0)))
 
 
 # ---------------------------------------------------------------------------- the child
@@ -296,7 +298,7 @@ def _child() -> int:
     _carry_fit_libraries()
     raw = json.loads(sys.stdin.read())
     if raw.get("baseline"):
-        print(json.dumps({"rss": int(psutil.Process().memory_info().rss)}))
+        print(json.dumps({"held": process.held()}))
         return 0
     from memtune import _tf
 
@@ -364,7 +366,7 @@ def _child() -> int:
             TrimHeap(),
             feed.epoch_callback(),
             EpochProgress(),
-            MemoryGuard(2**62, 2**62, cpu=True),
+            MemoryGuard(2**62, 2**62, cpu=True, reserve_bytes=0),
         ]
         try:
             data = feed.stream(source)
@@ -386,7 +388,7 @@ def _child() -> int:
             return 0
         out: dict[str, Any] = {"ok": True, "step_peaks": flat.peaks, "begin": flat.begin}
         out["validated"] = any(k.startswith("val_") for k in history.history)
-        out["high_water"] = heap.high_water()
+        out["peak_held"] = process.peak_held()
         if device != "cpu":
             out["device_peak"] = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
         print(json.dumps(out))

@@ -62,7 +62,7 @@ def _rate(state: DashboardState) -> str:
     return f"{state.steps_per_second:,.1f} steps/s"
 
 
-def render(state: DashboardState, history: list[Sample], peak_rss: int) -> RenderableType:
+def render(state: DashboardState, history: list[Sample], peak_held: int) -> RenderableType:
     latest = history[-1] if history else None
     who = f"worker {state.worker} — " if state.worker else ""
     head = Text(f"memtune — {who}epoch {state.epoch + 1}/{state.epochs}  ")
@@ -87,7 +87,8 @@ def render(state: DashboardState, history: list[Sample], peak_rss: int) -> Rende
         budget = f"  usable {format_bytes(state.usable_bytes)}" if state.usable_bytes else ""
         table.add_row(
             "process",
-            f"RSS {format_bytes(latest.rss)} (peak {format_bytes(peak_rss)}){budget}",
+            f"held {format_bytes(latest.held)} (peak {format_bytes(peak_held)}){budget}  "
+            f"RSS {format_bytes(latest.rss)}",
         )
         table.add_row("host RAM", f"available {format_bytes(latest.host_available)}")
         for i, (used, total) in enumerate(zip(latest.gpu_used, latest.gpu_total, strict=True)):
@@ -95,9 +96,9 @@ def render(state: DashboardState, history: list[Sample], peak_rss: int) -> Rende
             table.add_row(f"gpu:{i}", text)
         for device, peak in state.tf_peak.items():
             table.add_row(f"TF {device}", f"peak {format_bytes(peak)}")
-        rss = [s.rss for s in history]
-        line = sparkline(rss, state.usable_bytes)
-        table.add_row("memory", f"{line}  {format_bytes(min(rss))}–{format_bytes(max(rss))}")
+        held = [s.held for s in history]
+        line = sparkline(held, state.usable_bytes)
+        table.add_row("memory", f"{line}  {format_bytes(min(held))}–{format_bytes(max(held))}")
     if state.logs:
         table.add_row("metrics", "  ".join(f"{k} {v:.4g}" for k, v in state.logs.items()))
     for event in state.events[-3:]:
@@ -105,13 +106,13 @@ def render(state: DashboardState, history: list[Sample], peak_rss: int) -> Rende
     return Group(head, table)
 
 
-def plain_line(state: DashboardState, peak_rss: int) -> str:
+def plain_line(state: DashboardState, peak_held: int) -> str:
     metrics = " ".join(f"{k} {v:.4g}" for k, v in state.logs.items())
     usable = f" of {format_bytes(state.usable_bytes)} usable" if state.usable_bytes else ""
     who = f"worker {state.worker}, " if state.worker else ""
     return (
         f"{who}epoch {state.epoch + 1}/{state.epochs}: {metrics} — {_rate(state)}, "
-        f"peak RSS {format_bytes(peak_rss)}{usable}"
+        f"peak held {format_bytes(peak_held)}{usable}"
     )
 
 

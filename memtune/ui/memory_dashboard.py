@@ -75,7 +75,7 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
     # ------------------------------------------------------------------ the view's life
 
     def _view(self) -> RenderableType:
-        return render(self.state, list(self.sampler.history), self.sampler.peak_rss)
+        return render(self.state, list(self.sampler.history), self.sampler.peak_held)
 
     def _open_view(self) -> None:
         if self._open:
@@ -102,7 +102,7 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
             self._live.stop()
             self._live = None
         if self.trace:
-            self.trace.event("end", peak_rss=self.sampler.peak_rss)
+            self.trace.event("end", peak_held=self.sampler.peak_held)
             self.trace.close()
 
     def run_started(self, epochs: int, first_epoch: int = 0) -> None:
@@ -197,14 +197,15 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
         if self._writer is not None and latest is not None:
             tf = _tf.tensorflow()
             with self._writer.as_default():
+                tf.summary.scalar("memory/held_bytes", latest.held, step=epoch)
+                tf.summary.scalar("memory/peak_held_bytes", self.sampler.peak_held, step=epoch)
                 tf.summary.scalar("memory/rss_bytes", latest.rss, step=epoch)
-                tf.summary.scalar("memory/peak_rss_bytes", self.sampler.peak_rss, step=epoch)
                 tf.summary.scalar("memory/host_available_bytes", latest.host_available, step=epoch)
             self._writer.flush()
         if self.trace:
             self.trace.event("epoch", epoch=epoch, **self.state.logs)
         if self._live is None and self.show:
-            self.console.print(plain_line(self.state, self.sampler.peak_rss), soft_wrap=True)
+            self.console.print(plain_line(self.state, self.sampler.peak_held), soft_wrap=True)
 
     def on_train_end(self, logs: Any = None) -> None:
         if not self._run:

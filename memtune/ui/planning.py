@@ -106,7 +106,7 @@ class PlanningView:
             elif event == "trial_peak":
                 self.state.trial = (
                     f"trial at batch {fields['batch']:,}{self._at}: "
-                    f"{format_bytes(fields['rss'])} so far "
+                    f"{format_bytes(fields['held'])} held so far "
                     f"(stopped past {format_bytes(self._limit)})"
                 )
             elif event == "trial_done":

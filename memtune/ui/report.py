@@ -33,9 +33,9 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
 
 
 def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> None:
-    """Draw RSS (and GPU use) over time on the run's own scale, with epoch ends, batch
-    changes and the usable budget (when the curve comes near it); written atomically, with
-    the permissions of any new file (0644 under the usual umask)."""
+    """Draw held memory, RSS beside it (and GPU use) over time on the run's own scale, with
+    epoch ends, batch changes and the usable budget (when the curve comes near it); written
+    atomically, with the permissions of any new file (0644 under the usual umask)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +46,12 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
     samples = [r for r in records if r["kind"] == "sample"]
     mib = 1024**2
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-    ax.plot([s["t"] for s in samples], [s["rss"] / mib for s in samples], label="process RSS")
+    # Traces before held memory was sampled carry RSS alone.
+    held = [s.get("held", s.get("rss", 0)) / mib for s in samples]
+    ax.plot([s["t"] for s in samples], held, label="held (what the budget counts)")
+    if any("held" in s and "rss" in s for s in samples):
+        rss = [s.get("rss", 0) / mib for s in samples]
+        ax.plot([s["t"] for s in samples], rss, color="grey", linewidth=0.8, label="RSS")
     gpu_count = max((len(s.get("gpu_used", [])) for s in samples), default=0)
     for i in range(gpu_count):
         points = [(s["t"], s["gpu_used"][i]) for s in samples if s["gpu_used"][i] is not None]

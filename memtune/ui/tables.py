@@ -54,6 +54,12 @@ def render_probe(result: Probe, out: Console) -> None:
             "",
         )
     out.print(table)
+    out.print(
+        f"--budget auto on cpu: {format_bytes(host.can_give)} (available less the "
+        f"{format_bytes(host.reserve_bytes)} the host keeps for library code, plus what this "
+        "process holds)",
+        soft_wrap=True,
+    )
     if not result.gpus:
         out.print("No GPU visible (NVML found none).")
     for warning in result.warnings:
