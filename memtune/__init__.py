@@ -8,7 +8,7 @@ child process imports only what builds batches and trains.
 from importlib import import_module
 from typing import Any
 
-from memtune.errors import MemtuneError, NothingFits, TrainingFailed
+from memtune.core.errors import MemtuneError, NothingFits, TrainingFailed
 
 __all__ = [
     "MemoryDashboard",
@@ -24,19 +24,19 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
-    "probe": "memtune.api",
-    "suggest": "memtune.api",
-    "batches": "memtune.api",
-    "fit": "memtune.train",
-    "Plan": "memtune.plan",
+    "probe": "memtune.app.api",
+    "suggest": "memtune.app.api",
+    "batches": "memtune.app.batches",
+    "fit": "memtune.app.fit",
+    "Plan": "memtune.core.plan",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name == "MemoryDashboard":
-        from memtune.ui.dashboard import memory_dashboard_class
+        from memtune.ui.memory_dashboard import MemoryDashboard
 
-        return memory_dashboard_class()
+        return MemoryDashboard
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'memtune' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-from memtune.children import finish
 from memtune.cli import main
+from memtune.proc.children import finish
 
 finish(main())

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from memtune import _tf, children, heap, signals
-from memtune.errors import MemtuneError
+from memtune.core.errors import MemtuneError
+from memtune.proc import children, heap, signals
+from memtune.proc import tf as _tf
 
 
 class _UsageError(Exception):
@@ -31,92 +32,33 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
 
 
+def _add_flags(p: argparse.ArgumentParser, options: list[Any], *, optional: bool) -> None:
+    """Flags from rows of the option table (:data:`memtune.core.options.OPTIONS`).
+    ``optional`` (check): nothing is required and nothing has a default, so only the flags
+    given override ``[tool.memtune]``."""
+    for o in options:
+        kwargs: dict[str, Any] = {"help": o.help, "dest": o.name}
+        if o.kind == "switch":
+            kwargs["action"] = "store_true"
+        elif o.kind == "repeat":
+            kwargs.update(action="append", metavar=o.metavar)
+        else:
+            kwargs.update(type={"int": int, "float": float}.get(o.kind), metavar=o.metavar)
+            if o.choices:
+                kwargs.update(choices=o.choices, metavar=None)
+        if o.kind != "switch" and o.default is not None and not optional:
+            kwargs["default"] = o.default
+        if o.name in ("model", "data", "epochs") and not optional:
+            kwargs["required"] = True
+        p.add_argument(o.flag, **{k: v for k, v in kwargs.items() if v is not None})
+
+
 def _plan_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """The options suggest, fit and check share. For check (``required=False``) nothing has
-    a default, so only the flags given override ``[tool.memtune]``."""
-    p.add_argument(
-        "--model", required=required, help="a .keras file, FILE.py:FUNCTION or MODULE:FUNCTION"
-    )
-    p.add_argument("--data", required=required, help="a .csv / .parquet file or a folder of shards")
-    p.add_argument("--target", action="append", metavar="COL", help="target column (repeatable)")
-    p.add_argument(
-        "--maxlen", action="append", metavar="N|COL=N", help="pad length where the model says None"
-    )
-    p.add_argument(
-        "--padding",
-        choices=("pre", "post"),
-        default="pre",
-        help="where zeros go in a short sequence (pre, as keras.utils.pad_sequences)",
-    )
-    p.add_argument(
-        "--truncating",
-        choices=("pre", "post"),
-        default="pre",
-        help="which end of a long sequence is cut (pre: keep the end)",
-    )
-    p.add_argument(
-        "--budget", default="auto", metavar="SIZE|auto", help="e.g. 8GiB; auto: what is free now"
-    )
-    p.add_argument(
-        "--safety",
-        default=0.10,
-        type=float,
-        metavar="F",
-        help="fraction of the budget kept free (0.10)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        metavar="auto|cpu|gpu|gpu:I",
-        help="where to train (auto: the GPU with most free memory, else the CPU)",
-    )
-    p.add_argument(
-        "--gpu-memory", metavar="SIZE", help="plan for a GPU of this size, present or not"
-    )
-    p.add_argument(
-        "--effective-batch-size",
-        type=int,
-        metavar="N",
-        help="samples per optimizer step; gradient accumulation makes up what memory cannot",
-    )
-    p.add_argument(
-        "--max-batch-size",
-        type=int,
-        metavar="N",
-        help="never plan a larger batch (default: keep at least 16 steps per epoch)",
-    )
-    p.add_argument("--batch-size", type=int, metavar="N", help="force the batch size")
-    p.add_argument("--mode", choices=("in-memory", "streaming"), help="force the data mode")
-    p.add_argument(
-        "--force", action="store_true", help="accept a forced mode that is predicted not to fit"
-    )
-    p.add_argument(
-        "--validation-data", metavar="D", help="validate on this data (same form as --data)"
-    )
-    p.add_argument(
-        "--validation-split",
-        type=float,
-        metavar="F",
-        help="hold out this fraction (the last rows / shards) for validation",
-    )
-    p.add_argument(
-        "--analytic", action="store_true", help="estimate from the model alone, no trials"
-    )
-    p.add_argument("--no-cache", action="store_true", help="run trials even when cached")
-    p.add_argument(
-        "--strategy",
-        choices=("auto", "none", "mirrored", "multiworker"),
-        default="auto",
-        help="tf.distribute (auto: mirrored on several GPUs, multiworker under TF_CONFIG)",
-    )
-    p.add_argument(
-        "--cpu-replicas", type=int, metavar="N", help="split the CPU into N logical devices"
-    )
-    p.add_argument(
-        "--buckets",
-        metavar="N|off",
-        help="length buckets for a None-length input (default: up to 8; off: pad all alike)",
-    )
+    """The options suggest, fit and check share, and --json; for check nothing has a
+    default."""
+    from memtune.core.options import rows
+
+    _add_flags(p, rows("input", "plan"), optional=not required)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p)
     if not required:
@@ -126,28 +68,10 @@ def _plan_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "target": args.target,
-        "maxlen": args.maxlen,
-        "buckets": args.buckets,
-        "padding": args.padding,
-        "truncating": args.truncating,
-        "budget": args.budget,
-        "safety": args.safety,
-        "device": args.device,
-        "gpu_memory": args.gpu_memory,
-        "effective_batch_size": args.effective_batch_size,
-        "max_batch_size": args.max_batch_size,
-        "batch_size": args.batch_size,
-        "mode": args.mode,
-        "force": args.force,
-        "analytic": args.analytic,
-        "no_cache": args.no_cache,
-        "validation_data": args.validation_data,
-        "validation_split": args.validation_split,
-        "strategy": args.strategy,
-        "cpu_replicas": args.cpu_replicas,
-    }
+    """The planning keywords the flags gave, by the option table's names."""
+    from memtune.core.options import rows
+
+    return {o.name: getattr(args, o.name) for o in rows("plan")}
 
 
 def _print_json(value: Any) -> None:
@@ -168,8 +92,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from memtune.api import prepare
-    from memtune.options import make_options
+    from memtune.app.prepare import prepare
+    from memtune.core.options import make_options
 
     with _planning(args.json):
         prepared = prepare(args.model, args.data, make_options(**_options(args)))
@@ -187,7 +111,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _planning(machine_output: bool) -> Iterator[Any]:
     """Show planning's progress for the block (see ``memtune.ui.planning``)."""
-    from memtune import progress
+    from memtune.proc import progress
     from memtune.ui.planning import planning_view
 
     with planning_view(machine_output) as view, progress.listening(view):
@@ -208,9 +132,9 @@ def _dashboard(
             planning.close()  # one live view at a time on the terminal
         if not show and not trace and not tensorboard:
             return []
-        from memtune.ui.dashboard import memory_dashboard_class
+        from memtune.ui.memory_dashboard import MemoryDashboard
 
-        board = memory_dashboard_class()(
+        board = MemoryDashboard(
             plan.usable_bytes,
             batch_size=plan.batch_size,
             accumulation=plan.gradient_accumulation_steps,
@@ -229,7 +153,7 @@ def _dashboard(
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from memtune.train import fit
+    from memtune.app.fit import fit
 
     if args.tensorboard:
         import importlib.util
@@ -238,7 +162,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise MemtuneError(
                 "--tensorboard needs the tensorboard package: pip install 'memtune[tensorboard]'"
             )
-    from memtune.paths import output_dir, output_file, outside_folder
+    from memtune.proc.paths import output_dir, output_file, outside_folder
 
     if args.trace:
         output_file("--trace", args.trace, (".jsonl",))
@@ -297,7 +221,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from memtune.check import load_config, run_check, write_junit
+    from memtune.app.check import load_config, run_check, write_junit
 
     config = load_config(Path(args.config) if args.config else None, args.profile)
     flags = {k: v for k, v in _options(args).items() if v is not None}
@@ -318,10 +242,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from memtune.api import prepare
-    from memtune.demo import write_demo
-    from memtune.options import make_options
-    from memtune.train import fit
+    from memtune.app.demo import write_demo
+    from memtune.app.fit import fit
+    from memtune.app.prepare import prepare
+    from memtune.core.options import make_options
     from memtune.ui.tables import console, render_fit, render_plan
 
     directory = write_demo(Path(args.dir))
@@ -373,17 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_suggest)
     p = sub.add_parser("fit", help="plan, then train with the plan")
     _plan_flags(p)
-    p.add_argument("--epochs", type=int, required=True, metavar="N", help="epochs to train")
-    p.add_argument(
-        "--save", metavar="PATH", help="write the trained model here (.keras), atomically"
-    )
-    p.add_argument("--checkpoint-dir", metavar="DIR", help="back up each epoch here (resumable)")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
-    p.add_argument("--seed", type=int, help="seed for the per-epoch shuffle")
-    p.add_argument("--no-dashboard", action="store_true", help="Keras's own progress lines")
-    p.add_argument("--trace", metavar="FILE.jsonl", help="memory samples and step events")
-    p.add_argument("--report", metavar="FILE.png", help="memory over time, drawn at the end")
-    p.add_argument("--tensorboard", metavar="DIR", help="memory scalars beside Keras's own logs")
+    from memtune.core.options import rows
+
+    _add_flags(p, rows("fit", "cli"), optional=False)
     p.set_defaults(handler=cmd_fit)
     p = sub.add_parser("report", help="memory-over-time picture of a finished run")
     p.add_argument("trace", metavar="TRACE.jsonl", help="a trace written by fit --trace")
@@ -411,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``memtune`` console script; returns the exit code (called with
     ``argv``, as tests do). As the script itself (no ``argv``) the process ends with that
     code once its output is flushed, without the interpreter's teardown, where TensorFlow's
-    and pyarrow's thread pools can hang (:func:`memtune.children.finish`)."""
+    and pyarrow's thread pools can hang (:func:`memtune.proc.children.finish`)."""
     if argv is None:  # the process is memtune's: glibc's arenas are set before any thread
         heap.limit_arenas()
     code = _run(argv)

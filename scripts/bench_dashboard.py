@@ -30,12 +30,12 @@ def child(folder: str, variant: str) -> dict[str, Any]:
 
     from rich.console import Console
 
-    from memtune import _tf
+    from memtune.proc import tf as _tf
 
     _tf.tensorflow()
     import keras
 
-    from memtune.train import fit
+    from memtune.app.fit import fit
     from memtune.ui.dashboard import memory_dashboard_class
 
     class Timer(keras.callbacks.Callback):
@@ -83,7 +83,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child)))
         return
-    from memtune.demo import write_demo
+    from memtune.app.demo import write_demo
 
     variants = ["none", "lines", "live"]
     rates: dict[str, list[float]] = {v: [] for v in variants}

@@ -452,7 +452,7 @@ CGROUP_CASES = ("demo", "multi-input", "mlp")
 def cgroup_rows(tmp: Path, rng: np.random.Generator) -> list[dict[str, Any]]:
     """``fit`` with no ``--budget`` inside a 1 GiB memory cgroup, the page cache dropped
     first (a fresh container): never OOM-killed, the plan at least 0.8 of its budget."""
-    from memtune.demo import write_demo
+    from memtune.app.demo import write_demo
 
     rows: list[dict[str, Any]] = []
     for name in CGROUP_CASES:

@@ -31,7 +31,7 @@ ROWS_PER_SHARD = 2000
 def make_data(folder: Path, samples: int, seed: int = 0, units: int = 32) -> Path:
     import numpy as np
 
-    from memtune.demo import MODEL_SOURCE, make_shard
+    from memtune.app.demo import MODEL_SOURCE, make_shard
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -88,8 +88,8 @@ def _epoch_timer() -> Any:
 
 
 def child_memtune(folder: str, data: str, mode: str, epochs: int) -> dict[str, Any]:
-    from memtune import _tf
-    from memtune.train import fit
+    from memtune.app.fit import fit
+    from memtune.proc import tf as _tf
 
     _tf.tensorflow()
     timer = _epoch_timer()
@@ -150,7 +150,7 @@ def child_seed_generator(
     Otherwise Keras 3's own wrapping, which runs the generator on a tf.data thread with
     prefetch, so its parsing overlaps training.
     """
-    from memtune import _tf
+    from memtune.proc import tf as _tf
 
     tf = _tf.tensorflow()
     spec: dict[str, Any] = {"__name__": "seed_model"}
@@ -185,7 +185,7 @@ def child_seed_generator(
 
 def child_pipeline_only(folder: str, data: str, kind: str) -> dict[str, Any]:
     """One epoch of batches with no training: what each pipeline can deliver at most."""
-    from memtune import _tf
+    from memtune.proc import tf as _tf
 
     _tf.tensorflow()
     if kind == "seed":
@@ -195,11 +195,12 @@ def child_pipeline_only(folder: str, data: str, kind: str) -> dict[str, Any]:
         for _ in range(steps):
             next(gen)
         return {"samples_per_s": steps * BATCH / (time.perf_counter() - start), "peak_rss": _peak()}
-    from memtune.api import prepare
-    from memtune.data.pipeline import StreamingBatches
-    from memtune.feed import KerasFeed
-    from memtune.options import make_options
-    from memtune.train import blocks_of, layout_for
+    from memtune.app.prepare import prepare
+    from memtune.core.options import make_options
+    from memtune.data.batch_sources import StreamingBatches
+    from memtune.data.layout import layout_for
+    from memtune.data.shares import blocks_of
+    from memtune.run.feed import KerasFeed
 
     prep = prepare(
         f"{folder}/model.py:build_model",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import textwrap
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -130,3 +135,98 @@ def memory_cgroup(request: pytest.FixtureRequest):  # type: ignore[no-untyped-de
         pytest.skip(made)
     yield made
     made.remove()
+
+
+SIZES = [7, 1, 12, 3, 0, 9, 5, 2, 8, 4, 6, 11]  # uneven, one empty, numbered past 10
+
+
+def id_shards(folder: Path, sizes: list[int] = SIZES) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for i, n in enumerate(sizes):
+        ids = np.arange(start, start + n)
+        frame = pd.DataFrame(
+            {"id": ids, "seq": [[int(v)] * int(v % 5 + 1) for v in ids], "answer": ids % 2}
+        )
+        frame.to_csv(folder / f"{i}.csv", index=False)
+        start += n
+    return folder
+
+
+FACTORY = """
+ids = keras.Input((1,), name="id")
+seq = keras.Input((None,), dtype="int32", name="seq")
+x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(128, 4)(seq))
+x = keras.layers.Concatenate()([x, ids])
+model = keras.Model({"id": ids, "seq": seq}, keras.layers.Dense(1, name="answer")(x))
+model.compile("adam", "mse")
+return model
+"""
+
+
+def recording_model(seen: list[int]) -> Any:
+    """A model whose first layer records the ids it is trained on (eagerly)."""
+    import keras
+
+    class Record(keras.layers.Layer):
+        def call(self, x: Any, training: bool = False) -> Any:
+            if training:
+                seen.extend(int(v) for v in np.asarray(x).reshape(-1))
+            return x
+
+    ids = keras.Input((1,), name="id")
+    model = keras.Model(ids, keras.layers.Dense(1, name="answer")(Record()(ids)))
+    model.compile("sgd", "mse", run_eagerly=True)
+    return model
+
+
+def exhaust_at(steps: set[tuple[int, int]] | None) -> Any:
+    """A callback that raises TensorFlow's out-of-memory error before chosen (epoch, step)s
+    (each once), or before every step (None)."""
+    import keras
+    import tensorflow as tf
+
+    class Exhaust(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if steps is None or (self.epoch, batch) in steps:
+                if steps is not None:
+                    steps.discard((self.epoch, batch))
+                raise tf.errors.ResourceExhaustedError(None, None, "OOM (injected)")
+
+    return Exhaust()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+
+
+def text_of(renderable: object) -> str:
+    out = io.StringIO()
+    Console(file=out, width=90, force_terminal=False, color_system=None).print(renderable)
+    return "\n".join(line.rstrip() for line in ANSI.sub("", out.getvalue()).splitlines()) + "\n"
+
+
+def screen_of(output: str, width: int = 100, height: int = 30) -> list[str]:
+    """What a VT terminal shows after ``output`` (the tty turns \\n into \\r\\n)."""
+    import pyte
+
+    screen = pyte.Screen(width, height)
+    pyte.Stream(screen).feed(output.replace("\n", "\r\n"))
+    return [line.rstrip() for line in screen.display if line.strip()]
+
+
+MODEL = """
+a = keras.Input((2,), name="a")
+b = keras.Input((None,), dtype="int32", name="b")
+e = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 2)(b))
+x = keras.layers.Concatenate()([a, e])
+model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1, name="answer")(x))
+model.compile("adam", "mse")
+return model
+"""

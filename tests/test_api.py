@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import memtune
-from memtune.errors import MemtuneError
+from memtune.core.errors import MemtuneError
 
 pytestmark = pytest.mark.slow  # real models, real training
 
@@ -94,7 +94,7 @@ def id_pipelines() -> dict[str, Any]:
 
 @pytest.mark.parametrize("kind", ["pair", "tf.data unbatched", "tf.data batched", "PyDataset"])
 def test_every_sample_once_per_epoch_through_a_recovery(kind: str) -> None:
-    from tests.test_fit import _Exhaust, recording_model
+    from tests.conftest import exhaust_at, recording_model
 
     seen: list[int] = []
     result = memtune.fit(
@@ -104,7 +104,7 @@ def test_every_sample_once_per_epoch_through_a_recovery(kind: str) -> None:
         batch_size=16,
         analytic=True,
         verbose=0,
-        callbacks=[_Exhaust.at({(0, 3)})],
+        callbacks=[exhaust_at({(0, 3)})],
     )
     assert [c["to"] for c in result.batch_size_changes] == [8]
     assert len(seen) == 2 * N
@@ -173,8 +173,10 @@ def test_the_scan_hands_its_memory_back_before_the_model_child_starts(monkeypatc
     beside the child that reads the model, fit's tree passed a 1.25 GiB budget."""
     import pandas as pd
 
-    from memtune import api, heap, modelinfo
-    from memtune.options import make_options
+    from memtune.app import prepare as api
+    from memtune.core.options import make_options
+    from memtune.model import info as modelinfo
+    from memtune.proc import heap
 
     order: list[str] = []
 
@@ -201,9 +203,9 @@ def test_the_guard_at_an_epochs_last_step_recovers_from_the_next_epoch(
     an epoch whose last batch is partial, recovery once restarted the epoch past its end
     (``__len__() should return >= 0``); now the epoch ends, validation included, and the
     next one runs at the halved batch. Every sample still trains once per epoch."""
-    from memtune.callbacks import memory_guard
-    from memtune.watchdog import MemoryOverrun, Watchdog
-    from tests.test_fit import recording_model
+    from memtune.core.watchdog import MemoryOverrun, Watchdog
+    from memtune.run.callbacks import memory_guard
+    from tests.conftest import recording_model
 
     steps = -(-N // 16)  # 19: the last batch holds 12 rows
     fire_at = steps if step == "last" else 5
@@ -237,8 +239,8 @@ def test_the_guard_at_an_epochs_last_step_recovers_from_the_next_epoch(
 
 
 def test_the_guard_defers_an_overrun_at_an_epochs_last_step_to_its_end() -> None:
-    from memtune.callbacks.memory_guard import MemoryGuard
-    from memtune.watchdog import MemoryOverrun
+    from memtune.core.watchdog import MemoryOverrun
+    from memtune.run.callbacks.memory_guard import MemoryGuard
 
     class Firing:
         def check(self, now: object) -> None:

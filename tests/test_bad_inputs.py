@@ -15,10 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from memtune.checkpoint import CheckpointDir, EpochState
 from memtune.cli import main
-from tests.conftest import write_csv_shards, write_factory
-from tests.test_cli import MODEL
+from memtune.run.checkpoint import CheckpointDir, EpochState
+from tests.conftest import MODEL, write_csv_shards, write_factory
 
 
 @dataclass

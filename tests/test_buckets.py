@@ -14,14 +14,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import memtune.api as api
+import memtune.app.batches as api
+from memtune.core.budget import Budget
+from memtune.core.choose import make_plan
+from memtune.core.curve import MemoryCurve
+from memtune.core.errors import MemtuneError
+from memtune.core.options import make_options
+from memtune.core.pipeline_memory import pipeline_bytes
+from memtune.core.plan import PlanOptions
+from memtune.core.signatures import ModelSignature, TensorSpec
+from memtune.data.bucketed import Bucketing, bucketed_streaming
 from memtune.data.buckets import BucketOrder, LengthBuckets, choose_boundaries
-from memtune.data.pipeline import Bucketing, Layout, blocks_of, bucketed_streaming
+from memtune.data.footprint import footprint
+from memtune.data.layout import Layout
 from memtune.data.scan import scan
-from memtune.errors import MemtuneError
-from memtune.estimate.curve import MemoryCurve
-from memtune.footprint import ModelSignature, TensorSpec, footprint
-from memtune.plan import Budget, PlanOptions, make_plan, pipeline_bytes
+from memtune.data.shares import blocks_of
 
 MiB = 1024**2
 
@@ -62,9 +69,9 @@ def test_a_bad_bucket_count_is_refused() -> None:
     with pytest.raises(MemtuneError, match="--buckets 0"):
         choose_boundaries(np.array([1, 2]), 5, 0)
     with pytest.raises(MemtuneError, match="--buckets 'many'"):
-        api.make_options(buckets="many")
-    assert api.make_options(buckets="off").buckets == 0
-    assert api.make_options().buckets == 8
+        make_options(buckets="many")
+    assert make_options(buckets="off").buckets == 0
+    assert make_options().buckets == 8
 
 
 def listing(order: BucketOrder) -> list[tuple[int, np.ndarray]]:
@@ -344,9 +351,9 @@ def bucket_recording_model(seen: list[int], widths: list[int]) -> object:
 def test_fit_trains_on_buckets_and_recovery_halves_the_bucket_that_overran(
     tmp_path: Path, mode: str
 ) -> None:
-    from memtune.train import fit
+    from memtune.app.fit import fit
     from memtune.ui.memory_dashboard import MemoryDashboard
-    from tests.test_fit import _Exhaust
+    from tests.conftest import exhaust_at
 
     folder = text_shards(tmp_path / "d", [300, 200, 250])
     seen: list[int] = []
@@ -363,7 +370,7 @@ def test_fit_trains_on_buckets_and_recovery_halves_the_bucket_that_overran(
         target="answer",
         verbose=0,
         seed=1,
-        callbacks=[_Exhaust.at({(0, 3)}), MemoryDashboard(trace=str(trace), show=False)],
+        callbacks=[exhaust_at({(0, 3)}), MemoryDashboard(trace=str(trace), show=False)],
     )
     plan = result.plan
     lengths = [b.length for b in plan.buckets]
@@ -387,10 +394,11 @@ class _Progress:
 def test_recovery_halves_the_bucket_whose_step_overran(guard: bool) -> None:
     """The policy alone, the out-of-memory faked: the guard reads memory after a step (that
     step overran, its rows trained); TensorFlow's OOM stops the step after the last one."""
-    from memtune.data.pipeline import BucketedBatches, _take
-    from memtune.errors import TrainingFailed
-    from memtune.train import _recover_bucket
-    from memtune.watchdog import MemoryOverrun
+    from memtune.core.errors import TrainingFailed
+    from memtune.core.watchdog import MemoryOverrun
+    from memtune.data.bucketed import BucketedBatches
+    from memtune.data.layout import take
+    from memtune.run.recovery import _recover_bucket
 
     n = 120
     rng = np.random.default_rng(0)
@@ -398,7 +406,7 @@ def test_recovery_halves_the_bucket_whose_step_overran(guard: bool) -> None:
     inputs, targets = {"seq": np.ones((n, 9), np.int32)}, {"answer": np.arange(n)}
     order = BucketOrder([n], ids, [20, 10, 5], shuffle=True, seed=2)
     source = BucketedBatches(
-        lambda pieces, cut: (_take(inputs, pieces[0][1], cut), _take(targets, pieces[0][1])),
+        lambda pieces, cut: (take(inputs, pieces[0][1], cut), take(targets, pieces[0][1])),
         order,
         Bucketing("seq", "seq", (3, 6, 9), (20, 10, 5)),
         "pre",
@@ -410,16 +418,16 @@ def test_recovery_halves_the_bucket_whose_step_overran(guard: bool) -> None:
     overran = 3 if guard else 4  # the guard's step ended (done: 4); TF's step 4 never did
     bucket = order.bucket_of(overran)
     before = list(order.sizes)
-    change = _recover_bucket("over", exc, source, _Progress(0, 4), 1, 5)
-    assert change["bucket_length"] == (3, 6, 9)[bucket]
-    assert change["from"] == before[bucket] and change["to"] == before[bucket] // 2
+    change = _recover_bucket("over", exc, source, _Progress(0, 4), 1, 5, print)
+    assert change.bucket_length == (3, 6, 9)[bucket]
+    assert change.before == before[bucket] and change.after == before[bucket] // 2
     assert order.sizes == [s // 2 if k == bucket else s for k, s in enumerate(before)]
-    assert change["sample"] == sum(t.size for t in trained) == source.position
+    assert change.sample == sum(t.size for t in trained) == source.position
     rest = [source[i][1]["answer"] for i in range(len(source))]
     np.testing.assert_array_equal(np.sort(np.concatenate(trained + rest)), np.arange(n))
     order.sizes = [1, 1, 1]
     with pytest.raises(TrainingFailed, match="even at batch 1 in the length-"):
-        _recover_bucket("over", exc, source, _Progress(0, 0), 1, 5)
+        _recover_bucket("over", exc, source, _Progress(0, 0), 1, 5, print)
 
 
 def _tracings(function: object, depth: int = 0) -> dict[str, int]:
@@ -440,7 +448,7 @@ def test_buckets_do_not_retrace_the_training_step(tmp_path: Path) -> None:
     without buckets, not once per bucket."""
     import keras
 
-    from memtune.train import fit
+    from memtune.app.fit import fit
 
     folder = text_shards(tmp_path / "d", [500])
     counts = {}

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from memtune.core.curve import Trial
 from memtune.estimate.cache import TrialCache
-from memtune.plan import Trial
 from tests.conftest import write_csv_shards
 
 MiB = 1024**2
@@ -144,15 +144,15 @@ def test_a_model_with_a_custom_layer_hits_the_cache_in_a_new_process(tmp_path: P
 def _drifted(tmp_path: Path, now: Trial) -> tuple[str | None, TrialCache]:
     """The anchor policy on a cache from another period, with the fresh trial faked (as
     Lightning fakes its OOM check): the cache holds 800 / 900 MiB and a stop at 1.5 GiB."""
-    from memtune.estimate import measured
+    from memtune.estimate import runner
 
     cache = TrialCache("k", directory=tmp_path)
     for t in (Trial(8, 800 * MiB), Trial(64, 900 * MiB), Trial(512, 1536 * MiB, exceeded=True)):
         cache.put(t)
     cache.put(Trial(8, 800 * MiB))
-    s = measured.Setup((), 1, "cpu", 4 * 1024**3, cache, 1000)
+    s = runner.Setup((), 1, "cpu", 4 * 1024**3, cache, 1000)
 
-    class Faked(measured.Trials):
+    class Faked(runner.Trials):
         def run(self, batch: int, *, keep: bool = True) -> Trial:
             assert batch == 8 and not keep  # the smallest batch: the cheapest to re-measure
             return now

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from memtune.checkpoint import MARKER, CheckpointDir, EpochState
-from memtune.errors import MemtuneError
+from memtune.core.errors import MemtuneError
+from memtune.run.checkpoint import MARKER, CheckpointDir, EpochState
 
 
 def _run(path: Path, epochs: int, *, created_by_user: bool = False) -> CheckpointDir:

@@ -24,7 +24,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from memtune.failpoints import ENV
+from memtune.proc.failpoints import ENV
 from tests.conftest import sigint_reaches_child, write_csv_shards, write_factory
 
 pytestmark = pytest.mark.slow
@@ -186,9 +186,8 @@ def test_without_save_the_final_checkpoint_is_kept_and_yields_the_model(
 
 
 def test_a_batch_change_is_checkpointed_and_resumed_at_the_new_batch(tmp_path: Path) -> None:
-    from memtune.train import fit
-    from tests.test_fit import _Exhaust
-    from tests.test_pipeline import id_shards
+    from memtune.app.fit import fit
+    from tests.conftest import exhaust_at, id_shards
 
     folder = id_shards(tmp_path / "d")
     model = write_factory(tmp_path / "m.py", FACTORY.replace('(3,), name="x"', '(1,), name="id"'))
@@ -201,7 +200,7 @@ def test_a_batch_change_is_checkpointed_and_resumed_at_the_new_batch(tmp_path: P
         "analytic": True,
         "checkpoint_dir": str(ck),
     }
-    first = fit(model, folder, epochs=2, callbacks=[_Exhaust.at({(0, 3)})], **common)
+    first = fit(model, folder, epochs=2, callbacks=[exhaust_at({(0, 3)})], **common)
     assert [c["to"] for c in first.batch_size_changes] == [4]
     state = json.loads((ck / "epoch-000002" / "state.json").read_text())
     assert (state["batch_size"], state["gradient_accumulation_steps"]) == (4, 2)

@@ -12,18 +12,12 @@ import pytest
 from rich.console import Console
 
 from memtune.cli import main
-from memtune.monitor import MemorySampler, Sample
+from memtune.proc.monitor import MemorySampler, Sample
 from memtune.ui.dashboard import DashboardState, plain_line, render, sparkline
+from tests.conftest import screen_of, text_of
 from tests.nvml_fakes import SCENARIOS
 
 MiB = 1024**2
-ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
-
-
-def text_of(renderable: object) -> str:
-    out = io.StringIO()
-    Console(file=out, width=90, force_terminal=False, color_system=None).print(renderable)
-    return "\n".join(line.rstrip() for line in ANSI.sub("", out.getvalue()).splitlines()) + "\n"
 
 
 def test_render_golden() -> None:
@@ -196,23 +190,12 @@ def test_training_goes_on_when_a_gpu_is_lost_and_then_the_driver_fails(tmp_path:
     assert view.count("N/A") >= 2
 
 
-def screen_of(output: str, width: int = 100, height: int = 30) -> list[str]:
-    """What a VT terminal shows after ``output`` (the tty turns \\n into \\r\\n)."""
-    import pyte
-
-    screen = pyte.Screen(width, height)
-    pyte.Stream(screen).feed(output.replace("\n", "\r\n"))
-    return [line.rstrip() for line in screen.display if line.strip()]
-
-
 @pytest.mark.slow
 def test_one_clean_view_through_a_recovery(tmp_path: Path) -> None:
     """A batch change mid-epoch: still one dashboard on screen, counting the run's epochs,
     with the change as an event line (golden screen, machine-dependent numbers masked)."""
     import memtune
-    from tests.conftest import write_factory
-    from tests.test_fit import FACTORY, _Exhaust
-    from tests.test_pipeline import id_shards
+    from tests.conftest import FACTORY, exhaust_at, id_shards, write_factory
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, height=30, color_system=None)
@@ -227,7 +210,7 @@ def test_one_clean_view_through_a_recovery(tmp_path: Path) -> None:
         target="answer",
         analytic=True,
         verbose=0,
-        callbacks=[board, _Exhaust.at({(0, 3)})],
+        callbacks=[board, exhaust_at({(0, 3)})],
     )
     assert [c["to"] for c in result.batch_size_changes] == [4]
     masks = [

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from memtune.core.errors import MemtuneError
 from memtune.data.cells import Ragged, parse_cells
 from memtune.data.padding import pad
 from memtune.data.scan import scan
 from memtune.data.sources import open_source, shard_order
-from memtune.errors import MemtuneError
 from tests.conftest import write_csv_shards
 
 

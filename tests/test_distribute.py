@@ -14,23 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memtune.api import layout_for
 from memtune.cli import main
-from memtune.data.pipeline import (
-    EvenBatches,
-    StreamingBatches,
-    balanced_cuts,
-    worker_blocks,
-)
+from memtune.core.errors import MemtuneError
+from memtune.core.options import make_options
+from memtune.core.signatures import ModelSignature, TensorSpec
+from memtune.data.batch_sources import EvenBatches, StreamingBatches
+from memtune.data.footprint import footprint
+from memtune.data.layout import layout_for
 from memtune.data.scan import scan
-from memtune.distribute import parse_tf_config, resolve_topology, tightest_device
-from memtune.errors import MemtuneError
-from memtune.footprint import ModelSignature, TensorSpec, footprint
-from memtune.options import make_options
+from memtune.data.shares import balanced_cuts, worker_blocks
 from memtune.probe import probe
-from tests.conftest import write_factory
+from memtune.run.distribute import parse_tf_config, resolve_topology, tightest_device
+from tests.conftest import SIZES, id_shards, write_factory
 from tests.nvml_fakes import SCENARIOS
-from tests.test_pipeline import SIZES, id_shards
 
 
 def tf_config(workers: int, index: int, ports: list[int] | None = None) -> str:
@@ -308,7 +304,7 @@ def test_two_workers_on_loopback_share_the_data_and_stay_in_sync(tmp_path: Path)
 
 def test_each_worker_dashboard_names_the_worker() -> None:
     from memtune.ui.dashboard import DashboardState, plain_line, render
-    from tests.test_dashboard import text_of
+    from tests.conftest import text_of
 
     state = DashboardState(epochs=2, worker="index 0 of 3", usable_bytes=1024**3)
     assert plain_line(state, 512 * 1024**2).startswith("worker index 0 of 3, epoch 1/2:")

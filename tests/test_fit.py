@@ -6,42 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-import memtune.data.pipeline as pipeline
+import memtune.data.layout as pipeline
+from memtune.app.fit import fit
 from memtune.cli import main
-from memtune.errors import MemtuneError
-from memtune.train import fit
-from tests.conftest import sigint_reaches_child, write_factory
-from tests.test_pipeline import SIZES, id_shards
+from memtune.core.errors import MemtuneError
+from tests.conftest import (
+    FACTORY,
+    SIZES,
+    exhaust_at,
+    id_shards,
+    recording_model,
+    sigint_reaches_child,
+    write_factory,
+)
 
 pytestmark = pytest.mark.slow
-FACTORY = """
-ids = keras.Input((1,), name="id")
-seq = keras.Input((None,), dtype="int32", name="seq")
-x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(128, 4)(seq))
-x = keras.layers.Concatenate()([x, ids])
-model = keras.Model({"id": ids, "seq": seq}, keras.layers.Dense(1, name="answer")(x))
-model.compile("adam", "mse")
-return model
-"""
-
-
-def recording_model(seen: list[int]) -> Any:
-    """A model whose first layer records the ids it is trained on (eagerly)."""
-    import keras
-
-    class Record(keras.layers.Layer):
-        def call(self, x: Any, training: bool = False) -> Any:
-            if training:
-                seen.extend(int(v) for v in np.asarray(x).reshape(-1))
-            return x
-
-    ids = keras.Input((1,), name="id")
-    model = keras.Model(ids, keras.layers.Dense(1, name="answer")(Record()(ids)))
-    model.compile("sgd", "mse", run_eagerly=True)
-    return model
 
 
 @pytest.mark.parametrize("mode", ["streaming", "in-memory"])
@@ -167,7 +148,7 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from memtune.demo import write_demo
+    from memtune.app.demo import write_demo
 
     demo = write_demo(tmp_path / "demo")
     trace, ck = tmp_path / "t.jsonl", tmp_path / "ck"
@@ -215,31 +196,6 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert save.is_file() and not ck.exists()  # the checkpoint goes once the model landed
 
 
-class _Exhaust:
-    """A callback that raises TensorFlow's out-of-memory error before chosen steps."""
-
-    @staticmethod
-    def at(steps: set[tuple[int, int]] | None) -> Any:
-        import keras
-        import tensorflow as tf
-
-        class Exhaust(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.epoch = 0
-
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                self.epoch = epoch
-
-            def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-                if steps is None or (self.epoch, batch) in steps:
-                    if steps is not None:
-                        steps.discard((self.epoch, batch))
-                    raise tf.errors.ResourceExhaustedError(None, None, "OOM (injected)")
-
-        return Exhaust()
-
-
 @pytest.mark.parametrize("mode", ["streaming", "in-memory"])
 def test_out_of_memory_halves_the_batch_and_sees_every_sample_once(
     tmp_path: Path, mode: str
@@ -256,7 +212,7 @@ def test_out_of_memory_halves_the_batch_and_sees_every_sample_once(
         verbose=0,
         seed=2,
         target="answer",
-        callbacks=[_Exhaust.at({(0, 3)})],
+        callbacks=[exhaust_at({(0, 3)})],
     )
     n = sum(SIZES)
     assert len(seen) == 2 * n
@@ -276,7 +232,7 @@ def test_out_of_memory_halves_the_batch_and_sees_every_sample_once(
 
 
 def test_out_of_memory_at_batch_one_stops_with_exit_1(tmp_path: Path) -> None:
-    from memtune.errors import TrainingFailed
+    from memtune.core.errors import TrainingFailed
 
     folder = id_shards(tmp_path / "d")
     with pytest.raises(TrainingFailed, match="even at batch 1") as info:
@@ -288,7 +244,7 @@ def test_out_of_memory_at_batch_one_stops_with_exit_1(tmp_path: Path) -> None:
             mode="streaming",
             verbose=0,
             target="answer",
-            callbacks=[_Exhaust.at(None)],
+            callbacks=[exhaust_at(None)],
         )
     assert info.value.exit_code == 1
 
@@ -360,7 +316,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_keeps_the_checkpoint(
     import subprocess
     import sys
 
-    from memtune.demo import write_demo
+    from memtune.app.demo import write_demo
 
     demo = write_demo(tmp_path / "demo")
     trace, ck = tmp_path / "t.jsonl", tmp_path / "ck"

@@ -1,9 +1,11 @@
 import pandas as pd
 import pytest
 
+from memtune.core.errors import MemtuneError
+from memtune.core.options import parse_maxlen
+from memtune.core.signatures import ModelSignature, TensorSpec
+from memtune.data.footprint import footprint
 from memtune.data.scan import scan
-from memtune.errors import MemtuneError
-from memtune.footprint import ModelSignature, TensorSpec, footprint, parse_maxlen
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def test_bad_maxlen(info) -> None:
 def test_real_keras_signature(info) -> None:
     import keras
 
-    from memtune.model import signature
+    from memtune.model.load import signature
 
     a = keras.Input((None,), name="a")
     b = keras.Input((2,), dtype="int32", name="b")

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from memtune.monitor import MemorySampler
-from memtune.plan import resolve_budget, resolve_device
+from memtune.core.budget import resolve_budget, resolve_device
+from memtune.core.units import format_bytes
 from memtune.probe import probe
 from memtune.probe.nvml import load_pynvml
+from memtune.proc.monitor import MemorySampler
 from memtune.ui.dashboard import DashboardState, render
-from memtune.units import format_bytes
 
 GiB = 1024**3
 MiB = 1024**2

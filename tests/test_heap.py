@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from memtune import heap
+from memtune.proc import heap
 
 
 def _glibc() -> bool:
@@ -53,12 +53,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def test_threads_share_the_limited_arenas() -> None:
     assert arenas("", clean_env()) > heap.ARENAS  # glibc alone: an arena per thread
-    limited = "from memtune import heap\nheap.limit_arenas()\n"
+    limited = "from memtune.proc import heap\nheap.limit_arenas()\n"
     assert arenas(limited, clean_env()) == heap.ARENAS
 
 
 def test_a_users_malloc_arena_max_wins() -> None:
-    limited = "from memtune import heap\nheap.limit_arenas()\n"
+    limited = "from memtune.proc import heap\nheap.limit_arenas()\n"
     assert arenas(limited, clean_env(MALLOC_ARENA_MAX="4")) == 4
 
 
@@ -68,7 +68,7 @@ def test_trim_heap_hands_freed_memory_back_as_an_epoch_begins() -> None:
     code = textwrap.dedent(
         """
         import psutil
-        from memtune.callbacks.trim_heap import TrimHeap
+        from memtune.run.callbacks.trim_heap import TrimHeap
         blocks = [bytearray(100_000) for _ in range(3000)]
         del blocks[::2]
         before = psutil.Process().memory_info().rss

@@ -11,26 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import memtune.api as api
-from memtune.data.pipeline import EpochOrder, Layout, StreamingBatches, blocks_of, split_blocks
+import memtune.app.batches as api
+from memtune.core.errors import MemtuneError
+from memtune.core.signatures import ModelSignature, TensorSpec
+from memtune.data.batch_sources import StreamingBatches
+from memtune.data.footprint import footprint
+from memtune.data.layout import Layout
+from memtune.data.order import EpochOrder
 from memtune.data.scan import scan
-from memtune.errors import MemtuneError
-from memtune.footprint import ModelSignature, TensorSpec, footprint
-
-SIZES = [7, 1, 12, 3, 0, 9, 5, 2, 8, 4, 6, 11]  # uneven, one empty, numbered past 10
-
-
-def id_shards(folder: Path, sizes: list[int] = SIZES) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    start = 0
-    for i, n in enumerate(sizes):
-        ids = np.arange(start, start + n)
-        frame = pd.DataFrame(
-            {"id": ids, "seq": [[int(v)] * int(v % 5 + 1) for v in ids], "answer": ids % 2}
-        )
-        frame.to_csv(folder / f"{i}.csv", index=False)
-        start += n
-    return folder
+from memtune.data.shares import blocks_of, split_blocks
+from tests.conftest import SIZES, id_shards
 
 
 def epoch_ids(data: Path | pd.DataFrame, batch_size: int, **kw) -> list[int]:
@@ -85,6 +75,7 @@ def test_a_stream_keeps_only_the_blocks_batches_still_need(tmp_path: Path) -> No
         seen = []
         for i in range(len(stream)):
             seen.extend(int(v) for v in stream[i][0]["id"])
+            stream._ahead.submit(lambda: None).result()  # the read-ahead queued so far has run
             done = min((i + 1) * 16, sum(SIZES))
             assert all(stream.order.block_end[b] > done for b in stream._cache)
             assert len(stream._cache) <= 2  # the block running on, the one read ahead
@@ -210,7 +201,7 @@ def test_batches_needs_a_target(tmp_path: Path) -> None:
 
 def test_in_memory_load_makes_no_second_copy(tmp_path: Path) -> None:
     """Loading pads straight into preallocated arrays: peak <= 1.3x the padded bytes."""
-    from memtune.data.pipeline import load_in_memory
+    from memtune.data.layout import load_in_memory
 
     info = scan(id_shards(tmp_path / "d", [5000] * 20))
     sig = ModelSignature(

@@ -2,10 +2,12 @@
 
 import pytest
 
-from memtune.constants import BLOCK_ROWS, STREAM_QUEUE_BATCHES, WORKERS
-from memtune.errors import MemtuneError, NothingFits
-from memtune.estimate.curve import MemoryCurve
-from memtune.plan import Budget, PlanOptions, make_plan
+from memtune.core.budget import Budget
+from memtune.core.choose import make_plan
+from memtune.core.constants import BLOCK_ROWS, STREAM_QUEUE_BATCHES, WORKERS
+from memtune.core.curve import MemoryCurve
+from memtune.core.errors import MemtuneError, NothingFits
+from memtune.core.plan import PlanOptions
 
 MiB = 1024**2
 GiB = 1024**3
@@ -137,7 +139,7 @@ def test_larger_budget_never_smaller_batch() -> None:
 
 
 def test_a_budget_the_host_cannot_give_is_clipped_and_says_so() -> None:
-    from memtune.plan import resolve_budget
+    from memtune.core.budget import resolve_budget
     from memtune.probe import Probe
     from memtune.probe.host import RESERVE_BYTES, HostMemory
 
@@ -154,7 +156,7 @@ def test_a_budget_the_host_cannot_give_is_clipped_and_says_so() -> None:
 def test_auto_is_what_is_available_less_the_reserve_plus_what_memtune_holds() -> None:
     """In a 1 GiB cgroup whose working set is 150 MiB, with this process holding 100 MiB:
     1024 - 150 - 384 + 100 MiB. Counting RSS and usage with page cache said "nothing fits"."""
-    from memtune.plan import resolve_budget
+    from memtune.core.budget import resolve_budget
     from memtune.probe import Probe
     from memtune.probe.host import HostMemory
 
@@ -171,8 +173,8 @@ def test_auto_is_what_is_available_less_the_reserve_plus_what_memtune_holds() ->
 def test_streaming_parquet_row_groups_larger_than_a_batch_are_held_and_decoded_whole() -> None:
     """100,000-row groups (98 MiB decoded): the cache holds four, and three readers may each
     be decoding one at DECODE_FACTOR times its size — what a 1.6 GiB stream really took."""
-    from memtune.constants import DECODE_FACTOR
-    from memtune.plan import pipeline_bytes
+    from memtune.core.constants import DECODE_FACTOR
+    from memtune.core.pipeline_memory import pipeline_bytes
 
     per, n = 1028, 1_600_000
     small = pipeline_bytes("streaming", 4096, num_samples=n, per_sample_bytes=per, with_queue=False)
@@ -193,7 +195,7 @@ def test_streaming_parquet_row_groups_larger_than_a_batch_are_held_and_decoded_w
 def test_a_small_parquet_dataset_is_planned_in_memory_where_decoding_would_cost_more() -> None:
     """The batch is the largest that fits in either mode: with a dataset smaller than three
     row-group decodes, in-memory holds less, so the decode term must not shrink the batch."""
-    from memtune.constants import DECODE_FACTOR
+    from memtune.core.constants import DECODE_FACTOR
 
     groups = (8192, 8192, 30 * MiB)  # three decodes: 540 MiB, more than the 95 MiB dataset
     with_groups = plan(budget=2 * GiB, n=100_000, per=1000, whole_blocks=groups)

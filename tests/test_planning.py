@@ -6,9 +6,9 @@ import io
 
 from rich.console import Console
 
-from memtune import progress
+from memtune.proc import progress
 from memtune.ui.planning import PlanningView, render_planning
-from tests.test_dashboard import screen_of
+from tests.conftest import screen_of
 
 MiB = 1024**2
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from memtune.errors import MemtuneError
-from memtune.plan import resolve_budget, resolve_device
+from memtune.core.budget import resolve_budget, resolve_device
+from memtune.core.errors import MemtuneError
 from memtune.probe import probe
 from memtune.probe.host import cgroup_memory, oom_kills, read_host
 from tests.nvml_fakes import SCENARIOS, GiB

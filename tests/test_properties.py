@@ -9,13 +9,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memtune.core.budget import Budget
+from memtune.core.choose import make_plan
+from memtune.core.curve import MemoryCurve
+from memtune.core.errors import NothingFits
+from memtune.core.plan import PlanOptions
+from memtune.core.units import parse_size
 from memtune.data.cells import Ragged, parse_cells
 from memtune.data.padding import pad
 from memtune.data.sources import shard_order
-from memtune.errors import NothingFits
-from memtune.estimate.curve import MemoryCurve
-from memtune.plan import Budget, PlanOptions, make_plan
-from memtune.units import parse_size
 
 ints = st.lists(st.lists(st.integers(-1000, 1000), max_size=12), min_size=1, max_size=20)
 floats = st.lists(
@@ -117,7 +119,7 @@ def test_plan_invariants(
 
 @given(st.lists(st.integers(0, 10_000), min_size=1, max_size=40), st.integers(1, 12))
 def test_workers_shares_are_contiguous_nonempty_and_cover(sizes: list[int], parts: int) -> None:
-    from memtune.data.pipeline import balanced_cuts
+    from memtune.data.shares import balanced_cuts
 
     if len(sizes) < parts:
         return
@@ -130,7 +132,7 @@ def test_workers_shares_are_contiguous_nonempty_and_cover(sizes: list[int], part
 def test_every_worker_takes_the_largest_shares_steps(largest: int, less: int, batch: int) -> None:
     """A share cut into the steps of the largest share: sizes differ by at most one, none
     empty or larger than the batch, and they add up to the share."""
-    from memtune.data.pipeline import even_bounds
+    from memtune.data.shares import even_bounds
 
     steps = -(-largest // batch)
     share = max(steps, largest - less)  # EvenBatches refuses a share smaller than the steps

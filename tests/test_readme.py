@@ -29,14 +29,33 @@ def test_the_readme_has_runnable_blocks() -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
+    """README's first command, ``memtune demo``, run once: the folder, the environment and
+    what it printed."""
     folder = tmp_path_factory.mktemp("readme")
     env = {**os.environ, "MEMTUNE_CACHE_DIR": str(folder / ".cache")}
     bin_dir = str(Path(sys.executable).parent)  # the memtune this test runs against
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     done = subprocess.run(["memtune", "demo"], cwd=folder, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return folder, env
+    return folder, env, done.stdout
+
+
+@pytest.fixture(scope="module")
+def project(demo: tuple[Path, dict[str, str], str]) -> tuple[Path, dict[str, str]]:
+    return demo[0], demo[1]
+
+
+def test_the_demo_writes_plans_and_trains(demo: tuple[Path, dict[str, str], str]) -> None:
+    folder, _, out = demo
+    target = folder / "memtune-demo"
+    shards = sorted(p.name for p in (target / "shards").iterdir())
+    assert "10.csv" in shards and len(shards) == 12
+    assert (target / "shards" / "0.csv").read_text().splitlines()[1].startswith('"[')
+    assert "clicks: sequences up to 60 long are truncated to 30" in out
+    assert "memtune plan" in out
+    assert "epoch 2/2:" in out and "memtune fit" in out  # the demo trains, with live memory
+    assert (target / "model.keras").is_file()
 
 
 @pytest.mark.parametrize("index", range(len(blocks("bash"))))

@@ -7,10 +7,13 @@ from collections.abc import Callable
 
 import pytest
 
-from memtune.api import MEASURED_AIM as AIM
-from memtune.errors import NothingFits
-from memtune.estimate.curve import MemoryCurve
-from memtune.estimate.measured import trial_limit
+from memtune.core.budget import Budget
+from memtune.core.choose import make_plan
+from memtune.core.curve import MemoryCurve, Trial
+from memtune.core.errors import NothingFits
+from memtune.core.plan import Plan, PlanOptions
+from memtune.core.planner import MEASURED_AIM as AIM
+from memtune.estimate.runner import trial_limit
 from memtune.estimate.search import (
     MAX_TRIALS,
     REACH,
@@ -20,7 +23,6 @@ from memtune.estimate.search import (
     search,
     trial_noise,
 )
-from memtune.plan import Budget, Plan, PlanOptions, Trial, make_plan
 
 MiB = 1024**2
 GiB = 1024**3

@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memtune.data.pipeline import Layout
+from memtune.core.signatures import ModelSignature, TensorSpec
+from memtune.data.footprint import footprint
+from memtune.data.layout import Layout
 from memtune.data.sample import trial_rows, write_trial_rows
 from memtune.data.scan import scan
-from memtune.estimate.analytic import ModelShape, profile
-from memtune.footprint import ModelSignature, TensorSpec, footprint
-from memtune.modelinfo import ModelInfo
+from memtune.estimate.analytic import profile
+from memtune.model.info import ModelInfo
+from memtune.model.shape import ModelShape
 
 
 def token_shards(folder: Path) -> Path:
@@ -87,7 +89,7 @@ def test_model_info_round_trips_through_json() -> None:
 def test_flat_peak_stops_once_memory_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
-    from memtune.callbacks import flat_peak
+    from memtune.run.callbacks import flat_peak
 
     mib = 1024**2
     peaks = iter([500 * mib, 700 * mib, 800 * mib, 802 * mib, 803 * mib, 900 * mib])
@@ -125,7 +127,7 @@ def test_a_child_high_water_mark_is_its_own_not_its_parents() -> None:
     script = """
 import json, subprocess, sys
 import numpy as np
-from memtune import heap
+from memtune.proc import heap
 big = np.ones(600 * 2**20, np.uint8); del big
 heap.release()
 child = (
@@ -147,8 +149,9 @@ def test_a_trial_copies_each_batch_as_fit_does_and_a_whole_dataset_batch_not_at_
     """fit's shuffled in-memory batches gather a copy, except a batch holding every row,
     which is a view of its arrays (``InMemoryBatches``): a trial must do the same, or a
     whole-dataset trial grows by one batch a step that fit never holds (+9 % on conv2d)."""
-    from memtune.data.pipeline import InMemoryBatches
-    from memtune.estimate.trials import FeedSpec, _RepeatBatch
+    from memtune.data.batch_sources import InMemoryBatches
+    from memtune.estimate.trial_child import _RepeatBatch
+    from memtune.estimate.trials import FeedSpec
 
     x = np.arange(40, dtype="float32").reshape(20, 2)
     y = np.arange(20, dtype="float32")

@@ -56,10 +56,10 @@ def test_a_trial_for_a_fit_with_validation_evaluates_too(project) -> None:
     even when it stops training early because its peak held."""
     from dataclasses import replace
 
-    from memtune import children
+    from memtune.proc import children
 
     for validation in (False, True):
-        proc = children.spawn("memtune.estimate.trials")
+        proc = children.spawn("memtune.estimate.trial_child")
         try:
             job = replace(spec(project), validation=validation).to_json(32, 8 * GiB, False)
             out, _ = proc.communicate(job, timeout=240)
@@ -151,15 +151,15 @@ def test_a_trial_child_imports_only_what_builds_batches_and_trains() -> None:
     import sys
 
     code = (
-        "import sys, memtune.estimate.trials, memtune.feed; "
+        "import sys, memtune.estimate.trial_child, memtune.run.feed; "
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('memtune'))))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert "memtune.feed" in loaded
-    for above in ("memtune.api", "memtune.train", "memtune.estimate.measured", "memtune.cli"):
-        assert above not in loaded
+    assert "memtune.run.feed" in loaded
+    above = ("memtune.app", "memtune.cli", "memtune.ui", "memtune.estimate.measured")
+    assert [m for m in loaded if m.startswith(above)] == []
 
 
 def test_planning_never_loads_tensorflow_in_the_planning_process(project) -> None:

@@ -1,7 +1,7 @@
 import pytest
 
-from memtune.errors import MemtuneError
-from memtune.units import format_bytes, parse_size
+from memtune.core.errors import MemtuneError
+from memtune.core.units import format_bytes, parse_size
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memtune.watchdog import MemoryOverrun, Reading, Watchdog
+from memtune.core.watchdog import MemoryOverrun, Reading, Watchdog
 from tests.conftest import MemoryCgroup
 
 MiB = 1024**2
@@ -169,14 +169,14 @@ class _Overrun:
 def test_recovery_halves_waits_at_batch_one_under_pressure_or_fails(
     error: BaseException, batch: int, multiworker: bool, action: str
 ) -> None:
-    from memtune.train import recovery_action
+    from memtune.run.recovery import recovery_action
 
     assert recovery_action(error, batch, multiworker) == action
 
 
 def test_waiting_for_memory_goes_on_when_it_comes_back_and_fails_in_units_when_not() -> None:
-    from memtune.errors import TrainingFailed
-    from memtune.train import wait_for_memory
+    from memtune.core.errors import TrainingFailed
+    from memtune.run.recovery import wait_for_memory
 
     said: list[str] = []
     readings = iter([100 * MiB, 200 * MiB, 600 * MiB])
@@ -215,14 +215,15 @@ for line in sys.stdin:  # one step per line; the trainer closing stdin (or dying
 DRIVER = """
 import json, subprocess, sys
 import memtune
-from memtune import _tf
+from memtune.proc import tf as _tf
 from memtune.probe import process
+from memtune.run.events import RunListener
 
 keras = _tf.keras()
 STEP, LIMIT, HOG = {step}, {limit}, {hog!r}
 
 
-class Neighbour(keras.callbacks.Callback):
+class Neighbour(keras.callbacks.Callback, RunListener):
     \"\"\"Another process: STEP more after each training step, up to LIMIT or until memtune
     changes its batch.\"\"\"
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from memtune.constants import BLOCK_ROWS
+from memtune.core.constants import BLOCK_ROWS
+from memtune.core.errors import MemtuneError
 from memtune.data.sources import Shard, Source, one_line, shard_columns
-from memtune.errors import MemtuneError
 
 
 @dataclass(frozen=True)

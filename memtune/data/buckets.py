@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memtune.errors import MemtuneError
+from memtune.core.errors import MemtuneError
 
 CANDIDATES = 256  # boundary candidates the search considers (quantiles of the lengths)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memtune.errors import MemtuneError
+from memtune.core.errors import MemtuneError
 
 _NON_INT = re.compile(r"[.eEnN]")  # a decimal point, an exponent, nan or inf
 

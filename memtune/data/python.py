@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from memtune.errors import MemtuneError
+from memtune.core.errors import MemtuneError
 
 KINDS = (
     "a .csv / .parquet path or folder, a pandas DataFrame, a dict of arrays, an (x, y) pair "

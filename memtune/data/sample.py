@@ -2,7 +2,7 @@
 
 Synthetic batches misjudge in both directions (all-zero token ids make Embedding gradients
 and Conv1D work unlike the user's data), so a trial trains on the user's own rows, padded by
-the same :class:`~memtune.data.pipeline.Layout` as ``fit``, the longest sequence of every
+the same :class:`~memtune.data.layout.Layout` as ``fit``, the longest sequence of every
 sequence column included (the worst row is measured, not hoped for).
 """
 
@@ -12,16 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from memtune.constants import BLOCK_ROWS
+from memtune.core.constants import BLOCK_ROWS
 from memtune.data.blocks import Block
-from memtune.data.pipeline import (
-    Arrays,
-    Layout,
-    _release_arrow_memory,
-    blocks_of,
-    bucket_columns,
-    first_rows,
-)
+from memtune.data.bucketed import first_rows
+from memtune.data.layout import Arrays, Layout, _release_arrow_memory, bucket_columns
+from memtune.data.shares import blocks_of
 
 
 def trial_rows(layout: Layout, batch_size: int) -> tuple[Arrays, Arrays]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from memtune.core.errors import MemtuneError
 from memtune.data.cells import Ragged
 from memtune.data.sources import (
     Source,
@@ -16,7 +17,6 @@ from memtune.data.sources import (
     read_chunks,
     shard_columns,
 )
-from memtune.errors import MemtuneError
 
 
 @dataclass(frozen=True)

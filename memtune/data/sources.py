@@ -16,8 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from memtune.core.errors import MemtuneError
 from memtune.data.cells import Ragged, parse_cells, scalars_as_ragged
-from memtune.errors import MemtuneError
 
 Kind = Literal["csv", "parquet", "frame", "dataset"]
 Column = np.ndarray | Ragged

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from memtune import _tf
-from memtune.constants import STREAM_QUEUE_BATCHES
+from memtune.core.constants import STREAM_QUEUE_BATCHES
+from memtune.core.errors import MemtuneError
+from memtune.core.options import Options
+from memtune.data.footprint import Footprint
 from memtune.data.python import by_name
 from memtune.data.scan import ColumnInfo, DataInfo
 from memtune.data.sources import Shard, Source
-from memtune.errors import MemtuneError
-from memtune.footprint import Footprint
+from memtune.proc import tf as _tf
 
 SCAN_BATCH = 4096
 
@@ -246,3 +247,19 @@ class DatasetBatches:
                 {k: v for k, v in batch.items() if k in inputs},
                 {k: v for k, v in batch.items() if k not in inputs},
             )
+
+
+def dataset_source(
+    info: DataInfo, fp: Footprint, options: Options, batch_size: int
+) -> DatasetBatches:
+    """The user's tf.data / PyDataset pipeline as a batch source at ``batch_size``."""
+    shard = info.source.shards[0]
+    return DatasetBatches(
+        shard.dataset,
+        fp,
+        batch_size,
+        num_samples=info.num_samples,
+        batched=shard.batched,
+        padding=options.padding,
+        truncating=options.truncating,
+    )

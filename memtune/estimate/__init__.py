@@ -1,5 +1,2 @@
-"""How a training process's peak memory grows with the batch: analytic prior and trials."""
-
-from memtune.estimate.curve import MemoryCurve
-
-__all__ = ["MemoryCurve"]
+"""How a training process's peak memory grows with the batch: the analytic prior, trials in a
+watched child, the search, the trial cache, and their wiring."""

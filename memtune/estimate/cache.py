@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from memtune.plan import Trial
+from memtune.core.curve import Trial
 
 
 def cache_dir() -> Path:

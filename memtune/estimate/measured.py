@@ -1,343 +1,43 @@
-"""Planning from measurements: trial setup, the cache, and the search wired together."""
+"""Planning from measurements: the search run on trials (:mod:`memtune.estimate.runner`),
+length buckets measured, and a GPU this machine lacks estimated from CPU trials."""
 
 from __future__ import annotations
 
 import contextlib
-import math
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
-from memtune import _tf, heap, progress
-from memtune.estimate.cache import TrialCache, cache_key
-from memtune.estimate.curve import MemoryCurve
-from memtune.estimate.search import search, trial_noise
+from memtune.core.curve import MemoryCurve, Trial
+from memtune.core.plan import Plan
+from memtune.core.planner import Planner
+from memtune.core.units import format_bytes
+from memtune.estimate.lengths import LengthTrial, bucket_scale
+from memtune.estimate.runner import Setup, _trial_model, child_share, trials
+from memtune.estimate.search import SearchResult, search, trial_noise
 from memtune.estimate.trials import (
     MAX_STEPS,
-    FeedSpec,
     TrialSpec,
-    bare_child_bytes,
-    own_held,
     run_trial,
 )
-from memtune.footprint import Footprint
-from memtune.modelinfo import ModelInfo, is_spec
-from memtune.options import Options
-from memtune.plan import Budget, Plan, Trial
-from memtune.probe import Probe
-from memtune.units import format_bytes
 
-MEMTUNE_TRIAL_FORMAT = "8"  # bump when what a trial measures changes (8: held memory)
 TRIAL_AIM = 0.97  # a trial aims this far under its limit: one stopped by noise is one lost
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every trial of one plan shares."""
-
-    feeds: tuple[FeedSpec, ...]
-    accumulation: int
-    device: str
-    limit_bytes: int
-    cache: TrialCache
-    num_samples: int
-    cpu_replicas: int = 1  # trials run under MirroredStrategy on this many logical CPUs
-    # Writes the user's rows for a trial batch to a file (None: synthetic rows).
-    rows: Callable[[int, Path], Path] | None = None
-    # What this process holds beyond a bare trial child (its data readers, the scan's
-    # results): fit trains in this process, so its peak is a trial's plus this.
-    parent_extra: int = 0
-    validation: bool = False  # fit evaluates held-out rows each epoch: trials do too
-
-
-def setup(
-    model: ModelInfo,
-    fp: Footprint,
-    options: Options,
-    budget: Budget,
-    seen: Probe,
-    num_samples: int,
-    cpu_replicas: int = 1,
-    rows: Callable[[int, Path], Path] | None = None,
-) -> Setup:
-    """Trial parameters and the cache keyed by everything that shapes a trial's peak.
-
-    On a CPU the limit is the whole tree's: the planning process and the trial child
-    together stay within :func:`trial_limit` (and what the host can give)."""
-    accumulation = 2 if options.effective_batch_size else 1  # accumulators cost the same for any k
-    validation = options.validation_split is not None or options.validation_data is not None
-    feeds = tuple(FeedSpec(f.name, f.role, f.shape, f.dtype) for f in fp.feeds)
-    key = cache_key(
-        {
-            **model.key,
-            "feeds": feeds,
-            "accumulation": accumulation,
-            "device": budget.device,
-            "format": MEMTUNE_TRIAL_FORMAT,
-            "num_samples": num_samples,
-            "cpu_replicas": cpu_replicas,
-            "real_rows": rows is not None,
-            "validation": validation,
-        }
-    )
-    if budget.device == "cpu":  # a trial may never take more than the host can give
-        limit = min(trial_limit(budget.budget_bytes, options.safety), seen.host.can_give)
-    else:
-        limit = budget.budget_bytes
-    cache = TrialCache(key, enabled=not options.no_cache)
-    extra = 0
-    if budget.device == "cpu" and "tensorflow" not in sys.modules and not options.analytic:
-        heap.release()  # what this process holds, not what it freed (fit reuses that)
-        extra = max(0, own_held() - bare_child_bytes())
-    return Setup(
-        feeds,
-        accumulation,
-        budget.device,
-        limit,
-        cache,
-        num_samples,
-        cpu_replicas,
-        rows,
-        extra,
-        validation,
-    )
-
-
-def trial_limit(budget_bytes: int, safety: float) -> int:
-    """What planning's whole tree may reach: the budget less half the safety margin.
-
-    The margin covers a prediction for ``fit``, which nothing stops; a trial is watched
-    every few milliseconds and stopped at this limit, so it needs less. Trials must reach
-    the batch ``fit`` will run: beside the planning process (~130 MiB), a tree limited to
-    the usable budget held them to 0.87-0.91 of it, and a stopped last trial left the plan
-    at the one before (0.71-0.76 of usable on bench_estimate)."""
-    return int(budget_bytes * (1 - safety / 2))
-
-
-def child_share(s: Setup) -> int:
-    """What a trial child may take now: the tree's limit less this process (CPU)."""
-    return s.limit_bytes - own_held() if s.device == "cpu" else s.limit_bytes
-
-
-def cached_curve(s: Setup, prior: MemoryCurve) -> tuple[MemoryCurve, list[Trial]]:
-    """The prior refitted through whatever trials the cache already holds."""
-    trials = s.cache.all()
-    if not trials:
-        return prior, []
-    points = [(t.batch_size, _in_fit(s, t).peak_bytes) for t in trials]
-    return prior.with_points(points, s.num_samples), trials
-
-
-class Trials:
-    """``trials(batch)``: one trial in a child process — this run's, the cache's, or a new
-    one — its peak as ``fit``'s process would reach it."""
-
-    def __init__(self, s: Setup, spec: TrialSpec, folder: Path) -> None:
-        self.s, self.spec, self.folder = s, spec, folder
-        self.fresh: dict[int, Trial] = {}  # measured by this run (the anchor)
-        self.extra: list[Trial] = []  # trials at other lengths (buckets), as measured
-        self.drifted = False  # the anchor moved or dropped the cache: measure lengths anew
-        self.length: int | None = None  # a length bucket's trials: the input's length
-
-    def run(self, batch: int, *, keep: bool = True) -> Trial:
-        """A new trial, bypassing the cache (which it then updates if ``keep``)."""
-        s = self.s
-        progress.report("trial", batch=batch, limit=child_share(s), length=self.length)
-        spec = self.spec
-        if s.rows is not None:
-            rows = s.rows(batch * s.cpu_replicas, self.folder / f"rows-{batch}.npz")
-            spec = replace(spec, rows=str(rows))
-        trial = run_trial(spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled())
-        if keep:
-            s.cache.put(trial)
-        return trial
-
-    def __call__(self, batch: int) -> Trial:
-        s = self.s
-        trial = self.fresh.get(batch) or s.cache.get(batch, child_share(s))
-        cached = trial is not None and batch not in self.fresh
-        if trial is None:
-            trial = self.run(batch)
-        progress.report(
-            "trial_done",
-            batch=batch,
-            peak=trial.peak_bytes,
-            exceeded=trial.exceeded,
-            cached=cached,
-            length=self.length,
-        )
-        return _in_fit(s, trial)
-
-    def anchor(self) -> str | None:
-        """Re-measure the cache's smallest batch now; shift every cached peak by the
-        difference when it is beyond the noise (peaks drift between periods on one
-        machine). Returns the reason line, or None with nothing cached."""
-        cached = self.s.cache.all()
-        if not cached:
-            return None
-        old = cached[0]
-        now = self.run(old.batch_size, keep=False)
-        progress.report(
-            "trial_done",
-            batch=now.batch_size,
-            peak=now.peak_bytes,
-            exceeded=now.exceeded,
-            cached=False,
-        )
-        if now.exceeded:  # memory is tighter than when the cache was written: measure anew
-            self.drifted = True
-            self.s.cache.clear()
-            return (
-                f"a fresh trial at batch {old.batch_size} passed its limit where the cache "
-                f"had {format_bytes(old.peak_bytes)}: the cached trials were dropped"
-            )
-        delta = now.peak_bytes - old.peak_bytes
-        noise = trial_noise(old.peak_bytes)
-        said = (
-            f"a fresh trial at batch {old.batch_size} measured {format_bytes(now.peak_bytes)} "
-            f"where the cache had {format_bytes(old.peak_bytes)}"
-        )
-        if abs(delta) <= noise:  # the cache's own value stays: the same search, the same plan
-            return f"{said}: within the noise (± {format_bytes(noise)}), the cache holds"
-        self.drifted = True
-        self.fresh[now.batch_size] = now
-        self.s.cache.put(now)
-        self.s.cache.shift(delta, keep=now.batch_size)
-        side = "up" if delta > 0 else "down"
-        return f"{said}: the cached peaks are shifted {side} by {format_bytes(abs(delta))}"
-
-
-@contextlib.contextmanager
-def trials(model: Any, s: Setup) -> Iterator[Trials | None]:
-    """The trial runner for this plan; None when the model cannot be handed to a child."""
-    with contextlib.ExitStack() as stack:
-        model_arg = _trial_model(model, stack)
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memtune-rows-")))
-        if model_arg is None:
-            yield None
-            return
-        spec = TrialSpec(
-            model_arg,
-            s.feeds,
-            s.accumulation,
-            s.device,
-            num_samples=s.num_samples,
-            cpu_replicas=s.cpu_replicas,
-            validation=s.validation,
-        )
-        yield Trials(s, spec, folder)
-
-
-def one_trial(model: Any, s: Setup, batch: int) -> Trial | None:
-    """One trial at ``batch`` (``check``: a configured batch past what the trials support)."""
-    with trials(model, s) as measure:
-        return None if measure is None else measure(batch)
-
-
-@dataclass(frozen=True)
-class LengthTrial:
-    """A trial at a shorter padded length of the bucketed input ``feed``: rows no longer
-    than ``length`` (written by ``rows``), so memory is known over batch × length."""
-
-    feed: str
-    length: int
-    pad_length: int
-    boundaries: tuple[int, ...]
-    samples: int  # rows in the shortest bucket: its batch never needs to be larger
-    rows: Callable[[int, Path], Path] | None
-
-
-def bucket_scale(
-    measure: Trials, s: Setup, lt: LengthTrial, curve: MemoryCurve, reach: int, notes: list[str]
-) -> tuple[float, ...]:
-    """Each bucket's per-sample memory as a share of a full-length sample's.
-
-    Trials at the shortest bucket's length: first at the batch a guess between token scaling
-    and none puts near ``reach`` (the full-length batch the plan may use); its peak, read
-    back on the full-length curve (noise added), gives that bucket's share. Then, when that
-    share gives the bucket a batch past the one measured, a trial at that batch verifies it
-    (the larger of the two shares is kept). Shares in between are interpolated linearly in
-    the length: exact for per-sample memory affine in the length; for a convex one
-    (attention) the line lies above, on the safe side. A first trial stopped at its limit
-    is tried once at half the batch; stopped again, no bucket gets more than the longest's
-    batch."""
-    short = lt.length
-    tokens = short / lt.pad_length
-    feeds = tuple(
-        replace(f, shape=(short, *f.shape[1:])) if f.name == lt.feed else f for f in s.feeds
-    )
-    cache = TrialCache(
-        f"{s.cache.key}/length{short}", enabled=s.cache.enabled, directory=s.cache.path.parent
-    )
-    if measure.drifted:  # its trials were measured in another period: measure anew
-        cache.clear()
-    mine = Trials(
-        replace(s, feeds=feeds, cache=cache, rows=lt.rows),
-        replace(measure.spec, feeds=feeds, num_samples=None),
-        measure.folder,
-    )
-    mine.length = short
-
-    def share(batch: int) -> tuple[Trial, float]:
-        """A trial at ``batch`` and the share its peak (plus noise) implies."""
-        trial = mine(batch)
-        measure.extra.append(
-            replace(trial, peak_bytes=trial.peak_bytes - s.parent_extra, length=short)
-        )
-        noise = trial_noise(trial.peak_bytes)
-        equal = curve.largest_batch(trial.peak_bytes + noise)
-        return trial, min(1.0, max(tokens, equal / batch))
-
-    batch = max(1, math.floor(max(1, reach) / math.sqrt(tokens)))
-    trial, measured = share(batch)
-    if trial.exceeded and batch > 1:
-        batch //= 2
-        trial, measured = share(batch)
-    if trial.exceeded:
-        notes.append(
-            f"buckets: a trial at length {short}, batch {batch:,} passed its limit: no bucket "
-            "is given a larger batch than the longest"
-        )
-        return tuple(1.0 for _ in lt.boundaries)
-    said = (
-        f"buckets: a trial at length {short}, batch {batch:,} peaked at "
-        f"{format_bytes(trial.peak_bytes)}"
-    )
-    target = min(math.floor(reach / measured), lt.samples)
-    if target > batch * 1.05:
-        check, again = share(target)
-        measured = max(measured, again)
-        said += (
-            f"; at batch {target:,} it {'passed its limit at' if check.exceeded else 'peaked at'}"
-            f" {format_bytes(check.peak_bytes)}"
-        )
-    notes.append(
-        f"{said}: a sample of length {short} takes {measured:.0%} of the memory of one of "
-        f"{lt.pad_length} (read on the full-length curve, noise included)"
-    )
-    scale = []
-    for length in lt.boundaries:
-        at = measured + (1 - measured) * (length - short) / max(1, lt.pad_length - short)
-        scale.append(min(1.0, max(length / lt.pad_length, at)))
-    return tuple(scale)
 
 
 def measured_plan(
     model: Any,
     s: Setup,
     prior: MemoryCurve,
-    plan_for: Callable[..., Plan],
-    notes: list[str],
+    planner: Planner,
     lengths: LengthTrial | None = None,
-) -> tuple[Plan, MemoryCurve]:
-    """Trials in child processes (cached) refine the prior; the choice lies on or near them."""
+) -> tuple[Plan, MemoryCurve, Planner]:
+    """Trials in child processes (cached) refine the prior; the choice lies on or near them.
+    Returns the plan, the measured curve, and the planner with the trials' reasons noted."""
     with trials(model, s) as measure:
         if measure is None:
-            notes.append("no trials: the model could not be saved for a trial process; unverified")
-            return plan_for(prior, None, notes), prior
+            planner = planner.noted(
+                "no trials: the model could not be saved for a trial process; unverified"
+            )
+            return planner.plan(prior), prior, planner
         anchored = measure.anchor()
         # A trial must run beside this process within the limit, with room for its noise;
         # the choice may then extrapolate a little past it (search.REACH) up to the aim.
@@ -347,17 +47,26 @@ def measured_plan(
         result = search(
             prior,
             measure,
-            lambda curve, cap: plan_for(curve, cap, within=within),
-            lambda curve, cap: plan_for(curve, cap),
+            lambda curve, cap: planner.plan(curve, cap, within=within),
+            lambda curve, cap: planner.plan(curve, cap),
             s.num_samples,
             noise=trial_noise,
         )
         scale = None
         if lengths is not None:
-            reach = plan_for(result.curve, result.cap, within=within).largest_safe_batch_size
+            reach = planner.plan(result.curve, result.cap, within=within).largest_safe_batch_size
             if result.cap is not None:
                 reach = min(reach, result.cap)
             scale = bucket_scale(measure, s, lengths, result.curve, reach, result.notes)
+    planner = planner.noted(*result.notes, _summary(s, result), *([anchored] if anchored else []))
+    plan = planner.plan(result.curve, result.cap, scale=scale)
+    # The plan lists what each trial measured; the curve adds this process's share.
+    measured = [replace(t, peak_bytes=t.peak_bytes - s.parent_extra) for t in result.trials]
+    return replace(plan, trials=measured + measure.extra), result.curve, planner
+
+
+def _summary(s: Setup, result: SearchResult) -> str:
+    """How the trials were measured, in one reason line."""
     data = "the data's own rows, its longest included" if s.rows else "synthetic rows"
     summary = (
         f"{len(result.trials)} trial(s) measured in a child process on {data}, each "
@@ -369,11 +78,7 @@ def measured_plan(
             f"; peaks include the {format_bytes(s.parent_extra)} this process holds beyond a "
             "trial process (data readers), which fit's process holds too"
         )
-    notes.extend([*result.notes, summary, *([anchored] if anchored else [])])
-    plan = plan_for(result.curve, result.cap, notes, scale=scale)
-    # The plan lists what each trial measured; the curve adds this process's share.
-    measured = [replace(t, peak_bytes=t.peak_bytes - s.parent_extra) for t in result.trials]
-    return replace(plan, trials=measured + measure.extra), result.curve
+    return summary
 
 
 SLOPE_BATCHES = (8, 64)
@@ -398,23 +103,3 @@ def slope_from_cpu(model: Any, s: Setup, prior: MemoryCurve) -> tuple[MemoryCurv
     return MemoryCurve(prior.fixed_bytes, slope, "analytic"), trials
 
 
-def _in_fit(s: Setup, trial: Trial) -> Trial:
-    """A trial's peak as ``fit``'s process would reach it: plus what this process holds."""
-    return replace(trial, peak_bytes=trial.peak_bytes + s.parent_extra)
-
-
-def _trial_model(model: Any, stack: contextlib.ExitStack) -> str | None:
-    """What a trial child loads: the user's spec, or a model object saved for it."""
-    return str(model) if is_spec(model) else _saved_copy(model, stack)
-
-
-def _saved_copy(keras_model: Any, stack: contextlib.ExitStack) -> str | None:
-    """A model object saved to a temporary .keras file, so a trial child can load it."""
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memtune-model-")))
-    path = folder / "model.keras"
-    try:
-        with _tf.native_stderr_quiet():
-            keras_model.save(path)
-    except Exception:
-        return None
-    return str(path)

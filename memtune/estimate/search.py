@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from memtune.constants import NOISE_FLOOR, NOISE_SHARE
-from memtune.errors import NothingFits
-from memtune.estimate.curve import MemoryCurve
-from memtune.plan import Plan, Trial
-from memtune.units import format_bytes
+from memtune.core.constants import NOISE_FLOOR, NOISE_SHARE
+from memtune.core.curve import MemoryCurve, Trial
+from memtune.core.errors import NothingFits
+from memtune.core.plan import Plan
+from memtune.core.units import format_bytes
 
 MAX_TRIALS = 4
 FIRST_BATCH = 8
@@ -147,45 +147,72 @@ def search(
     (None: trials are exact); the last trial, which a stop would waste, goes only as far
     as the slope allows at that noise (:func:`_within_noise`).
     """
-    choose = choose or plan_for
-    n = num_samples  # the training samples: a trial of them all is a regime of its own
-    trials: list[Trial] = []
-    notes: list[str] = []
-    good: list[int] = []  # batches a trial showed to fit, with the pipeline beside them
-
-    def record(t: Trial) -> MemoryCurve:
-        trials.append(t)
-        curve = fitted(prior, trials, n)
-        if t.exceeded:
-            notes.append(f"the trial at batch {t.batch_size} passed its limit and was stopped")
-        else:
-            verified = choose(curve, t.batch_size)
-            extra = verified.predicted_peak_bytes - curve.peak(verified.batch_size)
-            if t.peak_bytes + extra <= verified.usable_bytes:
-                good.append(t.batch_size)
-        return curve
-
-    try:
-        first = max(1, min(FIRST_BATCH, plan_for(prior, None).batch_size))
-    except NothingFits:
-        first = 1  # the prior may be pessimistic: let a measurement decide
-    curve = record(measure(first))
-    if trials[-1].exceeded and first > 1:
-        curve = record(measure(1))
-    if not good:
-        _refuse(prior, trials[-1], choose)
-    while len(trials) < MAX_TRIALS:
-        if len(trials) == MAX_TRIALS - 1:
-            plan, _ = _final(curve, trials, good, choose, n)
-            if _unmeasured_risk(plan, curve, trials):
+    run = _Search(prior, measure, plan_for, choose or plan_for, num_samples, noise)
+    run.start()
+    while len(run.trials) < MAX_TRIALS:
+        if len(run.trials) == MAX_TRIALS - 1:
+            plan, _ = _final(run.curve, run.trials, run.good, run.choose, run.n)
+            if _unmeasured_risk(plan, run.curve, run.trials):
                 break  # the last trial measures the plan itself (below)
-        top = max(good)
+        b = run.aim()
+        if b is None:
+            break
+        run.measure_at(b)
+    plan, cap = run.measure_the_plan()
+    return SearchResult(plan, run.curve, run.trials, run.notes, cap)
+
+
+class _Search:
+    """One search's trials, the curve fitted to them, the batches shown to fit (with the
+    pipeline beside them) and the notes, with the steps :func:`search` takes."""
+
+    def __init__(
+        self,
+        prior: MemoryCurve,
+        measure: Measure,
+        plan_for: PlanFor,
+        choose: PlanFor,
+        n: int | None,
+        noise: Callable[[int], int] | None,
+    ) -> None:
+        self.prior, self.measure, self.plan_for, self.choose = prior, measure, plan_for, choose
+        self.n = n  # the training samples: a trial of them all is a regime of its own
+        self.noise = noise
+        self.trials: list[Trial] = []
+        self.notes: list[str] = []
+        self.good: list[int] = []
+        self.curve = prior
+
+    def record(self, t: Trial) -> None:
+        self.trials.append(t)
+        self.curve = fitted(self.prior, self.trials, self.n)
+        if t.exceeded:
+            self.notes.append(f"the trial at batch {t.batch_size} passed its limit and was stopped")
+            return
+        verified = self.choose(self.curve, t.batch_size)
+        extra = verified.predicted_peak_bytes - self.curve.peak(verified.batch_size)
+        if t.peak_bytes + extra <= verified.usable_bytes:
+            self.good.append(t.batch_size)
+
+    def start(self) -> None:
+        """The first trial (batch 1 too when it is stopped); nothing fits without one."""
+        try:
+            first = max(1, min(FIRST_BATCH, self.plan_for(self.prior, None).batch_size))
+        except NothingFits:
+            first = 1  # the prior may be pessimistic: let a measurement decide
+        self.record(self.measure(first))
+        if self.trials[-1].exceeded and first > 1:
+            self.record(self.measure(1))
+        if not self.good:
+            _refuse(self.prior, self.trials[-1], self.choose)
+
+    def aim(self) -> int | None:
+        """The next trial's batch, or None when the choice lies at or near one measured."""
+        curve, trials, top = self.curve, self.trials, max(self.good)
         stops = [t for t in trials if t.exceeded and t.batch_size > top]
         bound = min((t.batch_size for t in stops), default=None)
-        aimed = plan_for(curve, None)
-        b = aimed.batch_size
-        if bound is not None:
-            b = min(b, bound - 1)
+        aimed = self.plan_for(curve, None)
+        b = aimed.batch_size if bound is None else min(aimed.batch_size, bound - 1)
         measured = len({t.batch_size for t in trials if not t.exceeded}) >= 2  # a slope
         if not measured and bound is None:
             b = top + (b - top) // PRIOR_SHARE
@@ -194,56 +221,68 @@ def search(
         elif any(curve.peak(t.batch_size) <= t.peak_bytes for t in stops):
             # a stop steepened the curve: it says the curve is too flat, not by how much
             b = top + int((b - top) * AFTER_STOP)
-        if noise is not None and measured and len(trials) == MAX_TRIALS - 1:
-            b = _within_noise(curve, trials, top, b, noise, n, plan_for)
-        whole = b >= (n or aimed.num_samples) > top  # its own regime: one step, a view
-        if b <= top + max(1, top // 20) and not whole:  # at or near a batch measured: no trial
-            break
-        predicted = curve.peak(b)
-        t = measure(b)
+        if self.noise is not None and measured and len(trials) == MAX_TRIALS - 1:
+            b = _within_noise(curve, trials, top, b, self.noise, self.n, self.plan_for)
+        whole = b >= (self.n or aimed.num_samples) > top  # its own regime: one step, a view
+        if b <= top + max(1, top // 20) and not whole:
+            return None
+        return b
+
+    def measure_at(self, b: int) -> None:
+        """A trial at ``b``, noted when it lies off the line the earlier trials drew."""
+        predicted = self.curve.peak(b)
+        t = self.measure(b)
         if not t.exceeded and predicted and abs(t.peak_bytes - predicted) > NONLINEAR * predicted:
             side = "below" if t.peak_bytes < predicted else "above"
-            notes.append(
+            self.notes.append(
                 f"batch {b} measured {format_bytes(t.peak_bytes)}, "
                 f"{abs(t.peak_bytes - predicted) / predicted:.0%} {side} the "
                 f"{format_bytes(predicted)} the earlier trials suggested; the plan uses the "
                 "measurement"
             )
-        curve = record(t)
-    plan, cap = _final(curve, trials, good, choose, n)
-    # The plan's own epoch, measured: its last, partial batch has shapes no trial may have
-    # run, and their memory is not the line's (:func:`_unmeasured_risk`).
-    while len(trials) < MAX_TRIALS and _unmeasured_risk(plan, curve, trials):
-        b = plan.batch_size
-        if any(t.exceeded and t.batch_size == b for t in trials):
-            break  # stopped already, under a batch that fitted: the curve is no line here
-        t = measure(b)
-        curve = record(t)
-        if b in good:  # measured to fit: the plan goes no further on the line
-            plan, cap = choose(curve, b), b
-        else:
-            plan, cap = _final(curve, trials, good, choose, n)
-            what = "passed its limit at" if t.exceeded else "measured"
-            notes.append(
-                f"the plan's own batch {b} {what} {format_bytes(t.peak_bytes)} (its epoch's "
-                "last batch included), over the usable budget: the plan is smaller"
-            )
-    if _unmeasured_risk(plan, curve, trials) and _not_monotone(trials, n):  # no trial left
-        fallback = _largest_measured(curve, good, choose)
-        if fallback is not None:
-            notes.append(
-                f"batch {plan.batch_size} lies between trials and none is left to measure it: "
-                f"the plan is batch {fallback.batch_size}, the largest measured to fit"
-            )
-            plan, cap = fallback, fallback.batch_size
-    return SearchResult(plan, curve, trials, notes, cap)
+        self.record(t)
+
+    def measure_the_plan(self) -> tuple[Plan, int]:
+        """The plan's own epoch, measured while trials remain: its last, partial batch has
+        shapes no trial may have run, and their memory is not the line's
+        (:func:`_unmeasured_risk`); with none left between trials that are no line, the
+        largest batch measured to fit."""
+        plan, cap = _final(self.curve, self.trials, self.good, self.choose, self.n)
+        while len(self.trials) < MAX_TRIALS and _unmeasured_risk(plan, self.curve, self.trials):
+            b = plan.batch_size
+            if any(t.exceeded and t.batch_size == b for t in self.trials):
+                break  # stopped already, under a batch that fitted: the curve is no line here
+            self.record(self.measure(b))
+            if b in self.good:  # measured to fit: the plan goes no further on the line
+                plan, cap = self.choose(self.curve, b), b
+            else:
+                plan, cap = _final(self.curve, self.trials, self.good, self.choose, self.n)
+                t = self.trials[-1]
+                what = "passed its limit at" if t.exceeded else "measured"
+                self.notes.append(
+                    f"the plan's own batch {b} {what} {format_bytes(t.peak_bytes)} (its epoch's "
+                    "last batch included), over the usable budget: the plan is smaller"
+                )
+        risky = _unmeasured_risk(plan, self.curve, self.trials)
+        if risky and _not_monotone(self.trials, self.n):  # no trial left
+            fallback = _largest_measured(self.curve, self.good, self.choose)
+            if fallback is not None:
+                self.notes.append(
+                    f"batch {plan.batch_size} lies between trials and none is left to measure "
+                    f"it: the plan is batch {fallback.batch_size}, the largest measured to fit"
+                )
+                plan, cap = fallback, fallback.batch_size
+        return plan, cap
 
 
 def _refuse(prior: MemoryCurve, last: Trial, choose: PlanFor) -> None:
     """Raise :class:`NothingFits` with the figures: what ``last`` (batch 1, or the first
     batch when 1 was not tried) measured — or passed its limit at, a lower bound — and the
     usable budget, with what could help (the plan's own words)."""
-    measured = prior.with_points([(last.batch_size, last.peak_bytes)])
+    need = last.peak_bytes
+    if last.exceeded:  # stopped at its limit, a lower bound: the prior may know more
+        need = max(need, prior.peak(last.batch_size))
+    measured = prior.with_points([(last.batch_size, need)])
     try:
         plan = choose(measured, None)
     except NothingFits as refused:

@@ -1,19 +1,19 @@
 """The live memory dashboard's drawing: pure (state + samples → renderable), tested as
-golden text. The Keras callback that feeds it is ``memory_dashboard.MemoryDashboard``;
-importing this module does not load Keras.
+golden text. The Keras callback that feeds it is ``memory_dashboard.MemoryDashboard``
+(which imports this module, never the other way round); importing this module does not load
+Keras.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from memtune.monitor import Sample
-from memtune.units import format_bytes
+from memtune.core.units import format_bytes
+from memtune.proc.monitor import Sample
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -114,10 +114,3 @@ def plain_line(state: DashboardState, peak_held: int) -> str:
         f"{who}epoch {state.epoch + 1}/{state.epochs}: {metrics} — {_rate(state)}, "
         f"peak held {format_bytes(peak_held)}{usable}"
     )
-
-
-def memory_dashboard_class() -> Any:
-    """``MemoryDashboard`` (loads Keras): the callback lives in ``memory_dashboard.py``."""
-    from memtune.ui.memory_dashboard import MemoryDashboard
-
-    return MemoryDashboard

@@ -14,15 +14,16 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from memtune import _tf
-from memtune.monitor import MemorySampler, Trace
+from memtune.proc import tf as _tf
+from memtune.proc.monitor import MemorySampler, Trace
+from memtune.run.events import BatchChange, RunListener, StepBucket
 from memtune.ui.dashboard import DashboardState, plain_line, render
 from memtune.ui.tables import console as make_console
 
 keras = _tf.keras()
 
 
-class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
+class MemoryDashboard(keras.callbacks.Callback, RunListener):  # type: ignore[name-defined]
     """Live memory and progress; plain lines (one per epoch) when not on a terminal.
 
     ``usable_bytes`` draws the budget; ``batch_size`` turns steps/s into samples/s; ``trace``
@@ -112,17 +113,13 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
         self.state.preparing = "building the pipeline"
         self._open_view()
 
-    def bucketed(self, step_bucket: Any) -> None:
+    def bucketed(self, step_bucket: StepBucket) -> None:
         """memtune fit trains with length buckets: ``step_bucket(i)`` is step i's
         (bucket length, rows) in the current epoch."""
         self._bucket_of = step_bucket
 
     def run_finished(self) -> None:
         """The run ended (trained, failed or interrupted): close the view and the trace."""
-        self._close_view()
-
-    def interrupted(self) -> None:
-        """Ctrl-C / SIGTERM: stop the live view and the sampler, close the trace."""
         self._close_view()
 
     # ------------------------------------------------------------------ Keras hooks
@@ -219,20 +216,18 @@ class MemoryDashboard(keras.callbacks.Callback):  # type: ignore[name-defined]
         if self._live is None and self.show:
             self.console.print(notice, soft_wrap=True)
 
-    def batch_changed(self, change: dict[str, Any]) -> None:
+    def batch_changed(self, change: BatchChange) -> None:
         """memtune fit halved the batch (out of memory, over budget, memory pressure)."""
-        if "bucket_length" not in change:  # a bucket's batch changed, not the longest's
-            self.state.batch_size = change["to"]
-        self.state.accumulation = change["gradient_accumulation_steps"]
+        if change.bucket_length is None:  # a bucket's batch changed, not the longest's
+            self.state.batch_size = change.after
+        self.state.accumulation = change.accumulation
         self._offset, self._continuing = self.state.step, True
         if self.trace:
-            self.trace.event("batch_change", **change)
+            self.trace.event("batch_change", **change.to_json())
+        bucket = f" (length-{change.bucket_length} bucket)" if change.bucket_length else ""
         message = (
-            f"epoch {change['epoch'] + 1}, sample {change['sample']:,}: "
-            f"{change.get('reason', 'out of memory')} at batch {change['from']}"
-            + (f" (length-{change['bucket_length']} bucket)" if "bucket_length" in change else "")
-            + " — "
-            f"continuing at batch {change['to']} × {change['gradient_accumulation_steps']}"
+            f"epoch {change.epoch + 1}, sample {change.sample:,}: {change.reason} at batch "
+            f"{change.before}{bucket} — continuing at batch {change.after} × {change.accumulation}"
         )
         self.state.events.append(message)
         if self._live is None and self.show:

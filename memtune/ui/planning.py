@@ -1,6 +1,6 @@
 """What planning is doing, while it does it: a live view on a terminal, plain lines otherwise.
 
-Listens to :mod:`memtune.progress`. On a terminal (stderr) the view is transient: it is
+Listens to :mod:`memtune.proc.progress`. On a terminal (stderr) the view is transient: it is
 gone when the plan's table is printed. Off a terminal, each finished step is one plain
 line on ``plain`` (stdout for human output; nothing under ``--json``).
 """
@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.text import Text
 
-from memtune.units import format_bytes
+from memtune.core.units import format_bytes
 
 
 @dataclass
@@ -45,7 +45,7 @@ def planning_view(machine_output: bool) -> PlanningView:
 
 
 class PlanningView:
-    """A :mod:`memtune.progress` listener; use as a context manager around planning."""
+    """A :mod:`memtune.proc.progress` listener; use as a context manager around planning."""
 
     def __init__(self, console: Console, plain: TextIO | None) -> None:
         self.console = console

@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from memtune.errors import MemtuneError
-from memtune.paths import as_new_file, output_file
+from memtune.core.errors import MemtuneError
+from memtune.proc.paths import as_new_file, output_file
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:

@@ -9,13 +9,13 @@ from typing import IO, TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from memtune.plan import Plan
+from memtune.core.plan import Plan
 from memtune.probe import Probe
 
 if TYPE_CHECKING:
-    from memtune.check import CheckResult
-    from memtune.train import FitResult
-from memtune.units import format_bytes
+    from memtune.app.check import CheckResult
+    from memtune.app.fit import FitResult
+from memtune.core.units import format_bytes
 
 
 def console(file: IO[str] | None = None, *, width: int | None = None) -> Console:

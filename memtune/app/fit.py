@@ -1,0 +1,214 @@
+"""``memtune fit``: plan (or take forced values), build the batch sources, run the training
+loop (:mod:`memtune.run.loop`), save atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from memtune.app.prepare import Prepared, Where, locate, prepare
+from memtune.core.errors import MemtuneError
+from memtune.core.options import Options, make_options, rows
+from memtune.core.plan import Plan
+from memtune.data.layout import Layout, layout_for
+from memtune.data.scan import scan
+from memtune.model.info import is_spec
+from memtune.proc import failpoints
+from memtune.proc.paths import output_file, outside_folder
+from memtune.run import distribute
+from memtune.run.checkpoint import Checkpoint, CheckpointDir
+from memtune.run.distribute import Topology
+from memtune.run.feed import KerasFeed
+from memtune.run.loop import Run, Trained, train
+from memtune.run.save import save_atomically
+from memtune.run.sources import Order, sources
+
+
+@dataclass
+class FitResult:
+    """What a training run did; ``to_json`` is ``fit --json``."""
+
+    plan: Plan
+    history: dict[str, list[float]]
+    peak_bytes: int
+    seconds: float
+    samples_per_second: float
+    model: Any = field(repr=False, default=None)
+    saved: str | None = None
+    batch_size_changes: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: str | None = None  # the final checkpoint, kept because nothing was saved
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_json(),
+            "history": self.history,
+            "peak_bytes": self.peak_bytes,
+            "seconds": round(self.seconds, 3),
+            "samples_per_second": round(self.samples_per_second, 1),
+            "saved": self.saved,
+            "batch_size_changes": self.batch_size_changes,
+            "checkpoint": self.checkpoint,
+        }
+
+
+def _check_save_path(save: str | None) -> Path | None:
+    if save is None:
+        return None
+    return output_file("--save", save, (".keras",))
+
+
+def _warn(message: str) -> None:
+    print(f"memtune: warning: {message}", file=sys.stderr)
+
+
+def _open_checkpoint(
+    options: dict[str, Any], save: Path | None
+) -> tuple[CheckpointDir | None, Checkpoint | None]:
+    """The checkpoint folder (validated, marked as memtune's) and, with --resume, the
+    checkpoint to continue from; --save may not lie inside the folder memtune cleans."""
+    directory, resume = options.get("checkpoint_dir"), bool(options.get("resume"))
+    if directory is None:
+        if resume:
+            raise MemtuneError("--resume needs --checkpoint-dir (where the earlier run saved)")
+        return None, None
+    if save is not None:
+        outside_folder("--save", save, "--checkpoint-dir", directory)
+    return CheckpointDir.open(
+        "--checkpoint-dir", directory, resume=resume, warn=options.get("warn") or _warn
+    )
+
+
+# fit's keywords beside the planning ones: its rows of the option table, and the API's own.
+_FIT_ONLY = (
+    *(o.name for o in rows("fit") if o.name != "epochs"),
+    "verbose",
+    "shuffle",
+    "callbacks",
+    "plan_callbacks",  # plan -> callbacks: how the CLI adds its dashboard once the plan exists
+    "warn",  # str -> None: where warnings go (stderr by default)
+)
+
+
+def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
+    """Plan, build the pipeline, train for ``epochs`` and (optionally) save the model.
+
+    ``model``, ``data`` and the planning keywords are :func:`memtune.suggest`'s. Beside them:
+    ``save`` (a ``.keras`` path, written atomically), ``checkpoint_dir`` and ``resume``
+    (crash-safe epoch checkpoints; see README "What memtune promises"), ``seed`` (the
+    per-epoch shuffle), ``shuffle`` (default True), ``callbacks`` (more Keras callbacks),
+    ``verbose`` (Keras's), ``warn`` (where warnings go; stderr by default).
+
+    Returns a :class:`FitResult` (``history``, ``peak_bytes``, ``batch_size_changes``, the
+    trained ``model``). Raises :class:`MemtuneError` for bad input, :class:`NothingFits`,
+    and :class:`TrainingFailed` when training fails after every recovery.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise MemtuneError(f"--epochs {epochs!r}: must be a positive integer")
+    extra = {k: options.pop(k) for k in _FIT_ONLY if k in options}
+    opts = make_options(**options)
+    save = _check_save_path(extra.get("save"))
+    where = _where(model, opts, bool(extra.get("checkpoint_dir")))
+    store, resumed = _open_checkpoint(extra, save)
+    strategy = distribute.make_strategy(where.topology)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        prepared = prepare(model, data, opts, where=where)
+    if where.topology.strategy == "multiworker":
+        agreed = distribute.agree_on_batch(strategy, prepared.plan.batch_size)
+        if agreed != prepared.plan.batch_size:
+            prepared = replace(prepared, plan=prepared.plan_at(agreed, prepared.plan.mode))
+    val_layout = _validation_layout(prepared)  # checked before any output is opened
+    callbacks = list(extra.get("callbacks") or [])
+    if extra.get("plan_callbacks"):
+        callbacks += list(extra["plan_callbacks"](prepared.plan))
+    run = Run(epochs, store, resumed, extra.get("verbose"), extra.get("seed"))
+    order = Order(bool(extra.get("shuffle", True)), extra.get("seed"))
+    trained = _train(prepared, val_layout, run, order, callbacks, (where.topology, strategy))
+    return _finish(prepared, trained, run, save)
+
+
+def _where(model: Any, opts: Options, checkpoints: bool) -> Where:
+    """Device, topology and budget, once; a model object was built outside any strategy's
+    scope, so it trains on one device (or, with an explicit strategy, is refused)."""
+    where = locate(opts)
+    topology = where.topology
+    if topology.active and not is_spec(model) and opts.strategy == "auto":
+        where = locate(opts, where.probe, Topology())
+    elif topology.active and not is_spec(model):
+        raise MemtuneError(
+            f"--strategy {topology.strategy}: pass the model as a .keras file or a factory "
+            "(file.py:function), so it is built inside the strategy's scope"
+        )
+    if where.topology.strategy == "multiworker":
+        if opts.validation_data is not None or opts.validation_split:
+            raise MemtuneError("--strategy multiworker: validation is not supported yet")
+        if checkpoints:
+            raise MemtuneError("--strategy multiworker: --checkpoint-dir is not supported yet")
+    return where
+
+
+def _train(
+    prepared: Prepared,
+    val_layout: Layout | None,
+    run: Run,
+    order: Order,
+    callbacks: list[Any],
+    distributed: tuple[Topology, Any],
+) -> Trained:
+    """The feed, the sources and the loop."""
+    plan, fp = prepared.plan, prepared.footprint
+    flexible = frozenset(f.name for f in fp.inputs if f.flexible) if plan.buckets else frozenset()
+    feed = KerasFeed(fp, flexible=flexible)
+    fed = sources(
+        plan,
+        prepared.options,
+        prepared.info,
+        fp,
+        val_layout=val_layout,
+        feed=feed,
+        order=order,
+        topology=distributed[0],
+    )
+    return train(prepared.model, plan, fed, feed, callbacks, run, distributed)
+
+
+def _finish(prepared: Prepared, trained: Trained, run: Run, save: Path | None) -> FitResult:
+    """Save (then drop the checkpoint: the model is safe elsewhere), or keep the final
+    checkpoint; the result."""
+    saved = kept = None
+    if save is not None:
+        save_atomically(prepared.model, save, run.epochs)
+        saved = str(save)
+        failpoints.hit("save-landed", run.epochs)
+        if run.store is not None:
+            run.store.finish(saved)
+    elif run.store is not None:
+        kept = str(run.store.path)
+    return FitResult(
+        plan=prepared.plan,
+        history=trained.history,
+        peak_bytes=trained.peak_bytes,
+        seconds=trained.seconds,
+        samples_per_second=trained.samples_per_second,
+        model=prepared.model,
+        saved=saved,
+        batch_size_changes=[c.to_json() for c in trained.changes],
+        checkpoint=kept,
+    )
+
+
+def _validation_layout(prepared: Prepared) -> Layout | None:
+    """``--validation-data``, fed and padded exactly like the training data."""
+    opts = prepared.options
+    if opts.validation_data is None:
+        return None
+    info = scan(opts.validation_data)
+    for feed in prepared.footprint.feeds:
+        for column in feed.columns:
+            if column not in info.columns:
+                raise MemtuneError(
+                    f"--validation-data {info.source.label!r} has no column {column!r}"
+                )
+    return layout_for(info, prepared.footprint, opts)

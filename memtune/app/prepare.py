@@ -1,0 +1,353 @@
+"""Planning: where a run goes (device, topology, budget: resolved once), the inputs read,
+the footprint sized, and a plan from the estimate path that applies — analytic, a GPU this
+machine lacks, a forced batch, or measured trials. ``suggest``, ``fit`` and ``check`` share
+it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memtune.app.inputs import named, scan_data, scanned, train_samples
+from memtune.core.budget import Budget, resolve_budget, resolve_device
+from memtune.core.curve import MemoryCurve, Trial
+from memtune.core.errors import MemtuneError
+from memtune.core.options import Options
+from memtune.core.plan import Mode, Plan
+from memtune.core.planner import Planner
+from memtune.data.blocks import whole_blocks
+from memtune.data.buckets import LengthBuckets
+from memtune.data.footprint import Footprint, footprint
+from memtune.data.layout import layout_for
+from memtune.data.scan import DataInfo, scan
+from memtune.model.info import ModelInfo
+from memtune.probe import Probe
+from memtune.probe import probe as _probe
+from memtune.proc import progress
+from memtune.run import distribute
+from memtune.run.distribute import Topology
+
+if TYPE_CHECKING:  # the pipelines import numpy-heavy readers: loaded when batches are made
+    pass
+
+# A measured plan aims at this share of the usable budget, not all of it: ``fit``'s long run
+# peaks 1-4 % above a few-step trial (bench_estimate), and a verification aimed at the very
+# edge overshoots often, spending a trial to step down.
+MEASURED_AIM = 0.95
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a run goes, resolved once: what the probe saw, the device, the tf.distribute
+    topology and the budget. ``virtual``: a GPU this machine lacks (``--gpu-memory``)."""
+
+    probe: Probe
+    device: str
+    topology: Topology
+    budget: Budget
+
+    @property
+    def virtual(self) -> bool:
+        return self.device != "cpu" and not self.probe.gpus
+
+
+def locate(options: Options, seen: Probe | None = None, topology: Topology | None = None) -> Where:
+    """Device, topology and budget from the options and the probe; a bad ``--device`` or
+    ``--strategy`` fails here, before any work."""
+    seen = seen or _probe()
+    device = resolve_device(seen, options.device, virtual=options.gpu_memory_bytes is not None)
+    if topology is None:
+        topology = distribute.resolve(
+            options.strategy, options.cpu_replicas, seen, device, options.device
+        )
+    if topology.active:
+        device = distribute.tightest_device(topology, seen, device)
+        if options.effective_batch_size is not None:
+            raise MemtuneError(
+                "--effective-batch-size needs gradient accumulation, which Keras 3 does not run "
+                f"under tf.distribute ({topology.strategy}); the global batch is the per-replica "
+                "batch × replicas"
+            )
+    if options.budget_bytes is None and options.gpu_memory_bytes is not None and device != "cpu":
+        budget = resolve_budget(seen, device, options.gpu_memory_bytes, "--gpu-memory")
+    else:
+        budget = resolve_budget(seen, device, options.budget_bytes)
+    return Where(seen, device, topology, budget)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What suggest and fit share: where, the data, the model, the footprint and the plan.
+
+    ``model_source`` is what the user gave; :attr:`model` loads it on first use, after
+    planning, so the planning process never holds TensorFlow for a model given as a spec.
+    """
+
+    options: Options
+    where: Where
+    info: DataInfo
+    model_source: Any
+    footprint: Footprint
+    planner: Planner
+    plan: Plan
+    curve: MemoryCurve
+    # One more trial at a batch, its peak as fit's process reaches it (None: no trials).
+    trial_at: Callable[[int], Trial | None] | None = None
+
+    @property
+    def probe(self) -> Probe:
+        return self.where.probe
+
+    @cached_property
+    def model(self) -> Any:
+        """The compiled Keras model (loaded here the first time it is asked for)."""
+        from memtune.model.load import load_model
+
+        return load_model(self.model_source)
+
+    def plan_at(
+        self, batch_size: int, mode: Mode | None = None, curve: MemoryCurve | None = None
+    ) -> Plan:
+        """The plan for a given batch (and mode) on the same curve — what ``check`` judges."""
+        return self.planner.at(batch_size, mode, curve or self.curve, self.plan.trials)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The data scanned, the model read (in a child unless it is an object here), and one
+    padded sample's footprint."""
+
+    data: Any
+    options: Options
+    info: DataInfo
+    model: ModelInfo
+    loaded: Any  # the model, when it was read in this process
+    footprint: Footprint
+
+
+def prepare(model: Any, data: Any, options: Options, *, where: Where | None = None) -> Prepared:
+    """Scan the data, read the model, size one sample, estimate and plan.
+
+    A model given as a spec is read in a child process (``memtune.model.info``): this process
+    loads TensorFlow only when ``fit`` asks for :attr:`Prepared.model`, after planning.
+    """
+    where = where or locate(options)
+    got = _read(model, data, options)
+    prior = _prior(got, where)
+    planner, buckets = _planner(got, where)
+    if got.options.analytic:
+        plan, curve, planner, trial_at = _analytic(planner, prior)
+    elif where.virtual:
+        plan, curve, planner, trial_at = _virtual_gpu(model, got, where, planner, prior)
+    else:
+        setup = _setup(got, where)
+        if got.options.batch_size is not None:
+            plan, curve, planner, trial_at = _forced(setup, planner, prior)
+        else:
+            plan, curve, planner, trial_at = _measured(model, got, setup, planner, prior, buckets)
+    source = model if got.loaded is None else got.loaded
+    return Prepared(
+        got.options, where, got.info, source, got.footprint, planner, plan, curve, trial_at
+    )
+
+
+def _read(model: Any, data: Any, options: Options) -> _Inputs:
+    """Data first (bad data fails before TensorFlow loads), unless it is named after the
+    model's inputs and outputs; then the model; then the footprint."""
+    from memtune.data.python import is_dataset, is_pair
+    from memtune.model import info as modelinfo
+    from memtune.proc import tf as _tf
+
+    by_model = is_pair(data) or is_dataset(data)
+    info = None if by_model else scanned(lambda: scan(data))
+    progress.report("stage", what="reading the model")
+    model_info, loaded = modelinfo.read(model, debug=_tf.debug_enabled())
+    sig = model_info.signature
+    if info is None:
+        data, options = named(data, sig, options)
+        info = scanned(lambda: scan_data(data, sig, options))
+    fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
+    return _Inputs(data, options, info, model_info, loaded, fp)
+
+
+def _prior(got: _Inputs, where: Where) -> MemoryCurve:
+    """The analytic curve; replicas on one CPU share its RAM (each step: the global batch)."""
+    from memtune.estimate.analytic import analytic_curve, profile
+
+    gpu = where.device != "cpu"
+    prior = analytic_curve(profile(got.model.shape, got.footprint), got.footprint, gpu=gpu)
+    replicas = where.topology.local_replicas if not gpu else 1
+    if replicas > 1:
+        prior = replace(prior, per_sample_bytes=prior.per_sample_bytes * replicas)
+    return prior
+
+
+def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]:
+    """Everything a plan needs but the curve: the data's shape, the topology, the buckets."""
+    info, fp, options, topology = got.info, got.footprint, got.options, where.topology
+    notes = list(info.warnings) + fp.notes
+    if topology.active and where.device != "cpu" and len(topology.devices) > 1:
+        notes.append(
+            f"planned per replica against {where.device}, the GPU with the least free memory"
+        )
+    plan_options = options.plan_options(any(f.sequence for f in fp.feeds))
+    if info.source.kind == "dataset":
+        why = f"the {info.source.label[1:-1]} (memtune streams it)"
+        plan_options = replace(plan_options, mode="streaming", mode_why=why)
+    training = train_samples(info, options)
+    whole = whole_blocks(info.source)
+    plan_options = replace(
+        plan_options,
+        whole_blocks=(whole.smallest_rows, whole.largest_rows, whole.largest_decoded_bytes),
+        held_out=info.num_samples - training,
+        local_replicas=topology.local_replicas,
+        strategy=topology.strategy,
+        replicas=topology.replicas,
+        workers=topology.workers,
+        worker_index=topology.worker_index,
+    )
+    buckets, why_not = _length_buckets(info, fp, options, topology, training)
+    if why_not:
+        notes.append(why_not)
+    if buckets is not None:
+        plan_options = replace(
+            plan_options,
+            buckets=tuple(zip(buckets.boundaries, buckets.samples, strict=True)),
+            bucket_scale=tuple(b / buckets.pad_length for b in buckets.boundaries),
+            pad_length=buckets.pad_length,
+            real_tokens=buckets.real_tokens,
+        )
+    planner = Planner(where.budget, training, fp.per_sample_bytes, plan_options, tuple(notes))
+    return planner, buckets
+
+
+Estimated = tuple[Plan, MemoryCurve, Planner, "Callable[[int], Trial | None] | None"]
+
+
+def _analytic(planner: Planner, prior: MemoryCurve) -> Estimated:
+    """``--analytic``: the prior alone, said to be unverified."""
+    planner = planner.noted("no trials (--analytic): the plan is unverified")
+    return planner.plan(prior), prior, planner, None
+
+
+def _virtual_gpu(
+    model: Any, got: _Inputs, where: Where, planner: Planner, prior: MemoryCurve
+) -> Estimated:
+    """A GPU this machine lacks: the prior's device state, the growth measured on CPU."""
+    from memtune.estimate import measured, runner
+
+    cpu_budget = resolve_budget(where.probe, "cpu", None)
+    training = train_samples(got.info, got.options)
+    setup = runner.setup(got.model, got.footprint, got.options, cpu_budget, where.probe, training)
+    curve, trials = measured.slope_from_cpu(model, setup, prior)
+    planner = planner.noted(
+        f"estimate: this machine has no {where.device}; the peak is the analytic device state "
+        "plus the per-sample growth measured in CPU trials"
+    )
+    return replace(planner.plan(curve), trials=trials), curve, planner, None
+
+
+def _setup(got: _Inputs, where: Where) -> Any:  # -> memtune.estimate.runner.Setup
+    """What every trial of this plan shares."""
+    from memtune.estimate import runner
+
+    cpu_replicas = where.topology.local_replicas if where.device == "cpu" else 1
+    return runner.setup(
+        got.model,
+        got.footprint,
+        got.options,
+        where.budget,
+        where.probe,
+        train_samples(got.info, got.options) // where.topology.workers,
+        cpu_replicas=cpu_replicas,
+        rows=_trial_rows(got.info, got.footprint, got.options),
+    )
+
+
+def _forced(setup: Any, planner: Planner, prior: MemoryCurve) -> Estimated:
+    """``--batch-size``: no new trials; the cache's earlier ones may still inform the peak."""
+    from memtune.estimate import runner
+
+    curve, trials = runner.cached_curve(setup, prior)
+    why = f"{len(trials)} cached trial(s) used" if trials else "the plan is unverified"
+    planner = planner.noted(f"no new trials (--batch-size is forced); {why}")
+    return replace(planner.plan(curve), trials=trials), curve, planner, None
+
+
+def _measured(
+    model: Any,
+    got: _Inputs,
+    setup: Any,
+    planner: Planner,
+    prior: MemoryCurve,
+    buckets: LengthBuckets | None,
+) -> Estimated:
+    """Trials, the search, and (with buckets) a trial at the shortest bucket's length."""
+    from memtune.estimate import lengths, measured, runner
+
+    shortest = None
+    if buckets is not None:
+        rows = _trial_rows(
+            got.info, got.footprint, got.options, (buckets.feed, buckets.boundaries[0])
+        )
+        shortest = lengths.LengthTrial(
+            buckets.feed,
+            buckets.boundaries[0],
+            buckets.pad_length,
+            buckets.boundaries,
+            buckets.samples[0],
+            rows,
+        )
+    plan, curve, planner = measured.measured_plan(model, setup, prior, planner, shortest)
+    return plan, curve, planner, functools.partial(runner.one_trial, model, setup)
+
+
+def _trial_rows(
+    info: DataInfo, fp: Footprint, options: Options, bucket: tuple[str, int] | None = None
+) -> Callable[[int, Path], Path] | None:
+    """Writes the user's rows for a trial batch (None for a tf.data pipeline: synthetic);
+    ``bucket`` (input, length): rows no longer than that, cut to it."""
+    if info.source.kind == "dataset":
+        return None
+    from memtune.data.sample import write_trial_rows
+
+    layout = layout_for(info, fp, options)
+    return lambda batch, path: write_trial_rows(layout, batch, path, bucket=bucket)
+
+
+def _length_buckets(
+    info: DataInfo, fp: Footprint, options: Options, topology: Topology, train_samples: int
+) -> tuple[LengthBuckets | None, str | None]:
+    """The length buckets of the model's None-length input, or why there are none (a reason
+    line; None when there is nothing to bucket or they are turned off)."""
+    flexible = [f for f in fp.feeds if f.flexible]
+    if not flexible or not options.buckets:
+        return None, None
+    why = None
+    if len(flexible) > 1 or flexible[0].role != "input":
+        why = "more than one None-length feed (or a None-length target)"
+    elif options.batch_size is not None:
+        why = "--batch-size is forced: one batch serves every length"
+    elif options.effective_batch_size is not None:
+        why = "--effective-batch-size needs one batch for every step"
+    elif topology.active:
+        why = f"--strategy {topology.strategy} is not bucketed yet"
+    elif info.source.kind == "dataset":
+        why = "a tf.data pipeline is padded as it comes"
+    if why is not None:
+        return None, f"no length buckets: {why}"
+    feed = flexible[0]
+    (column,) = feed.columns
+    lengths = info.column(column).lengths
+    if lengths is None:
+        return None, None
+    buckets = LengthBuckets.cut(
+        feed.name, column, lengths, feed.shape[0], options.buckets, training=train_samples
+    )
+    if len(buckets.boundaries) < 2:
+        return None, f"no length buckets: every {column!r} row pads to {feed.shape[0]}"
+    return buckets, None

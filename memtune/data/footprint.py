@@ -1,0 +1,218 @@
+"""Which columns feed which model input or output, and the exact bytes of one sample.
+
+Pure: works from a :class:`ModelSignature` (names, shapes, dtypes read off a model) and a
+:class:`~memtune.data.scan.DataInfo`, so it is tested without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from memtune.core.errors import MemtuneError
+from memtune.core.options import Maxlen
+from memtune.core.signatures import ModelSignature, TensorSpec
+
+if TYPE_CHECKING:  # the data readers (pandas, Arrow) stay out of a trial child
+    from memtune.data.scan import DataInfo
+
+ITEM_BYTES = {"int32": 4, "float32": 4}
+DEFAULT_TARGET = "answer"  # the seed article's convention
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One array of a batch: the columns it is built from and its per-sample shape."""
+
+    name: str
+    role: Literal["input", "target"]
+    columns: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    sequence: bool
+    flexible: bool = False  # the model declares its length None: it may be bucketed
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * ITEM_BYTES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """All feeds of one sample after padding, and what padding did."""
+
+    inputs: tuple[Feed, ...]
+    targets: tuple[Feed, ...]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def per_sample_bytes(self) -> int:
+        return sum(f.nbytes for f in (*self.inputs, *self.targets))
+
+    @property
+    def feeds(self) -> tuple[Feed, ...]:
+        return (*self.inputs, *self.targets)
+
+
+def _columns_text(info: DataInfo) -> str:
+    names = list(info.columns)
+    shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
+    return f"columns of {info.source.label}: {shown}"
+
+
+def resolve_targets(
+    signature: ModelSignature, info: DataInfo, targets: Sequence[str] | None
+) -> dict[str, str]:
+    """Model output name → target column."""
+    outputs = [o.name for o in signature.outputs]
+    for t in targets or ():
+        if t not in info.columns:
+            raise MemtuneError(f"--target {t!r} is not a column ({_columns_text(info)})")
+    if targets:
+        if len(outputs) == 1:
+            if len(targets) > 1:
+                raise MemtuneError(
+                    f"--target given {len(targets)} times but the model has one output"
+                )
+            return {outputs[0]: targets[0]}
+        unmatched = [t for t in targets if t not in outputs]
+        if unmatched:
+            raise MemtuneError(
+                f"--target {unmatched[0]!r} names no model output (outputs: {', '.join(outputs)})"
+            )
+        missing = [o for o in outputs if o not in targets]
+        if missing:
+            raise MemtuneError(f"model output {missing[0]!r} has no --target column")
+        return {o: o for o in outputs}
+    by_name = {o: o for o in outputs if o in info.columns}
+    if len(by_name) == len(outputs):
+        return by_name
+    if len(outputs) == 1 and DEFAULT_TARGET in info.columns:
+        return {outputs[0]: DEFAULT_TARGET}
+    unnamed = next(o for o in outputs if o not in info.columns)
+    raise MemtuneError(
+        f"no --target given and model output {unnamed!r} matches no column; pass --target COLUMN"
+    )
+
+
+def _sequence_length(
+    name: str, column: str, declared: int | None, info: DataInfo, maxlen: Maxlen, notes: list[str]
+) -> int:
+    longest = info.columns[column].max_len
+    if declared is not None:
+        length, why = declared, f"the model declares {declared}"
+    elif column in maxlen:
+        length, why = maxlen[column], f"--maxlen {column}={maxlen[column]}"
+    elif None in maxlen:
+        length, why = maxlen[None], f"--maxlen {maxlen[None]}"
+    else:
+        length, why = max(longest, 1), "the longest in the data"
+    if longest > length:
+        notes.append(f"{column}: sequences up to {longest} long are truncated to {length} ({why})")
+    else:
+        notes.append(f"{column}: padded to {length} ({why})")
+    return length
+
+
+def _sequence_feed(
+    spec: TensorSpec,
+    column: str,
+    role: Literal["input", "target"],
+    info: DataInfo,
+    maxlen: Maxlen,
+    notes: list[str],
+) -> Feed:
+    dims = spec.shape[1:]
+    what = f"model {role if role == 'input' else 'output'} {spec.name!r}"
+    if len(dims) == 0 or len(dims) > 2 or (len(dims) == 2 and dims[1] not in (1, None)):
+        raise MemtuneError(
+            f"{what} has shape {_shape_text(spec.shape)} but column {column!r} holds sequences "
+            "(expected (batch, length) or (batch, length, 1))"
+        )
+    length = _sequence_length(spec.name, column, dims[0], info, maxlen, notes)
+    shape = (length,) if len(dims) == 1 else (length, 1)
+    dtype = info.columns[column].dtype
+    return Feed(spec.name, role, (column,), shape, dtype, True, flexible=dims[0] is None)
+
+
+def _scalar_feed(
+    spec: TensorSpec, columns: Sequence[str], role: Literal["input", "target"], info: DataInfo
+) -> Feed:
+    dims = spec.shape[1:]
+    width = len(columns)
+    what = f"model {role if role == 'input' else 'output'} {spec.name!r}"
+    if not ((dims == () and width == 1) or (len(dims) == 1 and dims[0] in (width, None))):
+        cols = ", ".join(columns)
+        raise MemtuneError(
+            f"{what} has shape {_shape_text(spec.shape)} but is fed {width} scalar "
+            f"column(s) ({cols})"
+        )
+    dtype = "int32" if all(info.columns[c].is_int for c in columns) else "float32"
+    shape: tuple[int, ...] = () if dims == () else (width,)
+    return Feed(spec.name, role, tuple(columns), shape, dtype, False)
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def footprint(
+    signature: ModelSignature,
+    info: DataInfo,
+    *,
+    targets: Sequence[str] | None = None,
+    maxlen: Maxlen | None = None,
+) -> Footprint:
+    """Match model inputs and outputs to columns and size one padded sample exactly."""
+    maxlen = maxlen or {}
+    for column in maxlen:
+        if column is not None and column not in info.columns:
+            raise MemtuneError(f"--maxlen {column}=…: {column!r} is not a column")
+    target_of = resolve_targets(signature, info, targets)
+    target_columns = set(target_of.values())
+    notes: list[str] = []
+    inputs: list[Feed] = []
+    named = [s for s in signature.inputs if s.name in info.columns]
+    for spec in signature.inputs:
+        if spec.name in info.columns:
+            if info.columns[spec.name].sequence:
+                inputs.append(_sequence_feed(spec, spec.name, "input", info, maxlen, notes))
+            else:
+                inputs.append(_scalar_feed(spec, [spec.name], "input", info))
+        elif len(signature.inputs) == 1 and not named:
+            scalars = [
+                c.name
+                for c in info.columns.values()
+                if not c.sequence and c.name not in target_columns
+            ]
+            if not scalars:
+                raise MemtuneError(
+                    f"model input {spec.name!r} has no column and DATA has no scalar "
+                    f"feature columns ({_columns_text(info)})"
+                )
+            inputs.append(_scalar_feed(spec, scalars, "input", info))
+            notes.append(f"{spec.name}: fed the scalar columns {', '.join(scalars)}")
+        else:
+            raise MemtuneError(
+                f"model input {spec.name!r} has no column of that name ({_columns_text(info)})"
+            )
+    for spec in signature.inputs:
+        if spec.dtype in ("int64", "float64"):
+            small = "int32" if spec.dtype == "int64" else "float32"
+            notes.append(
+                f"{spec.name}: declared {spec.dtype}; memtune feeds {small} (4 B a value, as "
+                "counted here) and Keras casts it inside the model"
+            )
+    target_feeds: list[Feed] = []
+    for spec in signature.outputs:
+        column = target_of[spec.name]
+        if info.columns[column].sequence:
+            target_feeds.append(_sequence_feed(spec, column, "target", info, maxlen, notes))
+        else:
+            dims = spec.shape[1:]
+            shape: tuple[int, ...] = (1,) if dims and dims[-1] == 1 and len(dims) == 1 else ()
+            dtype = info.columns[column].dtype
+            target_feeds.append(Feed(spec.name, "target", (column,), shape, dtype, False))
+    return Footprint(tuple(inputs), tuple(target_feeds), notes)

@@ -1,0 +1,2 @@
+"""This process: child processes, signals, the heap, failpoints, importing TensorFlow, progress
+events, output paths, the memory sampler."""

@@ -1,0 +1,49 @@
+"""Output paths checked before any work starts, so a long run never fails at its last step."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from memtune.core.errors import MemtuneError
+
+
+def output_file(flag: str, value: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """A file memtune will write: the right suffix, an existing folder, not a folder itself."""
+    path = Path(value)
+    if path.suffix.lower() not in suffixes:
+        ends = " or ".join(suffixes)
+        raise MemtuneError(f"{flag} {str(value)!r}: the file name must end in {ends}")
+    if path.is_dir():
+        raise MemtuneError(f"{flag} {str(value)!r}: is a folder, not a file")
+    if not path.parent.is_dir():
+        raise MemtuneError(f"{flag} {str(value)!r}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def output_dir(flag: str, value: str | Path) -> Path:
+    """A folder memtune will fill: absent (its parent must exist) or a folder."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise MemtuneError(f"{flag} {str(value)!r}: is a file, not a folder")
+    if not path.exists() and not path.parent.is_dir():
+        raise MemtuneError(f"{flag} {str(value)!r}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def outside_folder(flag: str, value: str | Path, folder_flag: str, folder: str | Path) -> None:
+    """Refuse an output inside a folder memtune cleans up (links resolved on both sides)."""
+    inner, outer = Path(value).resolve(), Path(folder).resolve()
+    if inner == outer or inner.is_relative_to(outer):
+        raise MemtuneError(
+            f"{flag} {str(value)!r} lies inside {folder_flag} {str(folder)!r}, which memtune "
+            "empties once training is saved; write it elsewhere"
+        )
+
+
+def as_new_file(path: str | Path) -> None:
+    """Give a temporary file (mkstemp makes 0600) the mode a newly created file gets under
+    the umask, before it is renamed over an output the user will share."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

@@ -1,0 +1,2 @@
+"""The Keras runtime that fit's loop and a trial child share: the feed, callbacks, checkpoints,
+strategies."""

@@ -1,0 +1,107 @@
+"""What turns batches into Keras training: the ``tf.data`` feed and gradient accumulation.
+
+The trial child imports this and nothing above it (no planning, no ``fit`` orchestration),
+so measuring a trial and training for real feed Keras the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from memtune.core.constants import STREAM_QUEUE_BATCHES, WORKERS
+from memtune.core.errors import MemtuneError
+from memtune.data.footprint import Footprint
+from memtune.proc import tf as _tf
+
+if TYPE_CHECKING:  # the data readers (pandas, Arrow) stay out of a trial child
+    from memtune.data.batch_sources import BatchSource
+    from memtune.data.layout import Arrays
+
+
+@dataclass
+class KerasFeed:
+    """Hands batches to Keras: a single input or output as its array, several as a dict."""
+
+    footprint: Footprint
+    streams: list[BatchSource] = field(default_factory=list)
+    # Inputs whose length changes from batch to batch (length buckets): fed as None-long,
+    # so one traced training function serves every bucket.
+    flexible: frozenset[str] = frozenset()
+
+    @property
+    def single_input(self) -> str | None:
+        inputs = self.footprint.inputs
+        return inputs[0].name if len(inputs) == 1 else None
+
+    @property
+    def single_target(self) -> str | None:
+        targets = self.footprint.targets
+        return targets[0].name if len(targets) == 1 else None
+
+    def pair(self, inputs: Arrays, targets: Arrays) -> tuple[Any, Any]:
+        x = inputs[self.single_input] if self.single_input else inputs
+        y = targets[self.single_target] if self.single_target else targets
+        return x, y
+
+    def stream(self, batches: BatchSource) -> Any:
+        """A ``tf.data`` pipeline over batch indices: parallel workers, bounded prefetch.
+
+        Each epoch yields exactly ``len(batches)`` batches in order; which rows they hold
+        comes from the epoch set by :meth:`epoch_callback`.
+        """
+        tf = _tf.tensorflow()
+        self.streams.append(batches)
+        feeds = self.footprint.feeds
+        n_inputs = len(self.footprint.inputs)
+
+        def get(i: Any) -> list[Any]:
+            try:
+                inputs, targets = batches[int(i)]
+            except MemtuneError as exc:
+                batches.failure = exc
+                raise
+            return [(inputs if f.role == "input" else targets)[f.name] for f in feeds]
+
+        def load(i: Any) -> Any:
+            outs = tf.numpy_function(get, [i], [tf.as_dtype(f.dtype) for f in feeds])
+            arrays = {
+                f.name: tf.ensure_shape(
+                    o, (None, None, *f.shape[1:]) if f.name in self.flexible else (None, *f.shape)
+                )
+                for f, o in zip(feeds, outs, strict=True)
+            }
+            names = [f.name for f in feeds]
+            return self.pair(
+                {k: arrays[k] for k in names[:n_inputs]}, {k: arrays[k] for k in names[n_inputs:]}
+            )
+
+        return (
+            tf.data.Dataset.range(len(batches))
+            .map(load, num_parallel_calls=WORKERS, deterministic=True)
+            .prefetch(STREAM_QUEUE_BATCHES)
+        )
+
+    def epoch_callback(self) -> Any:
+        """Tell every stream which epoch Keras is starting (resumed runs included)."""
+        keras = _tf.keras()
+
+        def begin(epoch: int, logs: Any = None) -> None:
+            for stream in self.streams:
+                stream.set_epoch(epoch)
+
+        return keras.callbacks.LambdaCallback(on_epoch_begin=begin)
+
+    def failure(self) -> MemtuneError | None:
+        """A data error a pipeline worker met, to report instead of TensorFlow's wrapper."""
+        return next((s.failure for s in self.streams if s.failure is not None), None)
+
+
+def set_accumulation(model: Any, steps: int) -> None:
+    """Recompile with ``gradient_accumulation_steps`` (Keras 3 optimizers carry it)."""
+    current = getattr(model.optimizer, "gradient_accumulation_steps", None) or 1
+    if steps == current:
+        return
+    config = model.get_compile_config()
+    config["optimizer"]["config"]["gradient_accumulation_steps"] = steps if steps > 1 else None
+    model.compile_from_config(config)

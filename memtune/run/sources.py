@@ -1,0 +1,176 @@
+"""The batch sources ``fit`` trains and validates on, as the plan says: in memory or
+streaming, bucketed or not, this worker's share under a multi-worker strategy, a held-out
+split or ``--validation-data``, or the user's tf.data pipeline."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from memtune.core.constants import BLOCK_ROWS
+from memtune.core.errors import MemtuneError
+from memtune.core.options import Options
+from memtune.core.plan import Plan
+from memtune.data.batch_sources import BatchSource, EvenBatches, InMemoryBatches, StreamingBatches
+from memtune.data.blocks import Block
+from memtune.data.bucketed import Bucketing, bucketed_in_memory, bucketed_streaming
+from memtune.data.footprint import Footprint
+from memtune.data.layout import Layout, layout_for, load_in_memory, row_range
+from memtune.data.scan import DataInfo
+from memtune.data.shares import blocks_of, split_blocks, worker_blocks
+from memtune.data.tfdata import dataset_source
+from memtune.run.distribute import Topology
+from memtune.run.feed import KerasFeed
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What ``fit`` reads: the training source and ``model.fit``'s validation keywords."""
+
+    train: BatchSource
+    validation: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Order:
+    """How training's batches are drawn: reshuffled per epoch, seeded."""
+
+    shuffle: bool = True
+    seed: int | None = None
+
+
+def sources(
+    plan: Plan,
+    options: Options,
+    info: DataInfo,
+    fp: Footprint,
+    *,
+    val_layout: Layout | None,
+    feed: KerasFeed,
+    order: Order,
+    topology: Topology,
+) -> Sources:
+    """The sources for this plan. Under a strategy the training source's batch is this
+    process's share of the global batch (every local replica's); a multi-worker source
+    holds this worker's share of the data only."""
+    if info.source.kind == "dataset":
+        if topology.active:
+            raise MemtuneError("--strategy with a tf.data pipeline as DATA is not supported yet")
+        return Sources(dataset_source(info, fp, options, plan.batch_size), {})
+    layout = layout_for(info, fp, options)
+    batch = plan.batch_size * topology.local_replicas
+    bucketing = bucketing_of(plan, fp)
+    block_rows = max(batch, BLOCK_ROWS, *(bucketing.sizes if bucketing else ()))
+    if topology.workers > 1:
+        return Sources(_worker_share(plan, info, layout, batch, block_rows, order, topology), {})
+    blocks = blocks_of(info, block_rows)
+    split = options.validation_split if val_layout is None else None
+    if plan.mode == "in-memory":
+        train, held = _in_memory(layout, blocks, batch, bucketing, split, order)
+    else:
+        train, held = _streaming(layout, blocks, batch, bucketing, split, order)
+    validation: dict[str, Any] = {}
+    if held is not None:
+        validation["validation_data"] = feed.stream(held)
+    if val_layout is not None:
+        validation["validation_data"] = feed.stream(
+            _validation_data(plan, val_layout, batch, block_rows)
+        )
+    return Sources(train, validation)
+
+
+def bucketing_of(plan: Plan, fp: Footprint) -> Bucketing | None:
+    """The plan's length buckets as the pipeline takes them (None: not bucketed)."""
+    if not plan.buckets:
+        return None
+    feed = next(f for f in fp.inputs if f.flexible)
+    return Bucketing(
+        feed.name,
+        feed.columns[0],
+        tuple(b.length for b in plan.buckets),
+        tuple(b.batch_size for b in plan.buckets),
+    )
+
+
+def _worker_share(
+    plan: Plan,
+    info: DataInfo,
+    layout: Layout,
+    batch: int,
+    block_rows: int,
+    order: Order,
+    topology: Topology,
+) -> BatchSource:
+    """This worker's share, cut into as many steps as the largest share takes."""
+    workers, index = topology.workers, topology.worker_index
+    blocks = worker_blocks(info, workers, index, block_rows)
+    shares = [
+        sum(b.rows for b in worker_blocks(info, workers, k, block_rows)) for k in range(workers)
+    ]
+    steps = max(math.ceil(n / batch) for n in shares)
+    mine = (
+        InMemoryBatches(
+            *load_in_memory(layout, blocks), batch, shuffle=order.shuffle, seed=order.seed
+        )
+        if plan.mode == "in-memory"
+        else StreamingBatches(layout, blocks, batch, shuffle=order.shuffle, seed=order.seed)
+    )
+    return EvenBatches(mine, steps)
+
+
+def _in_memory(
+    layout: Layout,
+    blocks: list[Block],
+    batch: int,
+    bucketing: Bucketing | None,
+    split: float | None,
+    order: Order,
+) -> tuple[BatchSource, BatchSource | None]:
+    """The padded rows in memory; a validation split holds out the last rows, as Keras's
+    ``validation_split`` takes them."""
+    inputs, targets = load_in_memory(layout, blocks)
+    n = cut = layout.info.num_samples
+    if split:
+        cut = int(n * (1 - split))
+    train_in, train_out = row_range(inputs, 0, cut), row_range(targets, 0, cut)
+    train: BatchSource = (
+        bucketed_in_memory(
+            layout, blocks, train_in, train_out, bucketing, shuffle=order.shuffle, seed=order.seed
+        )
+        if bucketing is not None
+        else InMemoryBatches(train_in, train_out, batch, shuffle=order.shuffle, seed=order.seed)
+    )
+    held = (
+        InMemoryBatches(row_range(inputs, cut), row_range(targets, cut), batch) if split else None
+    )
+    return train, held
+
+
+def _streaming(
+    layout: Layout,
+    blocks: list[Block],
+    batch: int,
+    bucketing: Bucketing | None,
+    split: float | None,
+    order: Order,
+) -> tuple[BatchSource, BatchSource | None]:
+    """Blocks read lazily; a validation split holds out whole trailing shards."""
+    held_blocks: list[Block] = []
+    if split:
+        blocks, held_blocks = split_blocks(blocks, split)
+    train: BatchSource = (
+        bucketed_streaming(layout, blocks, bucketing, shuffle=order.shuffle, seed=order.seed)
+        if bucketing is not None
+        else StreamingBatches(layout, blocks, batch, shuffle=order.shuffle, seed=order.seed)
+    )
+    held = StreamingBatches(layout, held_blocks, batch) if held_blocks else None
+    return train, held
+
+
+def _validation_data(plan: Plan, val_layout: Layout, batch: int, block_rows: int) -> BatchSource:
+    """``--validation-data``, fed and padded exactly like the training data."""
+    val_blocks = blocks_of(val_layout.info, block_rows)
+    if plan.mode == "in-memory":
+        return InMemoryBatches(*load_in_memory(val_layout, val_blocks), batch)
+    return StreamingBatches(val_layout, val_blocks, batch)
