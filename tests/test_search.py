@@ -13,16 +13,9 @@ from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.errors import NothingFits
 from memtune.core.plan import Plan, PlanOptions
 from memtune.core.planner import MEASURED_AIM as AIM
+from memtune.estimate.fitting import REACH, fitted, reach, trial_noise
 from memtune.estimate.runner import trial_limit
-from memtune.estimate.search import (
-    MAX_TRIALS,
-    REACH,
-    _within_noise,
-    fitted,
-    reach,
-    search,
-    trial_noise,
-)
+from memtune.estimate.search import MAX_TRIALS, _within_noise, search
 
 MiB = 1024**2
 GiB = 1024**3
@@ -296,6 +289,28 @@ def test_a_stop_under_a_batch_that_fitted_leaves_the_plan_on_a_measured_batch() 
     assert [t.exceeded for t in result.trials] == [False, False, False, True]
     assert result.plan.batch_size in {t.batch_size for t in result.trials if not t.exceeded}
     check(result, truth, usable)
+
+
+def test_with_no_trial_left_between_trials_that_are_no_line_the_plan_is_hedged() -> None:
+    """gru at 1 GiB: 394 fitted, 1,389 fitted at 0.96 of usable (past the aim), the plan's
+    own 1,342 was stopped (its epoch's last batch of 516 rows costs more). The largest batch
+    measured to fit under the aim was 394: 0.50 of usable. Here, made up: 3,200 rows whose
+    last batch of 500-560 rows costs 120 MiB more; the plan is the largest batch that fits
+    even if its own last batch costs its rows' growth again, not batch 8."""
+    n = 3200
+
+    def truth(b: int) -> int:
+        bump = 120 * MiB if 500 < n % b < 560 else 0
+        return 296 * MiB + int(0.43 * MiB) * b + bump
+
+    usable = int(GiB * 0.9)
+    measure, calls = machine(truth, int(GiB * 0.95))
+    plan_for = planner(GiB, n=n, max_batch_size=10**9)
+    result = search(MemoryCurve(300 * MiB, int(0.2 * MiB)), measure, plan_for, None, n)
+    assert calls == [8, 1447, 1346] and result.trials[-1].exceeded
+    assert result.plan.batch_size == 673  # its own last batch (508 rows) is in the bump
+    assert truth(673) + result.plan.predicted_peak_bytes - result.curve.peak(673) <= usable
+    assert any("fits even if its epoch's last batch costs" in r for r in result.notes)
 
 
 def test_trials_may_use_half_the_safety_margin() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import memtune
 from memtune.cli import main
-from memtune.estimate.search import REACH
+from memtune.estimate.fitting import REACH
 from memtune.estimate.trials import FeedSpec, TrialSpec, run_trial
 from memtune.probe import process
 from tests.conftest import write_csv_shards, write_factory

@@ -225,7 +225,7 @@ def _verdict(plan: Plan, configured: int, stopped: bool, keeps: str) -> str:
 
 def _supported(plan: Plan) -> int | None:
     """The largest batch the plan's trials support; None without completed trials."""
-    from memtune.estimate.search import reach
+    from memtune.estimate.fitting import reach
 
     ran = [t.batch_size for t in plan.trials if not t.exceeded]
     return reach(max(ran), plan.trials) if ran else None

@@ -12,8 +12,8 @@ from pathlib import Path
 from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.units import format_bytes
 from memtune.estimate.cache import TrialCache
+from memtune.estimate.fitting import trial_noise
 from memtune.estimate.runner import Setup, Trials
-from memtune.estimate.search import trial_noise
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.plan import Plan
 from memtune.core.planner import Planner
 from memtune.core.units import format_bytes
+from memtune.estimate.fitting import trial_noise
 from memtune.estimate.lengths import LengthTrial, bucket_scale
 from memtune.estimate.runner import Setup, _trial_model, child_share, trials
-from memtune.estimate.search import SearchResult, search, trial_noise
+from memtune.estimate.search import SearchResult, search
 from memtune.estimate.trials import (
     MAX_STEPS,
     TrialSpec,

@@ -19,7 +19,7 @@ from memtune.core.options import Options
 from memtune.core.units import format_bytes
 from memtune.data.footprint import ITEM_BYTES, Footprint
 from memtune.estimate.cache import TrialCache, cache_key
-from memtune.estimate.search import trial_noise
+from memtune.estimate.fitting import trial_noise
 from memtune.estimate.trials import FeedSpec, TrialSpec, bare_child_bytes, own_held, run_trial
 from memtune.model.info import ModelInfo, is_spec
 from memtune.probe import Probe

@@ -9,20 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from memtune.core.constants import NOISE_FLOOR, NOISE_SHARE
 from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.errors import NothingFits
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
+from memtune.estimate.fitting import fitted, reach
 
 MAX_TRIALS = 4
 FIRST_BATCH = 8
 NONLINEAR = 0.05  # a verification this far off the line means the curve bends
-# The choice may lie this far past the largest batch a trial ran. 1.0: none. At 1.25, on
-# the measured slope, conv1d-series at 2 GiB was planned at batch 2,110 from a trial at
-# 1,792 and peaked 2,011 MiB against 1,751 predicted (0.98 of the budget): a trial at 2,110
-# itself read 1,930 MiB — memory per sample more than doubled past the last trial.
-REACH = 1.0
 # While the slope is still the prior's, the second trial goes 1/PRIOR_SHARE of the way to
 # the prior's choice (in batch): far enough that its growth stands clear of the trials'
 # noise (±3 %), near enough that a prior too flat by up to this factor does not stop it.
@@ -35,11 +30,6 @@ PRIOR_SHARE = 2
 # over the limit; the stops seen on bench_estimate came from noise and an upward bend, and
 # 0.7 landed the plan at 0.71-0.84 of usable.
 AFTER_STOP = 0.85
-# A larger completed trial reading more than the line below the plan's trial, this many
-# times as steep, predicts marks a jump between them (a convex bend reads ~1.5x): the plan
-# is not interpolated into it. embedding-lstm on 3,200 rows: 2,100 read 1,469 MiB, 2,200
-# 1,845 MiB (its last batch of 1,000 rows costs oneDNN more, see :func:`_unmeasured_risk`).
-JUMP = 2.0
 # After a stop with one trial completed (batch 8), the next goes this share of the way to
 # the stopped batch, geometrically: far enough that the slope it gives stands clear of
 # the trials' noise, near enough that a prior up to ~13x too flat is not stopped again.
@@ -57,12 +47,6 @@ Measure = Callable[[int], Trial]
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
 
 
-def trial_noise(peak_bytes: int) -> int:
-    """How far a trial reading ``peak_bytes`` may be off: trials of one batch differ
-    between runs by about this much."""
-    return max(NOISE_FLOOR, int(NOISE_SHARE * peak_bytes))
-
-
 @dataclass(frozen=True)
 class SearchResult:
     plan: Plan
@@ -70,56 +54,6 @@ class SearchResult:
     trials: list[Trial]
     notes: list[str]
     cap: int  # the largest batch the trials support: the plan's verified cap
-
-
-def fitted(prior: MemoryCurve, trials: list[Trial], whole_from: int | None = None) -> MemoryCurve:
-    """The prior refitted through the trials that completed, steepened by stopped ones.
-
-    A stopped trial's peak is a lower bound on its batch's true peak: where the curve
-    predicts less there, the curve is too flat and the stopped point is added to it. Where
-    it predicts more, the point says nothing new and is left out (it would flatten it).
-    A trial of the whole dataset (``whole_from`` rows) holds at that batch only.
-    """
-    points = [(t.batch_size, t.peak_bytes) for t in trials if not t.exceeded]
-    if not points:
-        return prior
-    curve = prior.with_points(points, whole_from)
-    for t in sorted((t for t in trials if t.exceeded), key=lambda t: t.batch_size):
-        if t.batch_size > max(b for b, _ in points) and t.peak_bytes > curve.peak(t.batch_size):
-            points.append((t.batch_size, t.peak_bytes))
-            curve = prior.with_points(points, whole_from)
-    return curve
-
-
-def reach(top: int, trials: list[Trial], whole_from: int | None = None) -> int:
-    """The largest batch trials support: ``REACH`` past ``top`` (the largest that fitted),
-    or up to a larger batch a trial completed (the curve is measured on both sides; not the
-    whole dataset's, a regime of its own), and under any batch whose trial was stopped.
-
-    Not up to that larger trial when the curve between them is not a line: a trial stopped
-    under it, or it reads more than ``JUMP`` times the slope below ``top`` (plus noise)
-    predicts. A batch in such a stretch may hold what the stop or the jump measured.
-    """
-    stopped = [t.batch_size - 1 for t in trials if t.exceeded and t.batch_size > top]
-    peaks: dict[int, int] = {}
-    for t in trials:
-        if not t.exceeded and (whole_from is None or t.batch_size < whole_from):
-            peaks[t.batch_size] = max(t.peak_bytes, peaks.get(t.batch_size, 0))
-    done = max(peaks, default=top)
-    if done > top and (min(stopped, default=done) < done or _jump(top, done, peaks)):
-        done = top
-    return max(top, min([max(int(top * REACH), done), *stopped]))
-
-
-def _jump(top: int, done: int, peaks: dict[int, int]) -> bool:
-    """The trial at ``done`` reads more than the line below ``top``, ``JUMP`` times as
-    steep, predicts (noise allowed)."""
-    below = max((b for b in peaks if b < top), default=None)
-    if below is None or top not in peaks:
-        return False
-    slope = max(0.0, (peaks[top] - peaks[below]) / (top - below))
-    expected = peaks[top] + JUMP * slope * (done - top)
-    return peaks[done] > expected + max(NOISE_FLOOR, NOISE_SHARE * expected)
 
 
 def search(
@@ -265,13 +199,28 @@ class _Search:
                 )
         risky = _unmeasured_risk(plan, self.curve, self.trials)
         if risky and _not_monotone(self.trials, self.n):  # no trial left
-            fallback = _largest_measured(self.curve, self.good, self.choose)
-            if fallback is not None:
-                self.notes.append(
-                    f"batch {plan.batch_size} lies between trials and none is left to measure "
-                    f"it: the plan is batch {fallback.batch_size}, the largest measured to fit"
-                )
-                plan, cap = fallback, fallback.batch_size
+            return self._fallback(plan, cap)
+        return plan, cap
+
+    def _fallback(self, plan: Plan, cap: int) -> tuple[Plan, int]:
+        """No trial left for a plan between trials that are no line: the larger of the
+        largest batch measured to fit and the largest its epoch's last batch could not push
+        past the budget (:func:`_hedged`). The measured one alone put gru at 1 GiB on 394,
+        0.50 of usable, between 394 and a stop at 1,342."""
+        measured = _largest_measured(self.curve, self.good, self.choose)
+        hedged = _hedged(self.curve, self.choose, plan.batch_size - 1)
+        said = f"batch {plan.batch_size} lies between trials and none is left to measure it"
+        if hedged is not None and (measured is None or hedged.batch_size > measured.batch_size):
+            self.notes.append(
+                f"{said}: the plan is batch {hedged.batch_size}, the largest that fits even if its "
+                "epoch's last batch costs its rows' growth again"
+            )
+            return hedged, hedged.batch_size
+        if measured is not None:
+            self.notes.append(
+                f"{said}: the plan is batch {measured.batch_size}, the largest measured to fit"
+            )
+            return measured, measured.batch_size
         return plan, cap
 
 
@@ -345,6 +294,21 @@ def _not_monotone(trials: list[Trial], whole_from: int | None) -> bool:
     done = [t.batch_size for t in trials if not t.exceeded]
     done = [b for b in done if whole_from is None or b < whole_from]
     return any(t.exceeded and t.batch_size < max(done, default=0) for t in trials)
+
+
+def _hedged(curve: MemoryCurve, choose: PlanFor, cap: int) -> Plan | None:
+    """The plan at the largest batch up to ``cap`` that :func:`_unmeasured_risk` clears:
+    it fits even if its epoch's last batch costs its rows' growth again (chosen on the
+    curve with every point's growth doubled, then planned on the curve itself)."""
+    if cap < 1:
+        return None
+    base = curve.peak(1)
+    steep = curve.with_points([(b, 2 * p - base) for b, p in curve.points])
+    b = choose(steep, cap).batch_size
+    plan = choose(curve, b)
+    if plan.batch_size != b or _unmeasured_risk(plan, curve, []):
+        return None
+    return plan
 
 
 def _largest_measured(curve: MemoryCurve, good: list[int], choose: PlanFor) -> Plan | None:
