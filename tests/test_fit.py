@@ -259,6 +259,7 @@ def test_holding_more_than_a_tight_budget_shrinks_the_batch(tmp_path: Path) -> N
         batch_size=8,
         mode="streaming",
         budget="200MiB",
+        force=True,
         verbose=0,
         target="answer",
     )  # under what TensorFlow itself holds (~280 MiB)
@@ -271,29 +272,35 @@ def test_cli_reports_a_batch_change_in_json_and_trace(tmp_path: Path, capfd) -> 
     folder = id_shards(tmp_path / "d")
     model = write_factory(tmp_path / "m.py", FACTORY)
     trace = tmp_path / "t.jsonl"
-    code = main(
-        [
-            "fit",
-            "--model",
-            model,
-            "--data",
-            str(folder),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--mode",
-            "streaming",
-            "--budget",
-            "200MiB",
-            "--trace",
-            str(trace),
-            "--json",
-            "--analytic",
-        ]
-    )
+    argv = [
+        "fit",
+        "--model",
+        model,
+        "--data",
+        str(folder),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--mode",
+        "streaming",
+        "--budget",
+        "200MiB",
+        "--trace",
+        str(trace),
+        "--json",
+        "--analytic",
+    ]
+    # A forced batch predicted past the usable budget is refused, naming what would fit...
+    assert main(argv) == 3
+    out, err = capfd.readouterr()
+    assert "--batch-size 8: its predicted peak" in err and "--force" in err, err
+    assert not trace.exists()
+    # ...and --force trains it, the batch halving as it goes.
+    code = main([*argv, "--force"])
     out, err = capfd.readouterr()
     assert code == 0, err
+    assert json.loads(out)["plan"]["batch_size_forced"] is True
     changes = json.loads(out)["batch_size_changes"]
     assert changes and changes[0]["from"] == 8 and changes[0]["to"] == 4
     events = [json.loads(line) for line in trace.read_text().splitlines()]

@@ -60,6 +60,7 @@ def test_json_has_the_contract_keys_and_the_distribution_ones() -> None:
         "predicted_peak_bytes",
         "trials",
         "reasons",
+        "batch_size_forced",  # added by memtune (#27)
     }
     j = plan(n=10, per=7).to_json()
     assert j["dataset_bytes"] == 70
@@ -124,6 +125,42 @@ def test_forced_values() -> None:
     with pytest.raises(NothingFits, match="--mode in-memory"):
         plan(n=1_000_000, per=1000, mode="in-memory")
     assert plan(n=1_000_000, per=1000, mode="in-memory", force=True).mode == "in-memory"
+    assert p.batch_size_forced and not plan().batch_size_forced
+
+
+def test_a_forced_batch_past_usable_is_refused_with_what_fits() -> None:
+    curve = MemoryCurve(100 * MiB, 1 * MiB)  # usable 921.6 MiB: about 800 samples fit
+    with pytest.raises(NothingFits) as info:
+        plan(curve=curve, batch_size=2000, mode="streaming")
+    message = str(info.value)
+    safe = plan(curve=curve, mode="streaming", max_batch_size=10**6).largest_safe_batch_size
+    assert message.startswith("--batch-size 2000: its predicted peak")
+    assert f"the largest safe batch is {safe:,} (--batch-size {safe}," in message
+    assert "--effective-batch-size 2000 without --batch-size" in message and "--force" in message
+    assert info.value.exit_code == 3
+    forced = plan(curve=curve, batch_size=2000, mode="streaming", force=True)
+    assert forced.batch_size == 2000 and forced.predicted_peak_bytes > forced.usable_bytes
+    assert plan(curve=curve, batch_size=safe, mode="streaming").batch_size == safe
+
+
+def _measured(*points: tuple[int, int]) -> MemoryCurve:
+    return MemoryCurve(100 * MiB, 1 * MiB).with_points([(b, p * MiB) for b, p in points])
+
+
+def test_largest_safe_never_extends_a_flat_or_falling_pair_of_trials() -> None:
+    # check once reported every row from trials 355 -> 1,254 MiB and 374 -> 1,233 MiB
+    falling = _measured((355, 1254), (374, 1233))
+    p = plan(budget=1536 * MiB, curve=falling, n=6000, verified_cap=374)
+    assert (p.batch_size, p.largest_safe_batch_size) == (374, 374)
+    flat = plan(budget=1536 * MiB, curve=_measured((8, 600), (57, 614)), n=6000, verified_cap=57)
+    assert flat.largest_safe_batch_size == 57  # 14 MiB of growth is inside the noise
+
+
+def test_largest_safe_is_one_measured_slope_past_the_largest_trial_that_fit() -> None:
+    # 1 MiB a sample measured from 100 to 300; 400 MiB of room left above batch 300
+    p = plan(budget=1000 * MiB, curve=_measured((100, 300), (300, 500)), n=100_000)
+    usable = p.usable_bytes
+    assert 300 < p.largest_safe_batch_size <= 300 + (usable - 500 * MiB) // MiB
 
 
 def test_bad_options() -> None:

@@ -117,6 +117,8 @@ def make_plan(
         )
     buckets = _buckets(ask, bound, mode, reasons)
     predicted = _predicted(ask, bound.batch, mode, reasons)
+    if options.batch_size is not None and predicted > ask.usable and not options.force:
+        raise NothingFits(_forced_refused(ask, bound, predicted))
     return Plan(
         batch_size=bound.batch,
         gradient_accumulation_steps=bound.accumulation,
@@ -137,6 +139,7 @@ def make_plan(
         replicas=options.replicas,
         workers=options.workers,
         worker_index=options.worker_index,
+        batch_size_forced=options.batch_size is not None,
     )
 
 
@@ -176,6 +179,24 @@ def _forced(ask: _Ask, reasons: list[str]) -> _Bound:
     return _Bound(o.batch_size, accumulation, largest, 0)
 
 
+def _forced_refused(ask: _Ask, bound: _Bound, predicted: int) -> str:
+    """Why a forced batch is refused, the largest safe batch, and what to do instead."""
+    forced, safe = bound.batch, bound.largest_safe
+    source = "measured trials" if ask.curve.source == "measured" else "the unverified estimate"
+    head = (
+        f"--batch-size {forced}: its predicted peak {format_bytes(predicted)} (from "
+        f"{source}) passes the usable {format_bytes(ask.usable)}"
+    )
+    if safe < 1:
+        return f"{head}; not even batch 1 fits (--force trains it anyway)"
+    effective = ask.options.effective_batch_size or forced
+    return (
+        f"{head}; the largest safe batch is {safe:,} (--batch-size {safe}, or "
+        f"--effective-batch-size {effective} without --batch-size to keep {effective:,} "
+        f"samples a step), or --force to train at {forced:,} anyway"
+    )
+
+
 def _fits(ask: _Ask) -> int:
     """The largest batch memory allows (at the aim for a measured curve), or NothingFits."""
     o, curve, usable = ask.options, ask.curve, ask.usable
@@ -199,7 +220,7 @@ def _bounded(ask: _Ask, reasons: list[str]) -> _Bound:
     o = ask.options
     fits = _fits(ask)
     whole = -(-ask.num_samples // o.replicas)  # the dataset in one step per replica
-    largest_safe = min(fits, whole)
+    largest_safe = min(fits, whole, _measured_reach(ask) or whole)
     caps = [(whole, "the dataset's size")]
     floor = f"keeping at least {MIN_STEPS} steps per epoch"
     if o.max_batch_size is not None:
@@ -222,6 +243,34 @@ def _bounded(ask: _Ask, reasons: list[str]) -> _Bound:
             f"--effective-batch-size {target}: batch {batch} × {accumulation} accumulation steps"
         )
     return _Bound(batch, accumulation, largest_safe, fits)
+
+
+def _measured_reach(ask: _Ask) -> int | None:
+    """On a measured curve, the largest batch ``largest_safe_batch_size`` may report: the
+    largest batch measured to fit, plus what one measured slope leaves room for past it —
+    the steeper of the line from the smallest trial and the last segment. Growth inside
+    the trials' noise is no slope: then the batch measured is the answer (flat or falling
+    trials once reported the whole dataset). None: no trial fitted, or the curve is not
+    measured."""
+    curve = ask.curve
+    if curve.source != "measured":
+        return None
+    fitted = [(b, p) for b, p in curve.points if p + ask.search_extra(b) <= ask.usable]
+    whole = curve.whole
+    if whole is not None and whole[1] + ask.search_extra(whole[0]) <= ask.usable:
+        return whole[0]  # the whole dataset measured to fit: nothing past it is asked for
+    if not fitted:
+        return None
+    top, at_top = fitted[-1]
+    below = [(b, p) for b, p in curve.points if b < top]
+    if not below:
+        return top
+    (first, at_first), (last, at_last) = below[0], below[-1]
+    if at_top - at_first <= max(NOISE_FLOOR, int(NOISE_SHARE * at_top)):
+        return top
+    slope = max((at_top - at_first) / (top - first), (at_top - at_last) / (top - last))
+    line = MemoryCurve(0, math.ceil(slope), "measured", points=((top, at_top),))
+    return max(top, line.largest_batch(ask.usable, ask.search_extra))
 
 
 def _cap_reasons(

@@ -235,7 +235,7 @@ OPTIONS: tuple[Option, ...] = (
            parse=_positive("--batch-size"), doc="force"),
     Option("mode", "force the data mode", choices=_MODES, toml=(str,), parse=_mode,
            doc="force"),
-    Option("force", "accept a forced mode that is predicted not to fit", kind="switch",
+    Option("force", "accept a forced batch or mode that is predicted not to fit", kind="switch",
            default=False, parse=bool),
     Option("validation_data", "validate on this data (same form as --data)", metavar="D",
            toml=(str,), parse=lambda v: v),

@@ -65,7 +65,8 @@ class Plan:
     process: host RSS on cpu, device memory on gpu); ``trials`` (measured runs);
     ``reasons`` (why, one line each); ``largest_safe_batch_size`` (the memory bound alone,
     before the 16-steps-per-epoch floor); ``strategy``, ``replicas``, ``workers`` and
-    ``worker_index`` (tf.distribute; ``global_batch_size`` = batch × replicas).
+    ``worker_index`` (tf.distribute; ``global_batch_size`` = batch × replicas);
+    ``batch_size_forced`` (``--batch-size`` chose the batch).
     """
 
     batch_size: int
@@ -87,6 +88,7 @@ class Plan:
     buckets: list[Bucket] = field(default_factory=list)  # by length; [] when not bucketed
     pad_length: int = 0  # the bucketed input's length without buckets
     real_tokens: int = 0  # its tokens that are not padding, per epoch
+    batch_size_forced: bool = False  # --batch-size chose the batch, not the memory bound
 
     @property
     def tokens(self) -> tuple[int, int]:
@@ -137,6 +139,7 @@ class Plan:
             "workers": self.workers,
             "worker_index": self.worker_index,
             "largest_safe_batch_size": self.largest_safe_batch_size,
+            "batch_size_forced": self.batch_size_forced,
         } | (
             {
                 "buckets": [

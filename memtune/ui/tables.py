@@ -123,8 +123,10 @@ def render_fit(result: FitResult, out: Console) -> None:
     table = Table(title="memtune fit", title_justify="left", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
+    forced = " (forced by --batch-size)" if plan.batch_size_forced else ""
     table.add_row(
-        "batch size", f"{plan.batch_size:,} × {plan.gradient_accumulation_steps} accumulation"
+        "batch size",
+        f"{plan.batch_size:,} × {plan.gradient_accumulation_steps} accumulation{forced}",
     )
     if plan.strategy != "none":
         table.add_row("strategy", _strategy(plan))
