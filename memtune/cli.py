@@ -95,8 +95,18 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from memtune.app.prepare import prepare
     from memtune.core.options import make_options
 
+    if args.save_plan:
+        from memtune.proc.paths import output_file
+
+        output_file("--save-plan", args.save_plan, (".json",))
     with _planning(args.json):
         prepared = prepare(args.model, args.data, make_options(**_options(args)))
+    if args.save_plan:
+        from memtune.app import plan_file
+
+        keywords = plan_file.planning_keywords(_options(args))
+        depends = prepared.depends_on(args.data)
+        plan_file.save(args.save_plan, prepared.plan, depends, keywords)
     for warning in prepared.probe.warnings:
         print(f"memtune: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -208,6 +218,7 @@ def _fit_with(fit: Any, args: argparse.Namespace, dashboard: Any, show: bool) ->
         seed=args.seed,
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
         plan_callbacks=dashboard,
+        plan=args.plan,
         **_options(args),
     )
 
@@ -229,7 +240,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
     with _planning(args.json):
-        result = run_check({**config, **flags})
+        result = run_check({**config, **flags}, kept_plan=args.plan)
     if args.junit:
         write_junit(result, Path(args.junit))
     if args.json:
@@ -294,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_probe)
     p = sub.add_parser("suggest", help="the largest safe batch and the data mode")
     _plan_flags(p)
+    p.add_argument(
+        "--save-plan",
+        metavar="FILE.json",
+        help="keep the plan, with what it depends on, for fit --plan and check --plan",
+    )
     p.set_defaults(handler=cmd_suggest)
     p = sub.add_parser("fit", help="plan, then train with the plan")
     _plan_flags(p)
@@ -313,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", metavar="NAME", help="apply [tool.memtune.profiles.NAME]")
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument("--plan", metavar="FILE", help="judge on a plan kept by suggest --save-plan")
     p.set_defaults(handler=cmd_check)
     p = sub.add_parser("demo", help="write an example dataset and model, plan it and train it")
     p.add_argument(

@@ -21,17 +21,17 @@ def probe() -> Probe:
 def suggest(model: Any, data: Any, **options: Any) -> Plan:
     """The largest safe batch and the data mode for training ``model`` on ``data``.
 
-    ``model``: a compiled ``keras.Model``, a ``.keras`` path, or ``"file.py:function"`` /
-    ``"package.module:function"`` returning one. ``data``: a ``.csv`` / ``.parquet`` path or
-    a folder of shards, a pandas DataFrame, a dict of arrays, an ``(x, y)`` pair of numpy
-    arrays (or of dicts keyed by input / output name), or a ``tf.data.Dataset`` /
-    ``keras.utils.PyDataset`` yielding ``(x, y)``.
+        ``model``: a compiled ``keras.Model``, a ``.keras`` path, or ``"file.py:function"`` /
+        ``"package.module:function"`` returning one. ``data``: a ``.csv`` / ``.parquet`` path or
+        a folder of shards, a pandas DataFrame, a dict of arrays, an ``(x, y)`` pair of numpy
+        arrays (or of dicts keyed by input / output name), or a ``tf.data.Dataset`` /
+        ``keras.utils.PyDataset`` yielding ``(x, y)``.
 
-    Keywords, the CLI flags in snake_case:
-{keywords}
+        Keywords, the CLI flags in snake_case:
+    {keywords}
 
-    Raises :class:`MemtuneError` (one line) for bad input and :class:`NothingFits` when even
-    batch 1 exceeds the usable budget.
+        Raises :class:`MemtuneError` (one line) for bad input and :class:`NothingFits` when even
+        batch 1 exceeds the usable budget.
     """
     return prepare(model, data, make_options(**options)).plan
 

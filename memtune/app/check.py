@@ -143,8 +143,10 @@ def _resolve_model(spec: str, base: Path) -> str:
     return spec
 
 
-def run_check(config: dict[str, Any]) -> CheckResult:
-    """Plan for the configured model and data, then judge the configured batch."""
+def run_check(config: dict[str, Any], kept_plan: str | None = None) -> CheckResult:
+    """Plan for the configured model and data (or take the plan kept in ``kept_plan``), then
+    judge the configured batch."""
+    from memtune.app import plan_file
     from memtune.app.prepare import prepare
     from memtune.core.options import make_options
 
@@ -154,9 +156,15 @@ def run_check(config: dict[str, Any]) -> CheckResult:
     settings = {k: v for k, v in config.items() if k not in ("model", "data")}
     configured = settings.pop("batch_size", None)
     mode = settings.pop("mode", None)
+    kept = plan_file.load(kept_plan) if kept_plan is not None else None
+    if kept is not None:
+        settings, change = plan_file.merged_keywords(kept, settings)
+        if change is not None:
+            plan_file.warn(f"{kept.label}: {change}; planning again")
+            kept = None
     options = make_options(**settings)
     try:
-        prepared = prepare(config["model"], config["data"], options)
+        prepared = prepare(config["model"], config["data"], options, kept=kept)
     except NothingFits as exc:
         return CheckResult(False, None, configured, 0, str(exc), False)
     largest = prepared.plan.largest_safe_batch_size or prepared.plan.batch_size

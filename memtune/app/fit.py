@@ -4,11 +4,14 @@ loop (:mod:`memtune.run.loop`), save atomically."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from memtune.app import plan_file
+from memtune.app.plan_file import KeptPlan
 from memtune.app.prepare import Prepared, Where, locate, prepare
 from memtune.core.errors import MemtuneError
 from memtune.core.options import Options, make_options, rows
@@ -98,7 +101,9 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     ``model``, ``data`` and the planning keywords are :func:`memtune.suggest`'s. Beside them:
     ``save`` (a ``.keras`` path, written atomically), ``checkpoint_dir`` and ``resume``
     (crash-safe epoch checkpoints; see README "What memtune promises"), ``seed`` (the
-    per-epoch shuffle), ``shuffle`` (default True), ``callbacks`` (more Keras callbacks),
+    per-epoch shuffle), ``shuffle`` (default True), ``plan`` (a :class:`Plan` from
+    :func:`memtune.suggest`, or a file from ``suggest --save-plan``: trained as it is while
+    nothing it depends on changed), ``callbacks`` (more Keras callbacks),
     ``verbose`` (Keras's), ``warn`` (where warnings go; stderr by default).
 
     Returns a :class:`FitResult` (``history``, ``peak_bytes``, ``batch_size_changes``, the
@@ -108,13 +113,14 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise MemtuneError(f"--epochs {epochs!r}: must be a positive integer")
     extra = {k: options.pop(k) for k in _FIT_ONLY if k in options}
+    kept, options = _kept(extra.get("plan"), options)
     opts = make_options(**options)
     save = _check_save_path(extra.get("save"))
     where = _where(model, opts, bool(extra.get("checkpoint_dir")))
     store, resumed = _open_checkpoint(extra, save)
     strategy = distribute.make_strategy(where.topology)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        prepared = prepare(model, data, opts, where=where)
+        prepared = prepare(model, data, opts, where=where, kept=kept)
     if where.topology.strategy == "multiworker":
         agreed = distribute.agree_on_batch(strategy, prepared.plan.batch_size)
         if agreed != prepared.plan.batch_size:
@@ -127,6 +133,23 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     order = Order(bool(extra.get("shuffle", True)), extra.get("seed"))
     trained = _train(prepared, val_layout, run, order, callbacks, (where.topology, strategy))
     return _finish(prepared, trained, run, save)
+
+
+def _kept(plan: Any, options: dict[str, Any]) -> tuple[KeptPlan | None, dict[str, Any]]:
+    """``plan``: a plan file's path or a :class:`Plan` from :func:`memtune.suggest`; a file's
+    planning options are used, unless one given here differs (then it plans again)."""
+    if plan is None:
+        return None, options
+    if isinstance(plan, Plan):
+        return KeptPlan(plan, "plan="), options
+    if not isinstance(plan, str | os.PathLike):
+        raise MemtuneError(f"plan {plan!r}: expected a plan file's path or a memtune Plan")
+    kept = plan_file.load(plan)
+    merged, change = plan_file.merged_keywords(kept, options)
+    if change is not None:
+        plan_file.warn(f"{kept.label}: {change}; planning again")
+        return None, merged
+    return kept, merged
 
 
 def _where(model: Any, opts: Options, checkpoints: bool) -> Where:

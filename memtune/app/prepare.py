@@ -12,7 +12,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memtune.app import plan_file
 from memtune.app.inputs import named, scan_data, scanned, train_samples
+from memtune.app.plan_file import KeptPlan
 from memtune.core.budget import Budget, resolve_budget, resolve_device
 from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.errors import MemtuneError
@@ -97,6 +99,12 @@ class Prepared:
     curve: MemoryCurve
     # One more trial at a batch, its peak as fit's process reaches it (None: no trials).
     trial_at: Callable[[int], Trial | None] | None = None
+    model_info: ModelInfo | None = None
+
+    def depends_on(self, data: Any) -> dict[str, Any]:
+        """What this plan holds for (a plan file's ``depends_on``)."""
+        assert self.model_info is not None
+        return plan_file.depends_on(self.model_info, data, self.info, self.where)
 
     @property
     def probe(self) -> Probe:
@@ -129,8 +137,16 @@ class _Inputs:
     footprint: Footprint
 
 
-def prepare(model: Any, data: Any, options: Options, *, where: Where | None = None) -> Prepared:
-    """Scan the data, read the model, size one sample, estimate and plan.
+def prepare(
+    model: Any,
+    data: Any,
+    options: Options,
+    *,
+    where: Where | None = None,
+    kept: KeptPlan | None = None,
+) -> Prepared:
+    """Scan the data, read the model, size one sample, estimate and plan — or take ``kept``,
+    a plan made before, when nothing it depends on has changed.
 
     A model given as a spec is read in a child process (``memtune.model.info``): this process
     loads TensorFlow only when ``fit`` asks for :attr:`Prepared.model`, after planning.
@@ -139,6 +155,24 @@ def prepare(model: Any, data: Any, options: Options, *, where: Where | None = No
     got = _read(model, data, options)
     prior = _prior(got, where)
     planner, buckets = _planner(got, where)
+    source = model if got.loaded is None else got.loaded
+    if kept is not None and plan_file.holds(
+        kept, got.model, data, got.info, where, (planner.num_samples, planner.per_sample_bytes)
+    ):
+        plan = kept.plan
+        curve = plan.curve or prior
+        return Prepared(
+            got.options,
+            where,
+            got.info,
+            source,
+            got.footprint,
+            planner,
+            plan,
+            curve,
+            None,
+            got.model,
+        )
     if got.options.analytic:
         plan, curve, planner, trial_at = _analytic(planner, prior)
     elif where.virtual:
@@ -149,9 +183,17 @@ def prepare(model: Any, data: Any, options: Options, *, where: Where | None = No
             plan, curve, planner, trial_at = _forced(setup, planner, prior)
         else:
             plan, curve, planner, trial_at = _measured(model, got, setup, planner, prior, buckets)
-    source = model if got.loaded is None else got.loaded
     return Prepared(
-        got.options, where, got.info, source, got.footprint, planner, plan, curve, trial_at
+        got.options,
+        where,
+        got.info,
+        source,
+        got.footprint,
+        planner,
+        plan,
+        curve,
+        trial_at,
+        got.model,
     )
 
 

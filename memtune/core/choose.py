@@ -21,6 +21,7 @@ from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.errors import MemtuneError, NothingFits
 from memtune.core.pipeline_memory import Mode, pipeline_bytes
 from memtune.core.plan import Bucket, Plan, PlanOptions, _padding_cut
+from memtune.core.refusals import forced_refused, in_memory_refused, nothing_fits
 from memtune.core.units import format_bytes
 
 MIN_STEPS = 16  # a default plan keeps at least this many training steps per epoch
@@ -118,7 +119,15 @@ def make_plan(
     buckets = _buckets(ask, bound, mode, reasons)
     predicted = _predicted(ask, bound.batch, mode, reasons)
     if options.batch_size is not None and predicted > ask.usable and not options.force:
-        raise NothingFits(_forced_refused(ask, bound, predicted))
+        raise NothingFits(
+            forced_refused(
+                bound.batch,
+                bound.largest_safe,
+                options.effective_batch_size or bound.batch,
+                (predicted, ask.usable),
+                measured=curve.source == "measured",
+            )
+        )
     return Plan(
         batch_size=bound.batch,
         gradient_accumulation_steps=bound.accumulation,
@@ -140,6 +149,7 @@ def make_plan(
         workers=options.workers,
         worker_index=options.worker_index,
         batch_size_forced=options.batch_size is not None,
+        curve=curve,
     )
 
 
@@ -179,24 +189,6 @@ def _forced(ask: _Ask, reasons: list[str]) -> _Bound:
     return _Bound(o.batch_size, accumulation, largest, 0)
 
 
-def _forced_refused(ask: _Ask, bound: _Bound, predicted: int) -> str:
-    """Why a forced batch is refused, the largest safe batch, and what to do instead."""
-    forced, safe = bound.batch, bound.largest_safe
-    source = "measured trials" if ask.curve.source == "measured" else "the unverified estimate"
-    head = (
-        f"--batch-size {forced}: its predicted peak {format_bytes(predicted)} (from "
-        f"{source}) passes the usable {format_bytes(ask.usable)}"
-    )
-    if safe < 1:
-        return f"{head}; not even batch 1 fits (--force trains it anyway)"
-    effective = ask.options.effective_batch_size or forced
-    return (
-        f"{head}; the largest safe batch is {safe:,} (--batch-size {safe}, or "
-        f"--effective-batch-size {effective} without --batch-size to keep {effective:,} "
-        f"samples a step), or --force to train at {forced:,} anyway"
-    )
-
-
 def _fits(ask: _Ask) -> int:
     """The largest batch memory allows (at the aim for a measured curve), or NothingFits."""
     o, curve, usable = ask.options, ask.curve, ask.usable
@@ -207,10 +199,10 @@ def _fits(ask: _Ask) -> int:
         fits = curve.largest_batch(usable, ask.extra("streaming"))
         if fits >= 1 and not o.force:
             need = curve.peak(1) + ask.extra("in-memory")(1)
-            raise NothingFits(_in_memory_refused(need, usable, ask.dataset))
+            raise NothingFits(in_memory_refused(need, usable, ask.dataset))
     if fits < 1:
         need = curve.peak(1) + ask.search_extra(1)
-        raise NothingFits(_nothing_fits(need, usable, o, ask.gpu))
+        raise NothingFits(nothing_fits(need, usable, o, ask.gpu))
     return fits
 
 
@@ -315,7 +307,7 @@ def _mode(ask: _Ask, batch: int, reasons: list[str]) -> Mode:
         in_memory_fits = in_memory_peak <= ask.usable
     if o.mode is not None:
         if o.mode == "in-memory" and not in_memory_fits and not o.force:
-            raise NothingFits(_in_memory_refused(in_memory_peak, ask.usable, dataset))
+            raise NothingFits(in_memory_refused(in_memory_peak, ask.usable, dataset))
         reasons.append(f"{o.mode} forced by {o.mode_why}")
         return o.mode
     if in_memory_fits:
@@ -395,33 +387,3 @@ def _bucket_batches(
     last = out[-1]
     out[-1] = Bucket(last.length, batch, last.samples)
     return out
-
-
-def _in_memory_refused(need: int, usable: int, dataset: int) -> str:
-    return (
-        f"--mode in-memory: the padded dataset ({format_bytes(dataset)}) plus training would "
-        f"need {format_bytes(need)}, over the usable {format_bytes(usable)} by "
-        f"{format_bytes(need - usable)}; use --mode streaming, or --force to try anyway"
-    )
-
-
-def _nothing_fits(need: int, usable: int, options: PlanOptions, gpu: bool) -> str:
-    helps = []
-    if options.has_sequences:
-        helps.append("a smaller --maxlen")
-    helps.append("mixed precision")
-    if not gpu:
-        helps.append("a GPU (--device gpu)")
-    helps.append("a larger --budget or smaller --safety")
-    rows = options.whole_blocks[1]
-    if rows > BLOCK_ROWS:
-        helps.insert(
-            0,
-            f"Parquet row groups of at most {BLOCK_ROWS:,} rows (these hold up to {rows:,}, "
-            "each read whole by every reading thread)",
-        )
-    return (
-        f"nothing fits: even batch 1 needs {format_bytes(need)}, "
-        f"{format_bytes(need - usable)} over the usable {format_bytes(usable)}; "
-        f"what could help: {', '.join(helps)}"
-    )

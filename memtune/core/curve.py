@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 UNBOUNDED = 2**40  # "any batch fits": callers cap it by the dataset's size
 
@@ -72,6 +72,32 @@ class MemoryCurve:
         floor = max(p for b, p in pts if b <= batch_size) if batch_size >= pts[0][0] else 0
         return max(0, floor, round(p0 + slope * (batch_size - b0)))
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fixed_bytes": self.fixed_bytes,
+            "per_sample_bytes": self.per_sample_bytes,
+            "source": self.source,
+            "points": [list(p) for p in self.points],
+            "whole": list(self.whole) if self.whole else None,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> MemoryCurve:
+        """The inverse of :meth:`to_json`; a malformed value raises KeyError / TypeError /
+        ValueError for the caller to name."""
+        source = value["source"]
+        if source not in ("analytic", "measured"):
+            raise ValueError(f"source {source!r}")
+        points = tuple((_count(b), _count(p)) for b, p in value["points"])
+        whole = value.get("whole")
+        return cls(
+            _count(value["fixed_bytes"]),
+            _count(value["per_sample_bytes"]),
+            source,
+            points,
+            (_count(whole[0]), _count(whole[1])) if whole else None,
+        )
+
     def slope_at(self, batch_size: int) -> float:
         """Bytes one more sample adds around ``batch_size``."""
         return float(self.peak(batch_size + 1) - self.peak(batch_size))
@@ -120,3 +146,10 @@ class Trial:
     peak_bytes: int
     exceeded: bool = False
     length: int | None = None  # a length bucket's trial: the input padded to this, not all
+
+
+def _count(value: Any) -> int:
+    """A non-negative int from JSON, or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value

@@ -255,6 +255,8 @@ OPTIONS: tuple[Option, ...] = (
            "length buckets for a None-length input (default: up to 8; off: pad all alike)",
            metavar="N|off", toml=(int, str), parse=_buckets, doc='int, or ``"off"``'),
     Option("epochs", "epochs to train", "fit", kind="int", metavar="N"),
+    Option("plan", "train on a plan kept by suggest --save-plan (made again, saying why, "
+           "if what it depends on changed)", "fit", metavar="FILE"),
     Option("save", "write the trained model here (.keras), atomically", "fit", metavar="PATH"),
     Option("checkpoint_dir", "back up each epoch here (resumable)", "fit", metavar="DIR"),
     Option("resume", "continue from --checkpoint-dir", "fit", kind="switch", default=False),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from memtune.core.curve import Trial
+from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.pipeline_memory import Mode
 
 
@@ -89,6 +89,8 @@ class Plan:
     pad_length: int = 0  # the bucketed input's length without buckets
     real_tokens: int = 0  # its tokens that are not padding, per epoch
     batch_size_forced: bool = False  # --batch-size chose the batch, not the memory bound
+    # The curve the plan was made on: what a kept plan judges other batches by (not JSON's).
+    curve: MemoryCurve | None = field(default=None, compare=False, repr=False)
 
     @property
     def tokens(self) -> tuple[int, int]:
@@ -155,6 +157,43 @@ class Plan:
             if self.buckets
             else {}
         )
+
+
+def plan_from_json(value: dict[str, Any], curve: MemoryCurve | None = None) -> Plan:
+    """A plan from its JSON (:meth:`Plan.to_json`), as a plan file keeps it. A malformed
+    value raises KeyError / TypeError / ValueError for the caller to name."""
+    ints = (
+        "batch_size", "gradient_accumulation_steps", "budget_bytes", "usable_bytes",
+        "num_samples", "per_sample_bytes", "predicted_peak_bytes", "replicas", "workers",
+        "worker_index", "largest_safe_batch_size",
+    )  # fmt: skip
+    for key in ints:
+        if isinstance(value[key], bool) or not isinstance(value[key], int):
+            raise ValueError(f"{key}: {value[key]!r} is not an integer")
+    if value["mode"] not in ("in-memory", "streaming"):
+        raise ValueError(f"mode: {value['mode']!r}")
+    tokens = value.get("tokens") or {}
+    buckets = [
+        Bucket(int(b["length"]), int(b["batch_size"]), int(b["samples"]))
+        for b in value.get("buckets", [])
+    ]
+    samples = sum(b.samples for b in buckets)
+    return Plan(
+        **{key: value[key] for key in ints},
+        mode=value["mode"],
+        device=str(value["device"]),
+        trials=[
+            Trial(int(t["batch_size"]), int(t["peak_bytes"]), bool(t["exceeded"]), t.get("length"))
+            for t in value["trials"]
+        ],
+        reasons=[str(r) for r in value["reasons"]],
+        strategy=str(value["strategy"]),
+        buckets=buckets,
+        pad_length=int(tokens.get("without_buckets", 0)) // samples if samples else 0,
+        real_tokens=int(tokens.get("real", 0)),
+        batch_size_forced=bool(value.get("batch_size_forced", False)),
+        curve=curve,
+    )
 
 
 def _tokens(buckets: list[Bucket], pad_length: int) -> tuple[int, int]:
