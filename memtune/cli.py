@@ -92,29 +92,33 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from memtune.app.prepare import prepare
+    from memtune.app.prepare import prepare, suggest_plan
     from memtune.core.options import make_options
 
     if args.save_plan:
         from memtune.proc.paths import output_file
 
         output_file("--save-plan", args.save_plan, (".json",))
+    options = make_options(**_options(args))
     with _planning(args.json):
-        prepared = prepare(args.model, args.data, make_options(**_options(args)))
+        if args.save_plan:  # the file needs what the plan depends on: the model read, the data
+            prepared = prepare(args.model, args.data, options)
+            plan, seen = prepared.plan, prepared.probe
+        else:
+            plan, seen = suggest_plan(args.model, args.data, options)
     if args.save_plan:
         from memtune.app import plan_file
 
         keywords = plan_file.planning_keywords(_options(args))
-        depends = prepared.depends_on(args.data)
-        plan_file.save(args.save_plan, prepared.plan, depends, keywords)
-    for warning in prepared.probe.warnings:
+        plan_file.save(args.save_plan, plan, prepared.depends_on(args.data), keywords)
+    for warning in seen.warnings:
         print(f"memtune: warning: {warning}", file=sys.stderr)
     if args.json:
-        _print_json(prepared.plan.to_json())
+        _print_json(plan.to_json())
     else:
         from memtune.ui.tables import console, render_plan
 
-        render_plan(prepared.plan, console())
+        render_plan(plan, console())
     return 0
 
 

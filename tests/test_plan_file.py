@@ -4,6 +4,7 @@ used as they are while nothing they depend on changed, else one line and a new p
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +118,13 @@ def test_the_budget_read_off_the_host_holds_while_it_holds_the_plans_peak() -> N
     )  # fmt: skip
     auto = "available host memory less the 384 MiB reserve"
     then = {"bytes": 1000, "source": auto}
-    assert plan_file._budget_change(plan, then, {"bytes": 700, "source": auto}) is None
+    assert plan_file.budget_change(plan, then, {"bytes": 700, "source": auto}) is None
     assert "under the plan's predicted peak" in str(
-        plan_file._budget_change(plan, then, {"bytes": 600, "source": auto})
+        plan_file.budget_change(plan, then, {"bytes": 600, "source": auto})
     )
     fixed = {"bytes": 1000, "source": "--budget"}
-    assert plan_file._budget_change(plan, fixed, fixed) is None
-    assert plan_file._budget_change(plan, fixed, {"bytes": 999, "source": "--budget"})
+    assert plan_file.budget_change(plan, fixed, fixed) is None
+    assert plan_file.budget_change(plan, fixed, {"bytes": 999, "source": "--budget"})
 
 
 @pytest.mark.slow
@@ -159,3 +160,65 @@ def test_plan_file_paths_are_checked_before_planning(tmp_path: Path, capfd: Any)
     assert main([*argv, "--save-plan", str(tmp_path / "p.txt")]) == 2
     assert ".json" in capfd.readouterr().err
     assert not (tmp_path / "p.txt").exists() and not (tmp_path / "no").exists()
+
+
+CACHED = "the plan cache's plan: nothing it depends on changed (--no-cache plans afresh)"
+
+
+def _suggest_json(capfd: Any, model: str, data: Path, *extra: str) -> dict[str, Any]:
+    argv = ["suggest", "--model", model, "--data", str(data), "--target", "answer", "--json"]
+    code = main([*argv, "--budget", BUDGET, "--analytic", *extra])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_an_unchanged_case_takes_the_plan_cache_without_reading_model_or_data(
+    tmp_path: Path, capfd: Any, monkeypatch: Any
+) -> None:
+    from memtune.app import prepare
+
+    data = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    first = _suggest_json(capfd, model, data, "--max-batch-size", "5")
+    assert CACHED not in first["reasons"]
+
+    def no_reading(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model or the data was read")
+
+    with monkeypatch.context() as m:
+        m.setattr(prepare, "_read", no_reading)
+        second = _suggest_json(capfd, model, data, "--max-batch-size", "5")
+    assert second == first | {"reasons": [*first["reasons"], CACHED]}
+    # fit takes it too (reading the data and the model it trains, but planning nothing)
+    code = main(["fit", "--model", model, "--data", str(data), "--target", "answer",
+                 "--budget", BUDGET, "--analytic", "--max-batch-size", "5", "--epochs", "1",
+                 "--json"])  # fmt: skip
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["plan"] == second
+    # Another option, a data file touched, a file beside the factory changed: a new plan.
+    assert CACHED not in _suggest_json(capfd, model, data, "--max-batch-size", "6")["reasons"]
+    os.utime(data / "3.csv", ns=(1, 1))
+    assert CACHED not in _suggest_json(capfd, model, data, "--max-batch-size", "5")["reasons"]
+    assert CACHED in _suggest_json(capfd, model, data, "--max-batch-size", "5")["reasons"]
+    (tmp_path / "layers.py").write_text("# a module the factory might import\n")
+    assert CACHED not in _suggest_json(capfd, model, data, "--max-batch-size", "5")["reasons"]
+    assert "--no-cache" in " ".join(
+        _suggest_json(capfd, model, data, "--max-batch-size", "5")["reasons"]
+    )
+    fresh = _suggest_json(capfd, model, data, "--max-batch-size", "5", "--no-cache")
+    assert CACHED not in fresh["reasons"]
+
+
+def test_a_damaged_plan_cache_entry_is_a_miss(tmp_path: Path, capfd: Any) -> None:
+    from memtune.estimate.cache import cache_dir
+
+    data = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    _suggest_json(capfd, model, data, "--max-batch-size", "3")
+    entries = sorted((cache_dir() / "plans").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    for damage in ("[" * 200_000, '{"format": 1, "plan": {"batch_size": "²"}}', "\x00\xff"):
+        entries[-1].write_text(damage)
+        again = _suggest_json(capfd, model, data, "--max-batch-size", "3")
+        assert CACHED not in again["reasons"] and again["batch_size"] == 3

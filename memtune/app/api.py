@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from memtune.app.prepare import prepare
+from memtune.app.prepare import suggest_plan
 from memtune.core.options import keywords_doc, make_options
 from memtune.core.plan import Plan
 from memtune.probe import Probe
@@ -33,7 +33,7 @@ def suggest(model: Any, data: Any, **options: Any) -> Plan:
         Raises :class:`MemtuneError` (one line) for bad input and :class:`NothingFits` when even
         batch 1 exceeds the usable budget.
     """
-    return prepare(model, data, make_options(**options)).plan
+    return suggest_plan(model, data, make_options(**options))[0]
 
 
 assert suggest.__doc__ is not None

@@ -58,7 +58,7 @@ def depends_on(model: ModelInfo, data: Any, info: DataInfo, where: Where) -> dic
         "device": where.device,
         "budget": {"bytes": where.budget.budget_bytes, "source": where.budget.source},
         "host": {"total_bytes": host.total_bytes, "limit_bytes": host.limit_bytes},
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 
@@ -73,7 +73,7 @@ def _data(data: Any, info: DataInfo) -> dict[str, Any]:
     return {"rows": info.num_samples, "columns": sorted(info.columns), "files": files}
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     def version(name: str) -> str:
         try:
             return metadata.version(name)
@@ -161,7 +161,7 @@ def what_changed(kept: KeptPlan, now: dict[str, Any]) -> str | None:
     for key in ("device", "host"):
         if then.get(key) != now[key]:
             return f"the {key} changed ({now[key]} here, {then.get(key)} in the plan)"
-    return _budget_change(kept.plan, then.get("budget", {}), now["budget"])
+    return budget_change(kept.plan, then.get("budget", {}), now["budget"])
 
 
 def _changed_file(then: list[Any], now: list[Any]) -> str | None:
@@ -176,7 +176,7 @@ def _changed_file(then: list[Any], now: list[Any]) -> str | None:
     return None
 
 
-def _budget_change(plan: Plan, then: dict[str, Any], now: dict[str, Any]) -> str | None:
+def budget_change(plan: Plan, then: dict[str, Any], now: dict[str, Any]) -> str | None:
     """A budget given as a size must be the same; one read off the host (``auto``, or a
     size clipped to what the host gives) must still hold the plan's predicted peak."""
     fixed = ("--budget", "--gpu-memory")

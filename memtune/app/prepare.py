@@ -12,8 +12,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memtune.app import plan_file
+from memtune.app import plan_cache, plan_file
 from memtune.app.inputs import named, scan_data, scanned, train_samples
+from memtune.app.length_buckets import length_buckets
 from memtune.app.plan_file import KeptPlan
 from memtune.core.budget import Budget, resolve_budget, resolve_device
 from memtune.core.curve import MemoryCurve, Trial
@@ -152,6 +153,9 @@ def prepare(
     loads TensorFlow only when ``fit`` asks for :attr:`Prepared.model`, after planning.
     """
     where = where or locate(options)
+    if kept is None and not options.no_cache:
+        cached = plan_cache.lookup(model, data, options, where)
+        kept = KeptPlan(_from_cache(cached), "the plan cache") if cached else None
     got = _read(model, data, options)
     prior = _prior(got, where)
     planner, buckets = _planner(got, where)
@@ -159,20 +163,12 @@ def prepare(
     if kept is not None and plan_file.holds(
         kept, got.model, data, got.info, where, (planner.num_samples, planner.per_sample_bytes)
     ):
-        plan = kept.plan
-        curve = plan.curve or prior
+        plan, curve = kept.plan, kept.plan.curve or prior
+        later = None if got.options.analytic or where.virtual else _trial_later(model, got, where)
         return Prepared(
-            got.options,
-            where,
-            got.info,
-            source,
-            got.footprint,
-            planner,
-            plan,
-            curve,
-            None,
+            got.options, where, got.info, source, got.footprint, planner, plan, curve, later,
             got.model,
-        )
+        )  # fmt: skip
     if got.options.analytic:
         plan, curve, planner, trial_at = _analytic(planner, prior)
     elif where.virtual:
@@ -183,6 +179,7 @@ def prepare(
             plan, curve, planner, trial_at = _forced(setup, planner, prior)
         else:
             plan, curve, planner, trial_at = _measured(model, got, setup, planner, prior, buckets)
+    plan_cache.store(model, data, options, where, plan)
     return Prepared(
         got.options,
         where,
@@ -195,6 +192,33 @@ def prepare(
         trial_at,
         got.model,
     )
+
+
+def _trial_later(model: Any, got: _Inputs, where: Where) -> Callable[[int], Trial | None]:
+    """``check`` on a kept plan: a trial at a batch past its trials, set up when asked."""
+
+    def trial_at(batch: int) -> Trial | None:
+        from memtune.estimate import runner
+
+        return runner.one_trial(model, _setup(got, where), batch)
+
+    return trial_at
+
+
+def suggest_plan(model: Any, data: Any, options: Options) -> tuple[Plan, Probe]:
+    """``suggest``: the plan cache's plan when nothing it depends on changed (no trial, no
+    model-reading child, no scan), else a plan made now; and what the probe saw."""
+    where = locate(options)
+    if not options.no_cache:
+        cached = plan_cache.lookup(model, data, options, where)
+        if cached is not None:
+            return _from_cache(cached), where.probe
+    return prepare(model, data, options, where=where).plan, where.probe
+
+
+def _from_cache(plan: Plan) -> Plan:
+    note = "the plan cache's plan: nothing it depends on changed (--no-cache plans afresh)"
+    return replace(plan, reasons=[*plan.reasons, note])
 
 
 def _read(model: Any, data: Any, options: Options) -> _Inputs:
@@ -252,7 +276,7 @@ def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]
         workers=topology.workers,
         worker_index=topology.worker_index,
     )
-    buckets, why_not = _length_buckets(info, fp, options, topology, training)
+    buckets, why_not = length_buckets(info, fp, options, topology, training)
     if why_not:
         notes.append(why_not)
     if buckets is not None:
@@ -359,37 +383,3 @@ def _trial_rows(
 
     layout = layout_for(info, fp, options)
     return lambda batch, path: write_trial_rows(layout, batch, path, bucket=bucket)
-
-
-def _length_buckets(
-    info: DataInfo, fp: Footprint, options: Options, topology: Topology, train_samples: int
-) -> tuple[LengthBuckets | None, str | None]:
-    """The length buckets of the model's None-length input, or why there are none (a reason
-    line; None when there is nothing to bucket or they are turned off)."""
-    flexible = [f for f in fp.feeds if f.flexible]
-    if not flexible or not options.buckets:
-        return None, None
-    why = None
-    if len(flexible) > 1 or flexible[0].role != "input":
-        why = "more than one None-length feed (or a None-length target)"
-    elif options.batch_size is not None:
-        why = "--batch-size is forced: one batch serves every length"
-    elif options.effective_batch_size is not None:
-        why = "--effective-batch-size needs one batch for every step"
-    elif topology.active:
-        why = f"--strategy {topology.strategy} is not bucketed yet"
-    elif info.source.kind == "dataset":
-        why = "a tf.data pipeline is padded as it comes"
-    if why is not None:
-        return None, f"no length buckets: {why}"
-    feed = flexible[0]
-    (column,) = feed.columns
-    lengths = info.column(column).lengths
-    if lengths is None:
-        return None, None
-    buckets = LengthBuckets.cut(
-        feed.name, column, lengths, feed.shape[0], options.buckets, training=train_samples
-    )
-    if len(buckets.boundaries) < 2:
-        return None, f"no length buckets: every {column!r} row pads to {feed.shape[0]}"
-    return buckets, None

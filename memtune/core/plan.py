@@ -207,5 +207,3 @@ def _padding_cut(buckets: list[Bucket], pad_length: int, real_tokens: int) -> fl
     without, with_ = _tokens(buckets, pad_length)
     padding = without - real_tokens
     return (without - with_) / padding if padding > 0 else 0.0
-
-

@@ -289,5 +289,3 @@ class EvenBatches:
         if not 0 <= i < self.steps:
             raise IndexError(f"batch {i} of {self.steps}")
         return self.source.span(self._bounds[i], self._bounds[i + 1])
-
-

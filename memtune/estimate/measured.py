@@ -102,5 +102,3 @@ def slope_from_cpu(model: Any, s: Setup, prior: MemoryCurve) -> tuple[MemoryCurv
     (b0, p0), (b1, p1) = ((t.batch_size, t.peak_bytes) for t in trials)
     slope = max(prior.per_sample_bytes // 4, (p1 - p0) // (b1 - b0))
     return MemoryCurve(prior.fixed_bytes, slope, "analytic"), trials
-
-
