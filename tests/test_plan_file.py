@@ -222,3 +222,23 @@ def test_a_damaged_plan_cache_entry_is_a_miss(tmp_path: Path, capfd: Any) -> Non
         entries[-1].write_text(damage)
         again = _suggest_json(capfd, model, data, "--max-batch-size", "3")
         assert CACHED not in again["reasons"] and again["batch_size"] == 3
+
+
+def test_fit_on_a_kept_plan_that_drifted_says_so_and_drops_it(tmp_path: Path, capfd: Any) -> None:
+    from memtune.estimate.cache import cache_dir
+
+    data = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    flags = ["--target", "answer", "--budget", BUDGET, "--analytic", "--max-batch-size", "4"]
+    _suggest_json(capfd, model, data, "--max-batch-size", "4")
+    entry = max((cache_dir() / "plans").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    value = json.loads(entry.read_text())
+    value["plan"]["predicted_peak_bytes"] = 10 * 1024**2  # a period when it needed far less
+    entry.write_text(json.dumps(value))
+    code = main(["fit", "--model", model, "--data", str(data), *flags, "--epochs", "1", "--json"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["plan"]["predicted_peak_bytes"] == 10 * 1024**2  # it was taken
+    assert "memtune: warning: the plan cache: this run peaked at" in err
+    assert "dropped from the plan cache" in err and not entry.exists()
+    assert CACHED not in _suggest_json(capfd, model, data, "--max-batch-size", "4")["reasons"]

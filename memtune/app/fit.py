@@ -10,12 +10,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from memtune.app import plan_file
+from memtune.app import plan_cache, plan_file
 from memtune.app.plan_file import KeptPlan
 from memtune.app.prepare import Prepared, Where, locate, prepare
 from memtune.core.errors import MemtuneError
 from memtune.core.options import Options, make_options, rows
 from memtune.core.plan import Plan
+from memtune.core.units import format_bytes
 from memtune.data.layout import Layout, layout_for
 from memtune.data.scan import scan
 from memtune.model.info import is_spec
@@ -132,7 +133,24 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     run = Run(epochs, store, resumed, extra.get("verbose"), extra.get("seed"))
     order = Order(bool(extra.get("shuffle", True)), extra.get("seed"))
     trained = _train(prepared, val_layout, run, order, callbacks, (where.topology, strategy))
+    _drift(prepared, trained.peak_bytes, (model, data))
     return _finish(prepared, trained, run, save)
+
+
+def _drift(prepared: Prepared, peak: int, inputs: tuple[Any, Any]) -> None:
+    """A plan made before, which this run's peak says is off: said, and (the plan cache's)
+    dropped, so the next plan measures again."""
+    predicted = prepared.plan.predicted_peak_bytes
+    if prepared.kept_from is None or not plan_cache.drifted(predicted, peak):
+        return
+    dropped = ""
+    if prepared.kept_from == plan_cache.LABEL:
+        plan_cache.forget(*inputs, prepared.options)
+        dropped = "; dropped from the plan cache, the next plan measures again"
+    plan_file.warn(
+        f"{prepared.kept_from}: this run peaked at {format_bytes(peak)}, the plan predicted "
+        f"{format_bytes(predicted)}{dropped}"
+    )
 
 
 def _kept(plan: Any, options: dict[str, Any]) -> tuple[KeptPlan | None, dict[str, Any]]:

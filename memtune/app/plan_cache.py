@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memtune.app import plan_file
+from memtune.core.constants import NOISE_FLOOR, NOISE_SHARE
 from memtune.core.curve import MemoryCurve
 from memtune.core.options import Options
 from memtune.core.plan import Plan, plan_from_json
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from memtune.app.prepare import Where
 
 FORMAT = 1
+LABEL = "the plan cache"  # how a line names it
 
 
 def _path_of(model: Any, data: Any, options: Options) -> Path | None:
@@ -149,3 +151,16 @@ def store(model: Any, data: Any, options: Options, where: Where, plan: Plan) -> 
         write_text_atomically(path, json.dumps(value) + "\n")
     except OSError:
         pass
+
+
+def forget(model: Any, data: Any, options: Options) -> None:
+    """Drop the entry for these inputs: the next plan measures again."""
+    path = _path_of(model, data, options)
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def drifted(predicted: int, peak: int) -> bool:
+    """Whether a run's peak is off its kept plan's prediction by more than a trial's noise
+    plus the 5 % a measured plan leaves: the plan was made in another period."""
+    return abs(peak - predicted) > max(2 * NOISE_FLOOR, int((NOISE_SHARE + 0.05) * predicted))

@@ -101,6 +101,7 @@ class Prepared:
     # One more trial at a batch, its peak as fit's process reaches it (None: no trials).
     trial_at: Callable[[int], Trial | None] | None = None
     model_info: ModelInfo | None = None
+    kept_from: str | None = None  # where a plan made before came from (a file, the cache)
 
     def depends_on(self, data: Any) -> dict[str, Any]:
         """What this plan holds for (a plan file's ``depends_on``)."""
@@ -155,7 +156,7 @@ def prepare(
     where = where or locate(options)
     if kept is None and not options.no_cache:
         cached = plan_cache.lookup(model, data, options, where)
-        kept = KeptPlan(_from_cache(cached), "the plan cache") if cached else None
+        kept = KeptPlan(_from_cache(cached), plan_cache.LABEL) if cached else None
     got = _read(model, data, options)
     prior = _prior(got, where)
     planner, buckets = _planner(got, where)
@@ -167,7 +168,7 @@ def prepare(
         later = None if got.options.analytic or where.virtual else _trial_later(model, got, where)
         return Prepared(
             got.options, where, got.info, source, got.footprint, planner, plan, curve, later,
-            got.model,
+            got.model, kept.label,
         )  # fmt: skip
     if got.options.analytic:
         plan, curve, planner, trial_at = _analytic(planner, prior)
