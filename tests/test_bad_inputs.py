@@ -69,6 +69,8 @@ BAD_INPUTS: list[Case] = [
     Case("negative budget", "budget", _fit("--budget=-1GiB"), "must be positive"),
     Case("safety of 1", "budget", _fit("--safety", "1.0"), "--safety"),
     Case("nothing fits", "budget", _fit("--budget", "10MiB", "--analytic"), "even batch 1 needs", code=3),
+    Case("no training rows left", "cli", _suggest("--validation-split", "0.9999"), "--validation-split 0.9999: leaves no training row of the 9"),
+    Case("zero buckets", "cli", _suggest("--buckets", "0"), "--buckets '0': expected a positive integer or off"),
     Case("forced batch past usable", "budget", _fit("--budget", "200MiB", "--analytic", "--batch-size", "30"), "--batch-size 30: its predicted peak", code=3),
     Case("forced in-memory that cannot fit", "budget", _fit("--budget", "10MiB", "--analytic", "--batch-size", "2", "--mode", "in-memory"), "in-memory", code=3),
     # ------------------------------------------------------------------ config (check)

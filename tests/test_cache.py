@@ -22,23 +22,25 @@ from tests.conftest import write_csv_shards
 MiB = 1024**2
 
 
-def test_only_positive_int_bytes_are_trusted(tmp_path: Path) -> None:
-    values = {"8": True, "16": -5, "24": 0, "32": 1.5, "64": "9", "x": 100, "-1": 7, "128": 1000}
+def test_only_plausible_int_bytes_are_trusted(tmp_path: Path) -> None:
+    big = 300 * MiB
+    values = {"8": True, "16": -5, "24": 0, "32": 1.5, "64": "9", "x": big, "-1": big,
+              "²": big, "1800": MiB, "128": big}  # fmt: skip
     (tmp_path / "trials.json").write_text(json.dumps({"k": values}))
     cache = TrialCache("k", directory=tmp_path)
-    assert cache.all() == [Trial(128, 1000)]
-    assert [cache.get(b) for b in (8, 16, 24, 32, 64)] == [None] * 5
-    assert cache.get(128) == Trial(128, 1000)
+    assert cache.all() == [Trial(128, big)]  # 1 MiB at 1,800: no trial process holds so little
+    assert [cache.get(b) for b in (8, 16, 24, 32, 64, 1800)] == [None] * 6
+    assert cache.get(128) == Trial(128, big)
 
 
 @pytest.mark.parametrize("odd", [[1, 2], "text", 5, None])
 def test_a_key_holding_no_mapping_reads_as_empty_and_is_replaced(tmp_path: Path, odd) -> None:
-    (tmp_path / "trials.json").write_text(json.dumps({"k": odd, "other": {"8": 10}}))
+    (tmp_path / "trials.json").write_text(json.dumps({"k": odd, "other": {"8": 100 * MiB}}))
     cache = TrialCache("k", directory=tmp_path)
     assert cache.all() == [] and cache.get(8) is None
-    cache.put(Trial(8, 123))
-    assert cache.all() == [Trial(8, 123)]
-    assert TrialCache("other", directory=tmp_path).all() == [Trial(8, 10)]
+    cache.put(Trial(8, 123 * MiB))
+    assert cache.all() == [Trial(8, 123 * MiB)]
+    assert TrialCache("other", directory=tmp_path).all() == [Trial(8, 100 * MiB)]
 
 
 def test_bad_trials_are_not_written(tmp_path: Path) -> None:
@@ -63,20 +65,45 @@ def test_a_stopped_trial_answers_a_later_one_that_would_be_stopped_too(tmp_path:
     assert cache.hits == 4
 
 
-@pytest.mark.parametrize("content", [b"", b"{not json", b"\xff\xfe", b"[1, 2]"])
+@pytest.mark.parametrize(
+    "content", [b"", b"{not json", b"\xff\xfe", b"[1, 2]", b"[" * 200_000, b'{"k": ' * 50_000]
+)
 def test_a_damaged_file_reads_as_empty(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "trials.json").write_bytes(content)
     cache = TrialCache("k", directory=tmp_path)
     assert cache.all() == []
-    cache.put(Trial(4, 40))
-    assert cache.all() == [Trial(4, 40)]
+    cache.put(Trial(4, 400 * MiB))
+    assert cache.all() == [Trial(4, 400 * MiB)]
+
+
+def test_any_bytes_read_as_a_cache_or_as_empty(tmp_path: Path) -> None:
+    """A fuzzer over damaged files: cut, flipped and spliced versions of a sound one."""
+    rng = np.random.default_rng(7)
+    sound = json.dumps({"k": {"8": 300 * MiB, "64": 400 * MiB}, "k/stopped": {"512": 900 * MiB}})
+    for _ in range(300):
+        data = bytearray(sound.encode())
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, len(data)))
+            what = rng.integers(0, 3)
+            if what == 0:
+                data[at] = int(rng.integers(0, 256))
+            elif what == 1:
+                del data[at : at + int(rng.integers(1, 8))]
+            else:
+                data[at:at] = rng.choice(list(b'{}[]":,0123456789\xb2-.e'), 3).tobytes()
+        (tmp_path / "trials.json").write_bytes(bytes(data))
+        cache = TrialCache("k", directory=tmp_path)
+        for trial in cache.all():
+            assert trial.batch_size >= 1 and trial.peak_bytes >= 32 * MiB
+        cache.get(8)
+        cache.get(512, limit_bytes=1)
 
 
 def test_a_folder_in_the_way_neither_crashes_nor_leaks(tmp_path: Path) -> None:
     (tmp_path / "trials.json").mkdir()
     cache = TrialCache("k", directory=tmp_path)
     for batch in (1, 2, 3):
-        cache.put(Trial(batch, 10))
+        cache.put(Trial(batch, 100 * MiB))
     assert cache.all() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.json", "trials.lock"]
 
@@ -84,7 +111,7 @@ def test_a_folder_in_the_way_neither_crashes_nor_leaks(tmp_path: Path) -> None:
 def _writer(directory: str, worker: int) -> None:
     cache = TrialCache("k", directory=Path(directory))
     for i in range(25):
-        cache.put(Trial(worker * 100 + i + 1, 1000 + i))
+        cache.put(Trial(worker * 100 + i + 1, 100 * MiB + i))
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:

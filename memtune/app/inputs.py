@@ -59,6 +59,11 @@ def scan_data(data: Any, sig: ModelSignature, options: Options) -> DataInfo:
 
 def train_samples(info: DataInfo, options: Options) -> int:
     """Samples one training epoch sees (a validation split holds some out)."""
-    if options.validation_split and options.validation_data is None:
-        return int(info.num_samples * (1 - options.validation_split))
-    return info.num_samples
+    split, rows = options.validation_split, info.num_samples
+    if split and options.validation_data is None:
+        training = int(rows * (1 - split))
+        if training < 1 or training >= rows:
+            what = "no training row" if training < 1 else "no row for validation"
+            raise MemtuneError(f"--validation-split {split}: leaves {what} of the {rows:,}")
+        return training
+    return rows

@@ -186,10 +186,11 @@ def parse_maxlen(values: Sequence[str | int] | int | None) -> dict[str | None, i
 
 
 def _buckets(value: Any) -> int:
-    """``--buckets N`` (at most N buckets), ``off`` (or 0 / False), or None (the default)."""
+    """``--buckets N`` (at most N buckets), ``off`` (or False), or None (the default); 0 is
+    refused like any other count under 1, not read as off."""
     if value is None or value is True:
         return DEFAULT_BUCKETS
-    if value is False or str(value).strip().lower() in ("off", "0"):
+    if value is False or str(value).strip().lower() == "off":
         return 0
     try:
         count = int(str(value).strip())

@@ -36,11 +36,26 @@ def cache_key(parts: dict[str, Any]) -> str:
 STOPPED = "/stopped"  # beside a key: trials stopped at their limit, by the memory passed
 
 
+# No trial process holds less: TensorFlow's own state on a CPU, the CUDA context on a GPU
+# (hundreds of MiB). A smaller cached peak is damage, not a measurement: 1 MiB at batch
+# 1,800 once made a plan predict 15.8 MiB.
+PLAUSIBLE_PEAK = 32 * 1024**2
+
+
 def _peak(value: Any) -> int | None:
-    """A cached peak: positive int bytes (``true``, floats, negatives read as missing)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """A cached peak: int bytes no trial could read less than (``true``, floats, small or
+    negative values read as missing)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < PLAUSIBLE_PEAK:
         return None
     return value
+
+
+def _batch(key: Any) -> int | None:
+    """A cached batch: a positive count in ASCII digits ("²" is a digit to Python)."""
+    text = str(key)
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or int(text) < 1:
+        return None
+    return int(text)
 
 
 class TrialCache:
@@ -64,7 +79,7 @@ class TrialCache:
     def _load(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -73,10 +88,10 @@ class TrialCache:
         if not isinstance(found, dict):
             return {}
         peaks: dict[int, int] = {}
-        for batch, value in found.items():
-            peak = _peak(value)
-            if peak is not None and str(batch).isdigit() and int(batch) > 0:
-                peaks[int(batch)] = peak
+        for key, value in found.items():
+            batch, peak = _batch(key), _peak(value)
+            if batch is not None and peak is not None:
+                peaks[batch] = peak
         return peaks
 
     def get(self, batch_size: int, limit_bytes: int | None = None) -> Trial | None:
