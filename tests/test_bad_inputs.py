@@ -7,6 +7,7 @@ TensorBoard logs) in a folder of its own; after the failure that folder must be 
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,3 +199,43 @@ def test_bad_input(case: Case, world: dict[str, Path | str], tmp_path: Path, cap
     assert "Traceback" not in err
     assert list(out.rglob("*")) == [], f"left behind: {list(out.rglob('*'))}"
     assert _snapshot(Path(world["tmp"])) == before, "a user's file changed"
+
+
+@pytest.fixture
+def read_only(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A read-only filesystem (a tmpfs mounted ro), where the machine lets the test mount."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--checkpoint-dir", "ck"),
+        ("--checkpoint-dir", "."),
+        ("--save", "m.keras"),
+        ("--trace", "t.jsonl"),
+        ("--report", "r.png"),
+    ],
+)
+def test_a_read_only_output_is_refused_before_planning(
+    world: dict[str, Path | str], read_only: Path, capfd, flag: str, value: str
+) -> None:
+    names = {k: str(world[k]) for k in ("tmp", "model", "data")}
+    argv = [a.format(**names) for a in _fit("--analytic")]
+    assert main([*argv, flag, str(read_only / value)]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err == f"memtune: error: {flag} {str(read_only / value)!r}: folder " + (
+        f"{str(read_only)!r} is not writable"
+    ), err

@@ -19,7 +19,14 @@ def output_file(flag: str, value: str | Path, suffixes: tuple[str, ...]) -> Path
         raise MemtuneError(f"{flag} {str(value)!r}: is a folder, not a file")
     if not path.parent.is_dir():
         raise MemtuneError(f"{flag} {str(value)!r}: folder {str(path.parent)!r} does not exist")
+    writable(flag, value, path.parent)
     return path
+
+
+def writable(flag: str, value: str | Path, folder: Path) -> None:
+    """Refuse, before any work, a folder memtune could not write in (read-only, no right)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MemtuneError(f"{flag} {str(value)!r}: folder {str(folder)!r} is not writable")
 
 
 def output_dir(flag: str, value: str | Path) -> Path:
@@ -29,6 +36,7 @@ def output_dir(flag: str, value: str | Path) -> Path:
         raise MemtuneError(f"{flag} {str(value)!r}: is a file, not a folder")
     if not path.exists() and not path.parent.is_dir():
         raise MemtuneError(f"{flag} {str(value)!r}: folder {str(path.parent)!r} does not exist")
+    writable(flag, value, path if path.exists() else path.parent)
     return path
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from memtune.core.errors import MemtuneError
 from memtune.proc import failpoints
+from memtune.proc.paths import writable
 
 MARKER = ".memtune-checkpoint"
 WEIGHTS = "model.weights.h5"
@@ -165,6 +166,7 @@ class CheckpointDir:
             raise MemtuneError(f"{flag} {shown!r}: is a file, not a folder")
         if not path.exists() and not path.parent.is_dir():
             raise MemtuneError(f"{flag} {shown!r}: folder {str(path.parent)!r} does not exist")
+        writable(flag, shown, path if path.exists() else path.parent)
         entries = sorted(p.name for p in path.iterdir()) if path.exists() else []
         marked = MARKER in entries
         foreign = [e for e in entries if not _ours(e)] if marked else entries
