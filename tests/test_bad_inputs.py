@@ -72,6 +72,10 @@ BAD_INPUTS: list[Case] = [
     Case("nothing fits", "budget", _fit("--budget", "10MiB", "--analytic"), "even batch 1 needs", code=3),
     Case("no training rows left", "cli", _suggest("--validation-split", "0.9999"), "--validation-split 0.9999: leaves no training row of the 9"),
     Case("zero buckets", "cli", _suggest("--buckets", "0"), "--buckets '0': expected a positive integer or off"),
+    Case("an id past int32", "data", _suggest("--data", "{tmp}/bigint"), "1.csv, row 1: column 'b' holds 4294967297, past what an int32 input holds"),
+    Case("an id past int64", "data", _suggest("--data", "{tmp}/hugeint"), "0.csv, row 2: column 'b' holds 100000000000000000000, past what an int32 input holds"),
+    Case("NaN in a feature", "data", _suggest("--data", "{tmp}/nan"), "0.csv, row 3: column 'a' holds NaN or inf (2 such values in the data, fed to a float32 input); --allow-nonfinite"),
+    Case("inf in a target", "data", _suggest("--data", "{tmp}/inftarget"), "0.csv, row 1: column 'answer' holds NaN or inf (1 such values in the data, fed to a float32 target)"),
     Case("forced batch past usable", "budget", _fit("--budget", "200MiB", "--analytic", "--batch-size", "30"), "--batch-size 30: its predicted peak", code=3),
     Case("forced in-memory that cannot fit", "budget", _fit("--budget", "10MiB", "--analytic", "--batch-size", "2", "--mode", "in-memory"), "in-memory", code=3),
     # ------------------------------------------------------------------ config (check)
@@ -130,6 +134,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     pq.write_table(pa.table({"a": [1]}), mixed / "1.parquet")
     (tmp / "badcell").mkdir()
     (tmp / "badcell" / "0.csv").write_text('a,b,answer\n"[1, 2]","[1]",0\n"[1, ?]","[2]",1\n')
+    for name, shards in {
+        "bigint": ['a,b,answer\n"[1.0]","[1, 2]",0\n', 'a,b,answer\n"[1.0]","[4294967297]",1\n'],
+        "hugeint": ['a,b,answer\n"[1.0]","[1]",0\n"[2.0]","[99999999999999999999]",1\n'],
+        "nan": ['a,b,answer\n"[1.0]","[1]",0\n"[2.0]","[2]",1\n"[nan, inf]","[3]",0\n'],
+        "inftarget": ['a,b,answer\n"[1.0]","[1]",inf\n"[2.0]","[2]",1\n'],
+    }.items():
+        (tmp / name).mkdir()
+        for i, text in enumerate(shards):
+            (tmp / name / f"{i}.csv").write_text(text)
     (tmp / "allempty").mkdir()
     (tmp / "allempty" / "0.csv").write_text("a,b,answer\n")
     write_csv_shards(

@@ -27,6 +27,7 @@ from memtune.data.buckets import LengthBuckets
 from memtune.data.footprint import Footprint, footprint
 from memtune.data.layout import layout_for
 from memtune.data.scan import DataInfo, scan
+from memtune.data.values import check_values
 from memtune.model.info import ModelInfo
 from memtune.probe import Probe
 from memtune.probe import probe as _probe
@@ -238,6 +239,9 @@ def _read(model: Any, data: Any, options: Options) -> _Inputs:
         data, options = named(data, sig, options)
         info = scanned(lambda: scan_data(data, sig, options))
     fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
+    fed = [(c, f.dtype, f.role) for f in fp.feeds for c in f.columns]
+    labels = [s.label for s in info.source.shards]
+    check_values(info.stats, fed, labels, allow_nonfinite=options.allow_nonfinite)
     return _Inputs(data, options, info, model_info, loaded, fp)
 
 

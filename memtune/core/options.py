@@ -49,6 +49,7 @@ class Options:
     strategy: str = "auto"
     cpu_replicas: int | None = None
     buckets: int = DEFAULT_BUCKETS  # length buckets of a None-length input; 0: off
+    allow_nonfinite: bool = False  # train on NaN / inf in float columns (refused by default)
 
     def plan_options(self, has_sequences: bool) -> PlanOptions:
         return PlanOptions(
@@ -255,6 +256,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("buckets",
            "length buckets for a None-length input (default: up to 8; off: pad all alike)",
            metavar="N|off", toml=(int, str), parse=_buckets, doc='int, or ``"off"``'),
+    Option("allow_nonfinite", "train on NaN / inf values in float columns (refused by default)",
+           kind="switch", default=False, toml=(bool,), parse=bool),
     Option("epochs", "epochs to train", "fit", kind="int", metavar="N"),
     Option("plan", "train on a plan kept by suggest --save-plan (made again, saying why, "
            "if what it depends on changed)", "fit", metavar="FILE"),

@@ -17,6 +17,7 @@ from memtune.data.sources import (
     read_chunks,
     shard_columns,
 )
+from memtune.data.values import ValueStats
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class DataInfo:
     num_samples: int
     shard_rows: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
+    stats: dict[str, ValueStats] = field(default_factory=dict, compare=False, repr=False)
 
     def column(self, name: str) -> ColumnInfo:
         return self.columns[name]
@@ -60,6 +62,7 @@ def scan(data: object) -> DataInfo:
     warnings: list[str] = []
     # Per column, each chunk's lengths (a scalar chunk: its row count, each row 1 long).
     lengths: dict[str, list[np.ndarray | int]] = {}
+    stats: dict[str, ValueStats] = {}
     for index, shard in enumerate(source.shards):
         names = shard_columns(shard)
         if not names:
@@ -87,6 +90,7 @@ def scan(data: object) -> DataInfo:
                     chunk, name, where=shard.label, first_row=first_row, sequence=sequence
                 )
                 infos[name] = _merge(info, name, values, (index, first_row))
+                stats[name] = stats.get(name, ValueStats()).add(values, index, first_row)
                 lengths.setdefault(name, []).append(
                     _compact(values.lengths) if isinstance(values, Ragged) else len(values)
                 )
@@ -102,7 +106,7 @@ def scan(data: object) -> DataInfo:
         else infos[name]
         for name in header
     }
-    return DataInfo(source, columns, sum(shard_rows), tuple(shard_rows), warnings)
+    return DataInfo(source, columns, sum(shard_rows), tuple(shard_rows), warnings, stats)
 
 
 def _compact(lengths: np.ndarray) -> np.ndarray:
