@@ -252,3 +252,38 @@ def test_a_read_only_output_is_refused_before_planning(
     assert err == f"memtune: error: {flag} {str(read_only / value)!r}: folder " + (
         f"{str(read_only)!r} is not writable"
     ), err
+
+
+TF_TEXT = """Graph execution error:
+
+Detected at node functional_1/embedding_1/GatherV2 defined at (most recent call last):
+  File "/usr/bin/memtune", line 6, in <module>
+
+  File "/site-packages/keras/src/layers/core/embedding.py", line 140, in call
+
+indices[1,0] = 12 is not in [0, 10)
+\t [[{{node functional_1/embedding_1/GatherV2}}]] [Op:__inference_multi_step_on_iterator_912]"""
+
+
+def test_tensorflows_cause_comes_after_its_stack() -> None:
+    from memtune.run.recovery import tf_cause
+
+    assert tf_cause(TF_TEXT) == (
+        "functional_1/embedding_1/GatherV2",
+        "indices[1,0] = 12 is not in [0, 10)",
+    )
+    assert tf_cause("plain words")[1] == "plain words"
+
+
+def test_an_id_past_an_embeddings_vocabulary_is_one_line_exit_2(
+    world: dict[str, Path | str], tmp_path: Path, capfd
+) -> None:
+    data = tmp_path / "ids"
+    data.mkdir()
+    (data / "0.csv").write_text('a,b,answer\n"[1.0]","[1, 2]",0\n"[2.0]","[12]",1\n')
+    argv = ["fit", "--model", str(world["model"]), "--data", str(data), "--epochs", "1"]
+    assert main([*argv, "--analytic", "--no-dashboard"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "the data holds id 12, past the vocabulary of Embedding layer" in err
+    assert "(input_dim 10): ids must be in [0, 10)" in err

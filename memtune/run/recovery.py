@@ -5,6 +5,7 @@ one place that says what counts as out of memory."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -182,8 +183,32 @@ def training_failure(exc: BaseException, failure: MemtuneError | None) -> Memtun
     cause = failure or _memtune_cause(exc)
     if cause is not None:
         return cause
-    detail = " ".join(str(exc).split())[:300]
-    return TrainingFailed(f"training failed: {type(exc).__name__}: {detail}")
+    node, message = tf_cause(str(exc))
+    vocabulary = re.search(r"indices\[[\d,]+\] = (-?\d+) is not in \[0, (\d+)\)", message)
+    if vocabulary and node and "embedding" in node.lower():
+        layer = node.split("/")[-2] if "/" in node else node
+        return MemtuneError(
+            f"the data holds id {vocabulary[1]}, past the vocabulary of Embedding layer "
+            f"{layer!r} (input_dim {vocabulary[2]}): ids must be in [0, {vocabulary[2]})"
+        )
+    at = f" at node {node}" if node else ""
+    detail = " ".join(message.split())[:300]
+    return TrainingFailed(f"training failed: {type(exc).__name__}{at}: {detail}")
+
+
+def tf_cause(text: str) -> tuple[str | None, str]:
+    """TensorFlow's error text as (the node it names, its cause): the cause comes after the
+    Python stack of where the node was defined, which cut the line before it."""
+    node = re.search(r"Detected at node (\S+)", text)
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    tail = lines[frames[-1] + 1 :] if frames else lines
+    kept = [
+        line.strip()
+        for line in tail
+        if line.strip() and not line.startswith(" ") and not line.strip().startswith("[[")
+    ]
+    return (node[1] if node else None), " ".join(kept) or " ".join(text.split())
 
 
 def _memtune_cause(exc: BaseException) -> MemtuneError | None:
