@@ -205,7 +205,17 @@ def test_a_batch_change_is_checkpointed_and_resumed_at_the_new_batch(tmp_path: P
     state = json.loads((ck / "epoch-000002" / "state.json").read_text())
     assert (state["batch_size"], state["gradient_accumulation_steps"]) == (4, 2)
 
-    second = fit(model, folder, epochs=3, resume=True, **common)
+    from memtune.ui.memory_dashboard import MemoryDashboard
+
+    trace = tmp_path / "t.jsonl"
+    board = MemoryDashboard(2**30, batch_size=8, trace=str(trace), show=False)
+    second = fit(model, folder, epochs=3, resume=True, callbacks=[board], **common)
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    resumed = [r for r in records if r["kind"] == "batch_change"]
+    assert [(r["from"], r["to"], r["reason"]) for r in resumed] == [
+        (8, 4, "resumed at the checkpoint's batch")
+    ]
+    assert {r["batch_size"] for r in records if r["kind"] == "step"} == {4}  # not the plan's 8
     assert len(second.history["loss"]) == 3
     assert second.history["loss"][:2] == first.history["loss"]
     assert second.model.optimizer.gradient_accumulation_steps == 2

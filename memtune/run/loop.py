@@ -132,6 +132,15 @@ class _Loop:
         process.reset_peak()  # the peak fit reports is training's, not the data scan's
         for listener in self.listeners:  # one dashboard for the whole run
             listener.run_started(self.run_spec.epochs, self.first_epoch)
+        resumed_at = self.train.batch_size // self.topology.local_replicas
+        if self.run_spec.resumed is not None and resumed_at != self.plan.batch_size:
+            # The checkpoint's batch, not the plan's: what the dashboard and trace label.
+            change = BatchChange(
+                self.first_epoch, 0, self.plan.batch_size, resumed_at, self.accumulation,
+                "resumed at the checkpoint's batch",
+            )  # fmt: skip
+            for listener in self.listeners:
+                listener.batch_changed(change)
         try:
             with process.PeakPoller():
                 self._epochs()
