@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import signal
+import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +233,20 @@ model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1, name="answer")(x))
 model.compile("adam", "mse")
 return model
 """
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
+    """A small tmpfs mounted on ``folder`` (a full disk, or a read-only one), where the
+    machine lets the test mount; else the test is skipped, saying why."""
+    folder.mkdir(parents=True, exist_ok=True)
+    flags = f"{'ro,' if read_only else ''}size={size}"
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", flags, "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -7,7 +7,6 @@ TensorBoard logs) in a folder of its own; after the failure that folder must be 
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from memtune.cli import main
 from memtune.run.checkpoint import CheckpointDir, EpochState
-from tests.conftest import MODEL, write_csv_shards, write_factory
+from tests.conftest import MODEL, tmpfs, write_csv_shards, write_factory
 
 
 @dataclass
@@ -216,20 +215,8 @@ def test_bad_input(case: Case, world: dict[str, Path | str], tmp_path: Path, cap
 
 @pytest.fixture
 def read_only(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A read-only filesystem (a tmpfs mounted ro), where the machine lets the test mount."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
 
 
 @pytest.mark.parametrize(

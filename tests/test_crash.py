@@ -260,3 +260,79 @@ def _rss(process: psutil.Process) -> int:
         return int(process.memory_info().rss)
     except psutil.Error:
         return 0
+
+
+WIDE = FACTORY.replace("Dense(8, activation", "Dense(400, activation").replace(
+    'h = keras.layers.Dense(400, activation="relu")(x)',
+    'h = keras.layers.Dense(400, activation="relu")(x)\n'
+    'h = keras.layers.Dense(400, activation="relu")(h)',
+)  # ~162k weights: with Adam's two slots a checkpoint takes ~1.9 MiB
+
+
+def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(
+    tmp_path: Path, capfd: Any
+) -> None:
+    from memtune.cli import main
+    from tests.conftest import id_shards, tmpfs
+
+    folder = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", WIDE.replace('(3,), name="x"', '(1,), name="id"'))
+    with tmpfs(tmp_path / "small", "5m") as disk:
+        ck = disk / "ck"
+        argv = ["fit", "--model", model, "--data", str(folder), "--target", "answer"]
+        argv += ["--analytic", "--epochs", "4", "--checkpoint-dir", str(ck), "--no-dashboard"]
+        assert main(argv) == 1
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"--checkpoint-dir {str(ck)!r}: no room for epoch-000003 (about" in err
+        assert "the last checkpoint: epoch-000002 is kept (--resume continues from it)" in err
+        left = sorted(p.name for p in ck.iterdir())  # no half-written folder beside them
+        assert left == [".memtune-checkpoint", "epoch-000001", "epoch-000002"]
+
+
+def test_a_checkpoint_folder_lost_mid_run_warns_and_the_model_is_saved(
+    tmp_path: Path, capfd: Any
+) -> None:
+    import shutil
+
+    import keras
+
+    from memtune.app.fit import fit
+    from tests.conftest import id_shards
+
+    folder = id_shards(tmp_path / "d")
+    ck = tmp_path / "gone" / "ck"
+    ck.parent.mkdir()
+
+    class DeleteTheParent(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            if epoch == 1:
+                shutil.rmtree(ck.parent)
+
+    model = write_factory(tmp_path / "m.py", FACTORY.replace('(3,), name="x"', '(1,), name="id"'))
+    result = fit(
+        model, folder, epochs=3, target="answer", analytic=True, verbose=0,
+        checkpoint_dir=str(ck), save=str(tmp_path / "m.keras"), callbacks=[DeleteTheParent()],
+    )  # fmt: skip
+    assert len(result.history["loss"]) == 3 and (tmp_path / "m.keras").is_file()
+    assert result.checkpoint is None and not ck.parent.exists()
+    err = capfd.readouterr().err
+    assert err.count(f"--checkpoint-dir {str(ck)!r} is gone: training goes on") == 1, err
+
+
+def test_a_save_with_no_room_is_one_line_and_leaves_no_temporary_file(
+    tmp_path: Path, capfd: Any
+) -> None:
+    from memtune.cli import main
+    from tests.conftest import id_shards, tmpfs
+
+    folder = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", WIDE.replace('(3,), name="x"', '(1,), name="id"'))
+    with tmpfs(tmp_path / "small", "1m") as disk:
+        argv = ["fit", "--model", model, "--data", str(folder), "--target", "answer"]
+        argv += ["--analytic", "--epochs", "1", "--save", str(disk / "m.keras")]
+        assert main([*argv, "--no-dashboard"]) == 1
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"--save {str(disk / 'm.keras')!r}: no room for the model (about" in err
+        assert list(disk.iterdir()) == []

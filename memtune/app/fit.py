@@ -225,7 +225,7 @@ def _finish(prepared: Prepared, trained: Trained, run: Run, save: Path | None) -
         failpoints.hit("save-landed", run.epochs)
         if run.store is not None:
             run.store.finish(saved)
-    elif run.store is not None:
+    elif run.store is not None and not run.store.lost:
         kept = str(run.store.path)
     return FitResult(
         plan=prepared.plan,

@@ -18,6 +18,7 @@ No TensorFlow here: the weights are written by a callable the caller passes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memtune.core.errors import MemtuneError
+from memtune.core.errors import MemtuneError, TrainingFailed
+from memtune.core.units import format_bytes
 from memtune.proc import failpoints
 from memtune.proc.paths import writable
 
@@ -147,6 +149,7 @@ class CheckpointDir:
         self.path = path
         self.created = created
         self.warn = warn
+        self.lost = False  # the folder went away mid-run: training goes on without it
 
     @classmethod
     def open(
@@ -236,10 +239,63 @@ class CheckpointDir:
             if _LEFTOVER.fullmatch(entry.name):
                 _remove(entry)
 
-    def commit(self, state: EpochState, write_weights: Callable[[Path], None]) -> Path:
-        """Write one epoch's checkpoint and switch it in atomically; then drop old ones."""
+    def commit(
+        self, state: EpochState, write_weights: Callable[[Path], None], needed: int = 0
+    ) -> Path | None:
+        """Write one epoch's checkpoint and switch it in atomically; then drop old ones.
+        ``needed``: about what it takes on disk. Not enough free space is one line and
+        exit 1 before writing (a half-written weights file crashed h5py on a full disk),
+        the last complete checkpoint kept; a folder gone mid-run is a warning, once, and
+        no more checkpoints (None)."""
+        if self.lost:
+            return None
+        if not self.path.is_dir():
+            self._lose()
+            return None
         name = f"{_PREFIX}{state.epochs_done:06d}"
+        need = max(needed, self._last_size())
+        free = shutil.disk_usage(self.path).free
+        if need and free < need + need // 10:
+            raise self._full(name, need, free)
         tmp = self.path / f".tmp-{name}-{os.getpid()}"
+        try:
+            return self._commit(state, write_weights, name, tmp)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                _remove(tmp)
+            if not self.path.is_dir():
+                self._lose()
+                return None
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc):
+                raise self._full(name, need, shutil.disk_usage(self.path).free) from exc
+            raise
+
+    def _lose(self) -> None:
+        self.lost = True
+        self.warn(
+            f"--checkpoint-dir {str(self.path)!r} is gone: training goes on without "
+            "checkpoints (--save still writes the model)"
+        )
+
+    def _full(self, name: str, need: int, free: int) -> TrainingFailed:
+        last = self._complete()
+        kept = f"{last[0].name} is kept (--resume continues from it)" if last else "none yet"
+        return TrainingFailed(
+            f"--checkpoint-dir {str(self.path)!r}: no room for {name} (about "
+            f"{format_bytes(need)} needed, {format_bytes(free)} free); the last checkpoint: "
+            f"{kept}"
+        )
+
+    def _last_size(self) -> int:
+        """What the newest complete checkpoint takes on disk (0: none yet)."""
+        last = self._complete()
+        if not last:
+            return 0
+        return sum(f.stat().st_size for f in last[0].iterdir() if f.is_file())
+
+    def _commit(
+        self, state: EpochState, write_weights: Callable[[Path], None], name: str, tmp: Path
+    ) -> Path:
         _remove(tmp)
         tmp.mkdir()
         weights = tmp / WEIGHTS
@@ -277,6 +333,8 @@ class CheckpointDir:
         marker, and the folder itself if memtune created it. The marker first records that
         the run finished; checkpoints go oldest first, so a kill part-way leaves the final
         one (a resume then only saves again) or, at the very end, none."""
+        if self.lost:
+            return
         self._write_marker(finished=saved)
         for folder in reversed(self._complete()):
             self._trash(folder)

@@ -8,6 +8,7 @@ from typing import Any
 
 from memtune.proc import tf as _tf
 from memtune.run.checkpoint import Checkpoint, CheckpointDir, EpochState
+from memtune.run.save import model_bytes
 
 keras = _tf.keras()
 
@@ -45,7 +46,7 @@ class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[name-defined]
             seed=self.seed,
             history=[self.logs.get(e, {}) for e in range(epoch + 1)],
         )
-        self.store.commit(state, self._write)
+        self.store.commit(state, self._write, needed=model_bytes(self.model))
 
     def _write(self, path: Path) -> None:
         with _tf.native_stderr_quiet():
