@@ -75,6 +75,7 @@ BAD_INPUTS: list[Case] = [
     Case("an id past int64", "data", _suggest("--data", "{tmp}/hugeint"), "0.csv, row 2: column 'b' holds 100000000000000000000, past what an int32 input holds"),
     Case("NaN in a feature", "data", _suggest("--data", "{tmp}/nan"), "0.csv, row 3: column 'a' holds NaN or inf (2 such values in the data, fed to a float32 input); --allow-nonfinite"),
     Case("inf in a target", "data", _suggest("--data", "{tmp}/inftarget"), "0.csv, row 1: column 'answer' holds NaN or inf (1 such values in the data, fed to a float32 target)"),
+    Case("an all-empty sequence column", "data", _suggest("--data", "{tmp}/emptyseq"), "column 'b', fed to model input 'b': every row is an empty sequence"),
     Case("forced batch past usable", "budget", _fit("--budget", "200MiB", "--analytic", "--batch-size", "30"), "--batch-size 30: its predicted peak", code=3),
     Case("forced in-memory that cannot fit", "budget", _fit("--budget", "10MiB", "--analytic", "--batch-size", "2", "--mode", "in-memory"), "in-memory", code=3),
     # ------------------------------------------------------------------ config (check)
@@ -137,6 +138,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
         "bigint": ['a,b,answer\n"[1.0]","[1, 2]",0\n', 'a,b,answer\n"[1.0]","[4294967297]",1\n'],
         "hugeint": ['a,b,answer\n"[1.0]","[1]",0\n"[2.0]","[99999999999999999999]",1\n'],
         "nan": ['a,b,answer\n"[1.0]","[1]",0\n"[2.0]","[2]",1\n"[nan, inf]","[3]",0\n'],
+        "emptyseq": ['a,b,answer\n"[1.0]","[]",0\n"[2.0]","[]",1\n'],
         "inftarget": ['a,b,answer\n"[1.0]","[1]",inf\n"[2.0]","[2]",1\n'],
     }.items():
         (tmp / name).mkdir()
@@ -274,3 +276,30 @@ def test_an_id_past_an_embeddings_vocabulary_is_one_line_exit_2(
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "the data holds id 12, past the vocabulary of Embedding layer" in err
     assert "(input_dim 10): ids must be in [0, 10)" in err
+
+
+def test_a_shard_deleted_mid_run_is_one_line_exit_2(tmp_path: Path) -> None:
+    import keras
+
+    from memtune.app.fit import fit
+    from memtune.core.errors import MemtuneError
+    from tests.conftest import FACTORY, id_shards
+
+    folder = id_shards(tmp_path / "d")
+
+    class Delete(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+            if epoch == 1:
+                (folder / "5.csv").unlink()
+
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    with pytest.raises(MemtuneError) as info:
+        fit(
+            model, str(folder), epochs=2, target="answer", analytic=True, mode="streaming",
+            batch_size=4, verbose=0, callbacks=[Delete()],
+        )  # fmt: skip
+    assert info.value.exit_code == 2
+    assert str(info.value) == (
+        f"{folder / '5.csv'}: could not be read during training (No such file or directory); "
+        "did the file change?"
+    )

@@ -108,6 +108,11 @@ def read_block(block: Block, columns: list[str]) -> Any:
             if block.row_group is None:
                 return file.read(columns=columns)
             return file.read_row_group(block.row_group, columns=columns)
+        except FileNotFoundError:
+            raise MemtuneError(
+                f"{shard.path}: could not be read during training (No such file or directory);"
+                " did the file change?"
+            ) from None
         except (OSError, ValueError) as exc:
             raise MemtuneError(f"{shard.path}: not a readable Parquet file ({exc})") from None
     try:
@@ -121,6 +126,11 @@ def read_block(block: Block, columns: list[str]) -> Any:
             frame = pd.read_csv(
                 io.BytesIO(raw), header=None, names=list(block.header), usecols=columns
             )
+    except OSError as exc:  # gone, or unreadable, since the scan read it
+        raise MemtuneError(
+            f"{shard.path}: could not be read during training ({exc.strerror or one_line(exc)});"
+            " did the file change?"
+        ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise MemtuneError(f"{shard.path}: not a readable CSV file ({one_line(exc)})") from None
     if len(frame) != block.rows:

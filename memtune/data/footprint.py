@@ -131,6 +131,11 @@ def _sequence_feed(
             f"{what} has shape {_shape_text(spec.shape)} but column {column!r} holds sequences "
             "(expected (batch, length) or (batch, length, 1))"
         )
+    if info.columns[column].max_len == 0:
+        raise MemtuneError(
+            f"column {column!r}, fed to {what}: every row is an empty sequence (nothing to "
+            "train on)"
+        )
     length = _sequence_length(spec.name, column, dims[0], info, maxlen, notes)
     shape = (length,) if len(dims) == 1 else (length, 1)
     dtype = info.columns[column].dtype
