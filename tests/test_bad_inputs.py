@@ -262,6 +262,13 @@ def test_tensorflows_cause_comes_after_its_stack() -> None:
         "indices[1,0] = 12 is not in [0, 10)",
     )
     assert tf_cause("plain words")[1] == "plain words"
+    from memtune.run.recovery import training_failure
+
+    failure = training_failure(RuntimeError(TF_TEXT), None)  # where the scan could not see it
+    assert failure.exit_code == 2 and str(failure) == (
+        "the data holds id 12, past the vocabulary of Embedding layer 'embedding_1' "
+        "(input_dim 10): ids must be in [0, 10)"
+    )
 
 
 def test_an_id_past_an_embeddings_vocabulary_is_one_line_exit_2(
@@ -274,7 +281,8 @@ def test_an_id_past_an_embeddings_vocabulary_is_one_line_exit_2(
     assert main([*argv, "--analytic", "--no-dashboard"]) == 2
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert "the data holds id 12, past the vocabulary of Embedding layer" in err
+    # Caught in the scan, before any training, against the model's Embedding.
+    assert "0.csv, row 2: column 'b' holds id 12, past the vocabulary of Embedding layer" in err
     assert "(input_dim 10): ids must be in [0, 10)" in err
 
 

@@ -27,7 +27,7 @@ from memtune.data.buckets import LengthBuckets
 from memtune.data.footprint import Footprint, footprint
 from memtune.data.layout import layout_for
 from memtune.data.scan import DataInfo, scan
-from memtune.data.values import check_values
+from memtune.data.values import check_ids, check_values
 from memtune.model.info import ModelInfo
 from memtune.probe import Probe
 from memtune.probe import probe as _probe
@@ -242,6 +242,8 @@ def _read(model: Any, data: Any, options: Options) -> _Inputs:
     fed = [(c, f.dtype, f.role) for f in fp.feeds for c in f.columns]
     labels = [s.label for s in info.source.shards]
     check_values(info.stats, fed, labels, allow_nonfinite=options.allow_nonfinite)
+    single = [(f.name, f.columns[0]) for f in fp.inputs if len(f.columns) == 1]
+    check_ids(info.stats, single, model_info.vocabularies, labels)
     return _Inputs(data, options, info, model_info, loaded, fp)
 
 

@@ -87,3 +87,25 @@ def check_values(
                 f"{labels[shard]}, row {row}: column {column!r} holds {value:.0f}, past what "
                 f"an int32 {role} holds ({INT32[0]:,} to {INT32[1]:,})"
             )
+
+
+def check_ids(
+    stats: dict[str, ValueStats],
+    feeds: Sequence[tuple[str, str]],
+    vocabularies: dict[str, tuple[str, int]],
+    labels: list[str],
+) -> None:
+    """Refuse ids an Embedding cannot look up. ``feeds``: (model input, column) pairs;
+    ``vocabularies``: model input -> (Embedding layer, input_dim)."""
+    for name, column in feeds:
+        s, vocabulary = stats.get(column), vocabularies.get(name)
+        if s is None or vocabulary is None or s.high < s.low:
+            continue
+        layer, size = vocabulary
+        if s.high >= size or s.low < 0:
+            value, (shard, row) = (s.high, s.high_at) if s.high >= size else (s.low, s.low_at)
+            raise MemtuneError(
+                f"{labels[shard]}, row {row}: column {column!r} holds id {value:.0f}, past the "
+                f"vocabulary of Embedding layer {layer!r} (input_dim {size}): ids must be in "
+                f"[0, {size})"
+            )

@@ -16,7 +16,7 @@ import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from memtune.core.errors import MemtuneError
@@ -34,6 +34,8 @@ class ModelInfo:
     signature: ModelSignature
     shape: ModelShape
     key: dict[str, Any]
+    # Model inputs read straight by an Embedding: input name -> (layer name, input_dim).
+    vocabularies: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def specs(items: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
@@ -44,6 +46,7 @@ class ModelInfo:
             "outputs": specs(self.signature.outputs),
             "shape": self.shape.to_json(),
             "key": self.key,
+            "vocabularies": {k: list(v) for k, v in self.vocabularies.items()},
         }
 
     @classmethod
@@ -52,7 +55,8 @@ class ModelInfo:
             return tuple(TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in items)
 
         signature = ModelSignature(specs(raw["inputs"]), specs(raw["outputs"]))
-        return cls(signature, ModelShape.from_json(raw["shape"]), raw["key"])
+        vocabularies = {k: (str(v[0]), int(v[1])) for k, v in raw.get("vocabularies", {}).items()}
+        return cls(signature, ModelShape.from_json(raw["shape"]), raw["key"], vocabularies)
 
 
 def is_spec(model: Any) -> bool:
@@ -74,7 +78,37 @@ def of_model(keras_model: Any) -> ModelInfo:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
-    return ModelInfo(signature(keras_model), describe(keras_model), key)
+    sig = signature(keras_model)
+    return ModelInfo(sig, describe(keras_model), key, _vocabularies(keras_model, sig))
+
+
+def _vocabularies(model: Any, sig: ModelSignature) -> dict[str, tuple[str, int]]:
+    """The model inputs an Embedding reads straight from, with its ``input_dim``: ids past
+    it fail only inside training, so the data's are checked against it first. Read off the
+    model's config; anything it does not show plainly is left unchecked."""
+    try:
+        config = json.loads(model.to_json())["config"]
+        layers = config["layers"]
+        inputs = {s.name for s in sig.inputs}
+        named = config.get("input_layers")
+        alias = {v[0]: k for k, v in named.items()} if isinstance(named, dict) else {}
+        found: dict[str, tuple[str, int]] = {}
+        for i, layer in enumerate(layers):
+            if layer["class_name"] != "Embedding":
+                continue
+            nodes = layer.get("inbound_nodes") or []
+            if nodes:
+                source = nodes[0]["args"][0]["config"]["keras_history"][0]
+            elif i > 0 and layers[i - 1]["class_name"] == "InputLayer":  # Sequential
+                source = layers[i - 1]["config"]["name"]
+            else:
+                continue
+            source = alias.get(source, source)
+            if source in inputs:
+                found[source] = (layer["name"], int(layer["config"]["input_dim"]))
+        return found
+    except (KeyError, IndexError, TypeError, ValueError):
+        return {}
 
 
 def read(model: Any, *, debug: bool = False) -> tuple[ModelInfo, Any]:
