@@ -12,7 +12,8 @@ from typing import Any
 
 from memtune.app import plan_cache, plan_file
 from memtune.app.plan_file import KeptPlan
-from memtune.app.prepare import Prepared, Where, locate, prepare
+from memtune.app.prepare import Prepared, prepare
+from memtune.app.where import Where, locate
 from memtune.core.errors import MemtuneError
 from memtune.core.options import Options, make_options, rows
 from memtune.core.plan import Plan
@@ -140,8 +141,9 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
 def _drift(prepared: Prepared, peak: int, inputs: tuple[Any, Any]) -> None:
     """A plan made before, which this run's peak says is off: said, and (the plan cache's)
     dropped, so the next plan measures again."""
-    predicted = prepared.plan.predicted_peak_bytes
-    if prepared.kept_from is None or not plan_cache.drifted(predicted, peak):
+    predicted, curve = prepared.plan.predicted_peak_bytes, prepared.plan.curve
+    measured = curve is not None and curve.source == "measured"  # an estimate is no baseline
+    if prepared.kept_from is None or not measured or not plan_cache.drifted(predicted, peak):
         return
     dropped = ""
     if prepared.kept_from == plan_cache.LABEL:

@@ -24,7 +24,7 @@ from memtune.estimate.cache import cache_dir, cache_key
 from memtune.proc.paths import write_text_atomically
 
 if TYPE_CHECKING:
-    from memtune.app.prepare import Where
+    from memtune.app.where import Where
 
 FORMAT = 1
 LABEL = "the plan cache"  # how a line names it

@@ -24,7 +24,7 @@ from memtune.proc import progress
 from memtune.proc.paths import output_file, write_text_atomically
 
 if TYPE_CHECKING:
-    from memtune.app.prepare import Where
+    from memtune.app.where import Where
     from memtune.data.scan import DataInfo
     from memtune.model.info import ModelInfo
 

@@ -16,9 +16,9 @@ from memtune.app import plan_cache, plan_file
 from memtune.app.inputs import named, scan_data, scanned, train_samples
 from memtune.app.length_buckets import length_buckets
 from memtune.app.plan_file import KeptPlan
-from memtune.core.budget import Budget, resolve_budget, resolve_device
+from memtune.app.where import Where, locate
+from memtune.core.budget import resolve_budget
 from memtune.core.curve import MemoryCurve, Trial
-from memtune.core.errors import MemtuneError
 from memtune.core.options import Options
 from memtune.core.plan import Mode, Plan
 from memtune.core.planner import Planner
@@ -30,10 +30,7 @@ from memtune.data.scan import DataInfo, scan
 from memtune.data.values import check_ids, check_values
 from memtune.model.info import ModelInfo
 from memtune.probe import Probe
-from memtune.probe import probe as _probe
 from memtune.proc import progress
-from memtune.run import distribute
-from memtune.run.distribute import Topology
 
 if TYPE_CHECKING:  # the pipelines import numpy-heavy readers: loaded when batches are made
     pass
@@ -42,45 +39,6 @@ if TYPE_CHECKING:  # the pipelines import numpy-heavy readers: loaded when batch
 # peaks 1-4 % above a few-step trial (bench_estimate), and a verification aimed at the very
 # edge overshoots often, spending a trial to step down.
 MEASURED_AIM = 0.95
-
-
-@dataclass(frozen=True)
-class Where:
-    """Where a run goes, resolved once: what the probe saw, the device, the tf.distribute
-    topology and the budget. ``virtual``: a GPU this machine lacks (``--gpu-memory``)."""
-
-    probe: Probe
-    device: str
-    topology: Topology
-    budget: Budget
-
-    @property
-    def virtual(self) -> bool:
-        return self.device != "cpu" and not self.probe.gpus
-
-
-def locate(options: Options, seen: Probe | None = None, topology: Topology | None = None) -> Where:
-    """Device, topology and budget from the options and the probe; a bad ``--device`` or
-    ``--strategy`` fails here, before any work."""
-    seen = seen or _probe()
-    device = resolve_device(seen, options.device, virtual=options.gpu_memory_bytes is not None)
-    if topology is None:
-        topology = distribute.resolve(
-            options.strategy, options.cpu_replicas, seen, device, options.device
-        )
-    if topology.active:
-        device = distribute.tightest_device(topology, seen, device)
-        if options.effective_batch_size is not None:
-            raise MemtuneError(
-                "--effective-batch-size needs gradient accumulation, which Keras 3 does not run "
-                f"under tf.distribute ({topology.strategy}); the global batch is the per-replica "
-                "batch × replicas"
-            )
-    if options.budget_bytes is None and options.gpu_memory_bytes is not None and device != "cpu":
-        budget = resolve_budget(seen, device, options.gpu_memory_bytes, "--gpu-memory")
-    else:
-        budget = resolve_budget(seen, device, options.budget_bytes)
-    return Where(seen, device, topology, budget)
 
 
 @dataclass(frozen=True)
