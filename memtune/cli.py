@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import tempfile
@@ -363,31 +364,34 @@ def _run(argv: Sequence[str] | None) -> int:
     debug = "--debug" in raw
     _tf.set_debug(debug)
     signals.install()
+    fail = functools.partial(_fail, machine="--json" in raw)
     try:
         args = parser.parse_args(raw)
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except _UsageError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     except MemtuneError as exc:
         if debug:
             traceback.print_exc()
-        print(f"memtune: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return fail(f"memtune: error: {exc}", exc.exit_code)
     except KeyboardInterrupt as exc:
         where = getattr(args, "checkpoint_dir", None) if "args" in locals() else None
         kept = f"; the checkpoint in {where} is kept (--resume continues)" if where else ""
         how = f"stopped by {exc.args[0]}" if isinstance(exc, signals.Stopped) else "interrupted"
-        print(f"memtune: {how}{kept}", file=sys.stderr)
-        return signals.exit_code(exc)
+        return fail(f"memtune: {how}{kept}", signals.exit_code(exc))
     except Exception as exc:
         if debug:
             traceback.print_exc()
         detail = " ".join(str(exc).split())[:300]
-        print(
-            f"memtune: internal error: {type(exc).__name__}: {detail} "
-            "(run with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        line = f"memtune: internal error: {type(exc).__name__}: {detail}"
+        return fail(f"{line} (run with --debug for the traceback)", 1)
+
+
+def _fail(line: str, code: int, *, machine: bool) -> int:
+    """The one line on stderr; under ``--json`` also ``{"error", "exit_code"}`` on stdout,
+    so a script reads an object, not nothing."""
+    print(line, file=sys.stderr)
+    if machine:
+        _print_json({"error": line.removeprefix("memtune: error: "), "exit_code": code})
+    return code

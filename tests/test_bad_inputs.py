@@ -76,6 +76,7 @@ BAD_INPUTS: list[Case] = [
     Case("NaN in a feature", "data", _suggest("--data", "{tmp}/nan"), "0.csv, row 3: column 'a' holds NaN or inf (2 such values in the data, fed to a float32 input); --allow-nonfinite"),
     Case("inf in a target", "data", _suggest("--data", "{tmp}/inftarget"), "0.csv, row 1: column 'answer' holds NaN or inf (1 such values in the data, fed to a float32 target)"),
     Case("an all-empty sequence column", "data", _suggest("--data", "{tmp}/emptyseq"), "column 'b', fed to model input 'b': every row is an empty sequence"),
+    Case("a target that is an input", "cli", _suggest("--target", "b"), "--target 'b' is the model's input, not what it predicts (its outputs: answer)"),
     Case("forced batch past usable", "budget", _fit("--budget", "200MiB", "--analytic", "--batch-size", "30"), "--batch-size 30: its predicted peak", code=3),
     Case("forced in-memory that cannot fit", "budget", _fit("--budget", "10MiB", "--analytic", "--batch-size", "2", "--mode", "in-memory"), "in-memory", code=3),
     # ------------------------------------------------------------------ config (check)

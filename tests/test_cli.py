@@ -184,3 +184,19 @@ def test_every_flag_has_help_text() -> None:
         if not action.help and action.dest != "help"
     ]
     assert missing == []
+
+
+def test_a_failure_under_json_is_an_object_on_stdout_too(tmp_path: Path, capfd) -> None:
+    missing = str(tmp_path / "none.keras")
+    code = main(["suggest", "--model", missing, "--data", str(tmp_path), "--json"])
+    out, err = capfd.readouterr()
+    assert code == 2 and err.count("\n") == 1 and err.startswith("memtune: error: ")
+    assert json.loads(out) == {
+        "error": err.strip().removeprefix("memtune: error: "),
+        "exit_code": 2,
+    }
+    assert main(["suggest", "--json", "--no-such-flag"]) == 2
+    out, err = capfd.readouterr()
+    assert json.loads(out) == {"error": err.strip(), "exit_code": 2}  # a usage error alike
+    assert main(["suggest", "--model", missing, "--data", str(tmp_path)]) == 2
+    assert capfd.readouterr().out == ""  # without --json, stdout stays empty

@@ -295,6 +295,10 @@ def test_cli_reports_a_batch_change_in_json_and_trace(tmp_path: Path, capfd) -> 
     assert main(argv) == 3
     out, err = capfd.readouterr()
     assert "--batch-size 8: its predicted peak" in err and "--force" in err, err
+    assert json.loads(out) == {
+        "error": err.strip().removeprefix("memtune: error: "),
+        "exit_code": 3,
+    }
     assert not trace.exists()
     # ...and --force trains it, the batch halving as it goes.
     code = main([*argv, "--force"])

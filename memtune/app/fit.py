@@ -143,7 +143,10 @@ def _drift(prepared: Prepared, peak: int, inputs: tuple[Any, Any]) -> None:
     dropped, so the next plan measures again."""
     predicted, curve = prepared.plan.predicted_peak_bytes, prepared.plan.curve
     measured = curve is not None and curve.source == "measured"  # an estimate is no baseline
-    if prepared.kept_from is None or not measured or not plan_cache.drifted(predicted, peak):
+    # A Plan object was made in this process, which may have grown since (a notebook):
+    # what it holds now is no drift of the model's.
+    kept = prepared.kept_from not in (None, "plan=")
+    if not kept or not measured or not plan_cache.drifted(predicted, peak):
         return
     dropped = ""
     if prepared.kept_from == plan_cache.LABEL:

@@ -67,9 +67,18 @@ def resolve_targets(
 ) -> dict[str, str]:
     """Model output name → target column."""
     outputs = [o.name for o in signature.outputs]
+    inputs = {i.name for i in signature.inputs}
     for t in targets or ():
         if t not in info.columns:
             raise MemtuneError(f"--target {t!r} is not a column ({_columns_text(info)})")
+        scalar_outputs = all(o.shape[1:] in ((), (1,)) for o in signature.outputs)
+        if t in inputs and t not in outputs and info.columns[t].sequence and scalar_outputs:
+            # An autoencoder's target may be its input; a sequence as a scalar's target is
+            # a slip that would train on its first value.
+            raise MemtuneError(
+                f"--target {t!r} is the model's input, not what it predicts (its outputs: "
+                f"{', '.join(outputs)})"
+            )
     if targets:
         if len(outputs) == 1:
             if len(targets) > 1:
