@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from memtune.core.errors import MemtuneError
+from memtune.core.errors import MemtuneError, TrainingFailed
 from memtune.proc import children, heap, signals
 from memtune.proc import tf as _tf
 
@@ -201,7 +201,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.report:
             from memtune.ui.report import write_report
 
-            write_report(Path(trace), Path(args.report), result.plan.usable_bytes)
+            try:
+                write_report(Path(trace), Path(args.report), result.plan.usable_bytes)
+            except MemtuneError as exc:  # after training: an output that failed, exit 1
+                message = str(exc).removeprefix(f"--report {args.report!r} ")
+                raise TrainingFailed(f"--report {args.report!r} not drawn: {message}") from None
     if args.json:
         _print_json(result.to_json())
     else:

@@ -9,6 +9,7 @@ its instant exactly: no sleeps, no timing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -336,3 +337,27 @@ def test_a_save_with_no_room_is_one_line_and_leaves_no_temporary_file(
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert f"--save {str(disk / 'm.keras')!r}: no room for the model (about" in err
         assert list(disk.iterdir()) == []
+
+
+def test_a_trace_and_report_on_a_full_disk_end_in_lines_not_a_crash(
+    tmp_path: Path, capfd: Any
+) -> None:
+    from memtune.cli import main
+    from tests.conftest import id_shards, tmpfs
+
+    folder = id_shards(tmp_path / "d")
+    model = write_factory(tmp_path / "m.py", FACTORY.replace('(3,), name="x"', '(1,), name="id"'))
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        # a disk full to the brim
+        with open(disk / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        trace, report = disk / "t.jsonl", disk / "r.png"
+        argv = ["fit", "--model", model, "--data", str(folder), "--target", "answer"]
+        argv += ["--analytic", "--epochs", "3", "--trace", str(trace), "--report", str(report)]
+        assert main([*argv, "--no-dashboard", "--save", str(tmp_path / "m.keras")]) == 1
+        err = capfd.readouterr().err.splitlines()
+        assert err[0].startswith(f"memtune: warning: --trace {str(trace)!r} could not be written")
+        assert err[1].startswith(f"memtune: error: --report {str(report)!r} not drawn: ")
+        assert len(err) == 2 and (tmp_path / "m.keras").is_file()  # the model is saved
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "t.jsonl"]

@@ -7,7 +7,9 @@ so a GPU lost mid-run reads as N/A and training goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import threading
 import time
 from collections import deque
@@ -57,6 +59,7 @@ class Trace:
         mode = "a" if append else "w"
         self._file: IO[str] = open(self.path, mode)  # noqa: SIM115 - closed in close()
         self._lock = threading.Lock()
+        self.failed: str | None = None  # why writing stopped (a full disk)
         self.start = time.monotonic()
         if cut and self.path.stat().st_size:
             self._file.write("\n")
@@ -65,21 +68,32 @@ class Trace:
 
     def write(self, record: dict[str, Any]) -> None:
         with self._lock:
-            if not self._file.closed:
+            if self._file.closed or self.failed:
+                return
+            try:
                 self._file.write(json.dumps(record) + "\n")
                 self._file.flush()
+            except OSError as exc:  # a full disk: the trace stops, training goes on
+                self.failed = exc.strerror or str(exc)
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                print(
+                    f"memtune: warning: --trace {str(self.path)!r} could not be written "
+                    f"({self.failed}); the trace stops here, training goes on",
+                    file=sys.stderr,
+                )
 
     def reopen(self) -> None:
         """Append again after ``close`` (training resumed after a batch change)."""
         with self._lock:
-            if self._file.closed:
+            if self._file.closed and not self.failed:
                 self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
 
     def event(self, kind: str, **fields: Any) -> None:
         self.write({"kind": kind, "t": round(time.monotonic() - self.start, 3), **fields})
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError):  # its last flush may meet a full disk
             self._file.close()
 
 

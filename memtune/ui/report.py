@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from memtune.core.errors import MemtuneError
+from memtune.core.errors import MemtuneError, TrainingFailed
 from memtune.proc.paths import as_new_file, output_file
 
 
@@ -83,6 +83,11 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
         fig.savefig(tmp)
         as_new_file(tmp)
         os.replace(tmp, out)
+    except OSError as exc:  # a full disk: one line, no partial picture
+        raise TrainingFailed(
+            f"--report {str(out)!r} could not be written ({exc.strerror or exc}); the trained "
+            "model and the trace are not affected"
+        ) from None
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
