@@ -93,6 +93,13 @@ def test_a_damaged_plan_file_is_one_line_and_exit_2(tmp_path: Path, capfd: Any) 
         assert f"--plan '{tmp_path / name}'" in err and "Traceback" not in err
     code, _, err = _fit(capfd, model, data, "--plan", str(tmp_path / "none.json"))
     assert code == 2 and "no such file" in err
+    saved = tmp_path / "plan.json"
+    _suggest(capfd, model, data, saved)
+    kept = json.loads(saved.read_text())
+    kept["depends_on"]["versions"] = 5  # well-formed JSON, a damaged record
+    saved.write_text(json.dumps(kept))
+    code, _, err = _fit(capfd, model, data, "--plan", str(saved))
+    assert code == 0 and "its depends_on is damaged; planning again" in err, err
 
 
 def test_check_judges_on_a_kept_plan(tmp_path: Path, capfd: Any, monkeypatch: Any) -> None:

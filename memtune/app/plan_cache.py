@@ -127,9 +127,9 @@ def lookup(model: Any, data: Any, options: Options, where: Where) -> Plan | None
             return None
         curve = MemoryCurve.from_json(value["curve"]) if value.get("curve") else None
         plan = plan_from_json(value["plan"], curve)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError):
-        return None
-    if plan_file.budget_change(plan, then["budget"], now["budget"]) is not None:
+        if plan_file.budget_change(plan, then["budget"], now["budget"]) is not None:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
         return None
     return plan
 

@@ -117,7 +117,7 @@ def load(path: str | os.PathLike[str]) -> KeptPlan:
         depends, options = value["depends_on"], value["options"]
         if not isinstance(depends, dict) or not isinstance(options, dict):
             raise TypeError("depends_on")
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise MemtuneError(f"{where}: a damaged plan file ({type(e).__name__}: {e})") from None
     return KeptPlan(plan, os.fspath(path), depends, options)
 
@@ -130,7 +130,8 @@ def merged_keywords(kept: KeptPlan, given: dict[str, Any]) -> tuple[dict[str, An
     defaults = {o.name: o.default for o in rows("plan")}
     merged, change = dict(kept.options), None
     for name, value in planning_keywords(given).items():
-        if value in (None, defaults.get(name), [], False) or value == kept.options.get(name):
+        unset = value is None or value is False or value == [] or value == defaults.get(name)
+        if unset or value == kept.options.get(name):
             continue
         if change is None:
             flag = "--" + name.replace("_", "-")
@@ -220,7 +221,11 @@ def holds(
     if kept.depends_on is None:
         why = object_mismatch(kept, *sample)
     else:
-        why = what_changed(kept, depends_on(model, data, info, where))
+        now = depends_on(model, data, info, where)
+        try:
+            why = what_changed(kept, now)
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+            why = "its depends_on is damaged"
     if why is not None:
         warn(f"{kept.label}: {why}; planning again")
         return False
