@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from memtune.core.errors import MemtuneError, TrainingFailed
+from memtune.core.errors import MemtuneError
 from memtune.proc import children, heap, signals
 from memtune.proc import tf as _tf
 
@@ -199,13 +199,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         board = _dashboard(show, trace, args.tensorboard, resume=appends, planning=planning)
         result = _fit_with(fit, args, board, show)
         if args.report:
-            from memtune.ui.report import write_report
+            from memtune.ui.report import report_after_fit
 
-            try:
-                write_report(Path(trace), Path(args.report), result.plan.usable_bytes)
-            except MemtuneError as exc:  # after training: an output that failed, exit 1
-                message = str(exc).removeprefix(f"--report {args.report!r} ")
-                raise TrainingFailed(f"--report {args.report!r} not drawn: {message}") from None
+            report_after_fit(Path(trace), Path(args.report), result.plan.usable_bytes)
     if args.json:
         _print_json(result.to_json())
     else:

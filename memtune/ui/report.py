@@ -91,3 +91,13 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
+
+
+def report_after_fit(trace: Path, out: Path, usable_bytes: int) -> None:
+    """``fit --report``: the model is trained and saved by now, so a picture that cannot be
+    drawn or written is an output that failed (exit 1), not bad input."""
+    try:
+        write_report(trace, out, usable_bytes)
+    except MemtuneError as exc:
+        message = str(exc).removeprefix(f"--report {str(out)!r} ")
+        raise TrainingFailed(f"--report {str(out)!r} not drawn: {message}") from None
