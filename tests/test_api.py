@@ -168,7 +168,9 @@ def test_a_pair_without_a_model_is_one_line_not_a_type_error() -> None:
         next(memtune.batches(xy(), target="y", batch_size=2))
 
 
-def test_the_scan_hands_its_memory_back_before_the_model_child_starts(monkeypatch) -> None:
+def test_the_scan_hands_its_memory_back_before_the_model_child_starts(
+    monkeypatch, tmp_path
+) -> None:
     """A scan of a 1.6 GiB Parquet stream left 615 MiB resident (134 MiB after release):
     beside the child that reads the model, fit's tree passed a 1.25 GiB budget."""
     import pandas as pd
@@ -190,8 +192,10 @@ def test_the_scan_hands_its_memory_back_before_the_model_child_starts(monkeypatc
     monkeypatch.setattr(heap, "release", lambda: order.append("release"))
     monkeypatch.setattr(modelinfo, "read", read)
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "answer": [0, 1, 0]})
+    (tmp_path / "model.py").write_text("")  # there (a typo is caught before the scan)
+    spec = f"{tmp_path / 'model.py'}:build"
     with pytest.raises(Stop):
-        api.prepare("model.py:build", frame, make_options(target="answer", budget="1GiB"))
+        api.prepare(spec, frame, make_options(target="answer", budget="1GiB"))
     assert order == ["release", "model child"]
 
 

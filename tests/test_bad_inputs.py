@@ -312,3 +312,19 @@ def test_a_shard_deleted_mid_run_is_one_line_exit_2(tmp_path: Path) -> None:
         f"{folder / '5.csv'}: could not be read during training (No such file or directory); "
         "did the file change?"
     )
+
+
+def test_a_model_typo_fails_before_the_data_is_scanned(tmp_path: Path, monkeypatch, capfd) -> None:
+    from memtune.app import prepare
+
+    def no_scan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was scanned first")
+
+    monkeypatch.setattr(prepare, "scan", no_scan)
+    for model, said in (
+        (str(tmp_path / "modle.keras"), f"model {str(tmp_path / 'modle.keras')!r} does not exist"),
+        (f"{tmp_path / 'modle.py'}:build", "model factory file"),
+        (str(tmp_path), "expected a .keras file or FILE.py:FUNCTION"),
+    ):
+        assert main(["suggest", "--model", model, "--data", str(tmp_path), "--analytic"]) == 2
+        assert said in capfd.readouterr().err

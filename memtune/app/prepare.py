@@ -29,6 +29,7 @@ from memtune.data.layout import layout_for
 from memtune.data.scan import DataInfo, scan
 from memtune.data.values import check_ids, check_values
 from memtune.model.info import ModelInfo
+from memtune.model.load import check_spec
 from memtune.probe import Probe
 from memtune.proc import progress
 
@@ -188,6 +189,7 @@ def _read(model: Any, data: Any, options: Options) -> _Inputs:
     from memtune.model import info as modelinfo
     from memtune.proc import tf as _tf
 
+    check_spec(model)  # a typo in --model fails now, not after the data scan
     by_model = is_pair(data) or is_dataset(data)
     info = None if by_model else scanned(lambda: scan(data))
     progress.report("stage", what="reading the model")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,26 @@ from memtune.core.signatures import ModelSignature, TensorSpec
 from memtune.proc import tf as _tf
 
 _MODEL_SUFFIXES = (".keras", ".h5")
+
+
+def check_spec(spec: Any) -> None:
+    """The checks of :func:`load_model` that need no TensorFlow (the file is there, of a
+    kind memtune reads), so a typo fails before the data scan, not after it. A module
+    factory is not looked up here: finding it imports its package."""
+    if not isinstance(spec, str | os.PathLike):
+        return
+    text = os.fspath(spec)
+    path, sep, function = text.rpartition(":")
+    if sep and function and not Path(text).exists() and not (len(path) == 1 and path.isalpha()):
+        if path.endswith(".py") and not Path(path).is_file():
+            raise MemtuneError(f"model factory file {path!r} does not exist")
+        return
+    if not Path(text).exists():
+        raise MemtuneError(f"model {text!r} does not exist")
+    if Path(text).suffix.lower() not in _MODEL_SUFFIXES:
+        raise MemtuneError(
+            f"model {text!r}: expected a .keras file or FILE.py:FUNCTION / MODULE:FUNCTION"
+        )
 
 
 def load_model(spec: Any) -> Any:
