@@ -7,9 +7,7 @@ batch. A bad config is exit 2, naming the key.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +18,7 @@ from memtune.core.options import config_keys as options_config_keys
 from memtune.core.pipeline_memory import Mode
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes, parse_size
-from memtune.proc.paths import as_new_file
+from memtune.proc.paths import write_text_atomically
 
 if TYPE_CHECKING:  # planning loads the data readers: only when a check runs
     from memtune.app.prepare import Prepared
@@ -255,12 +253,4 @@ def write_junit(result: CheckResult, path: Path) -> None:
     data = ET.tostring(suite, encoding="unicode", xml_declaration=True)
     if not path.parent.is_dir():
         raise MemtuneError(f"--junit {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data + "\n")
-        as_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, data + "\n")

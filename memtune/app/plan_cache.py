@@ -21,6 +21,7 @@ from memtune.core.curve import MemoryCurve
 from memtune.core.options import Options
 from memtune.core.plan import Plan, plan_from_json
 from memtune.estimate.cache import cache_dir, cache_key
+from memtune.model.load import factory_parts
 from memtune.proc.paths import write_text_atomically
 
 if TYPE_CHECKING:
@@ -50,18 +51,20 @@ def _path_of(model: Any, data: Any, options: Options) -> Path | None:
 
 
 def _absolute_spec(spec: str) -> str:
-    location, sep, function = spec.rpartition(":")
-    if sep and location.endswith(".py"):
-        return f"{os.path.abspath(location)}:{function}"
-    return spec if sep and not Path(spec).exists() else os.path.abspath(spec)
+    factory = factory_parts(spec)
+    if factory is None:
+        return os.path.abspath(spec)
+    location, function = factory
+    return f"{os.path.abspath(location)}:{function}" if location.endswith(".py") else spec
 
 
 def _model_files(spec: str) -> list[Path]:
     """The files a model spec is read from: a ``.keras`` file, or a factory's module and
     the ``.py`` files beside it (what it most likely imports)."""
-    location, sep, _ = spec.rpartition(":")
-    if not sep or Path(spec).exists():
+    factory = factory_parts(spec)
+    if factory is None:
         return [Path(spec)]
+    location = factory[0]
     if location.endswith(".py"):
         module = Path(location)
     else:

@@ -17,6 +17,15 @@ from memtune.proc import tf as _tf
 _MODEL_SUFFIXES = (".keras", ".h5")
 
 
+def factory_parts(text: str) -> tuple[str, str] | None:
+    """``(location, function)`` when ``text`` names a factory (``FILE.py:FUNCTION`` or
+    ``MODULE:FUNCTION``); None for a model file (a path may hold a drive's colon)."""
+    path, sep, function = text.rpartition(":")
+    if sep and function and not Path(text).exists() and not (len(path) == 1 and path.isalpha()):
+        return path, function
+    return None
+
+
 def check_spec(spec: Any) -> None:
     """The checks of :func:`load_model` that need no TensorFlow (the file is there, of a
     kind memtune reads), so a typo fails before the data scan, not after it. A module
@@ -24,8 +33,9 @@ def check_spec(spec: Any) -> None:
     if not isinstance(spec, str | os.PathLike):
         return
     text = os.fspath(spec)
-    path, sep, function = text.rpartition(":")
-    if sep and function and not Path(text).exists() and not (len(path) == 1 and path.isalpha()):
+    factory = factory_parts(text)
+    if factory is not None:
+        path = factory[0]
         if path.endswith(".py") and not Path(path).is_file():
             raise MemtuneError(f"model factory file {path!r} does not exist")
         return
@@ -43,9 +53,9 @@ def load_model(spec: Any) -> Any:
     if isinstance(spec, keras.Model):
         return _require_compiled(spec, "the model")
     text = str(spec)
-    path, sep, function = text.rpartition(":")
-    if sep and function and not Path(text).exists() and not (len(path) == 1 and path.isalpha()):
-        model = _call_factory(path, function, text)
+    factory = factory_parts(text)
+    if factory is not None:
+        model = _call_factory(*factory, text)
         if not isinstance(model, keras.Model):
             raise MemtuneError(
                 f"model factory {text!r} returned {type(model).__name__}, not a keras.Model"
