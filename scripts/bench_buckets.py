@@ -144,7 +144,7 @@ def main() -> None:
                         str(trace),
                         *settings[setting],
                     ]
-                    result, _, peak = run_measured("fit", *fit_args, cache=caches[model, setting])
+                    result, peak = run_measured("fit", *fit_args, cache=caches[model, setting])
                     tokens, per_length = from_trace(trace, args.epochs, args.samples)
                     plan = result["plan"]
                     runs[model][setting].append(

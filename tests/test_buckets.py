@@ -71,7 +71,8 @@ def test_a_bad_bucket_count_is_refused() -> None:
     with pytest.raises(MemtuneError, match="--buckets 'many'"):
         make_options(buckets="many")
     assert make_options(buckets="off").buckets == 0
-    assert make_options().buckets == 8
+    assert make_options().buckets is None  # the default: up to 8, off for a length-linked target
+    assert make_options(buckets=True).buckets == 8
 
 
 def listing(order: BucketOrder) -> list[tuple[int, np.ndarray]]:

@@ -14,6 +14,7 @@ from memtune.core.budget import Budget
 from memtune.core.constants import (
     BLOCK_ROWS,
     BUCKET_INDEX_BYTES_PER_SAMPLE,
+    MIN_BUCKET_STEPS,
     NOISE_FLOOR,
     NOISE_SHARE,
 )
@@ -329,15 +330,21 @@ def _buckets(ask: _Ask, bound: _Bound, mode: Mode, reasons: list[str]) -> list[B
         return []
     buckets = _bucket_batches(bound.batch, bound.fits, mode, ask.num_samples, o)
     sizes = ", ".join(f"{b.length}: {b.batch_size:,}" for b in buckets)
-    how = "measured" if ask.curve.source == "measured" else "tokens, unverified"
     cut = _padding_cut(buckets, o.pad_length, o.real_tokens)
+    if len({b.batch_size for b in buckets}) > 1:
+        how = "measured" if ask.curve.source == "measured" else "tokens, unverified"
+        grows = f"a shorter bucket's batch is larger, as its samples take less memory ({how})"
+    else:
+        grows = f"every bucket trains at the longest bucket's batch, {bound.batch:,}"
+        if o.max_batch_size is not None and bound.batch >= o.max_batch_size:
+            grows = f"every bucket trains at batch {bound.batch:,} (--max-batch-size)"
     reasons.append(
-        f"{len(buckets)} length buckets (length: batch) {sizes}; each bucket's batch grows "
-        f"as its samples' memory shrinks ({how}); {cut:.0%} of the padding is gone"
+        f"{len(buckets)} length buckets (length: batch) {sizes}; {grows}; {cut:.0%} of the "
+        "padding is gone"
     )
     reasons.append(
-        "Keras averages the loss over each batch: a step of a short bucket weighs as much "
-        "as one of the longest, so a short row counts for less per sample"
+        f"each row weighs what it would at batch {bound.batch:,} without buckets: a bucket "
+        f"batch of n rows has its loss weighted by n / {bound.batch:,} (a per-row sample weight)"
     )
     return buckets
 
@@ -367,8 +374,9 @@ def _bucket_batches(
     """Each bucket's batch: as many of its samples as take the memory the longest bucket's
     batch may take — the memory bound (``fits`` samples at the full length), the trials'
     reach and the step floor, each divided by the bucket's memory share — then capped by
-    ``--max-batch-size``, the bucket's own samples and, when streaming, the block a batch
-    is cut from. Never below the longest bucket's batch."""
+    ``--max-batch-size``, a share of the bucket's samples that makes MIN_BUCKET_STEPS steps
+    and, when streaming, the block a batch is cut from. Never below the longest bucket's
+    batch."""
     equal = [fits]  # in samples at the full length
     plain = []  # in samples of the bucket
     if options.verified_cap is not None:
@@ -382,7 +390,8 @@ def _bucket_batches(
     out = []
     for (length, samples), scale in zip(options.buckets, options.bucket_scale, strict=True):
         share = min(1.0, max(scale, 1e-6))
-        limit = [math.floor(e / share) for e in equal] + plain + [max(samples, 1)]
+        steps = max(1, math.ceil(samples / MIN_BUCKET_STEPS))  # never one giant step
+        limit = [math.floor(e / share) for e in equal] + plain + [steps]
         out.append(Bucket(length, max(batch, min(limit)), samples))
     last = out[-1]
     out[-1] = Bucket(last.length, batch, last.samples)

@@ -1,6 +1,13 @@
 """The pipeline's memory-shaping constants, shared by the pipelines and the pure plan."""
 
 DEFAULT_BUCKETS = 8  # length buckets of a None-length input unless --buckets says
+# A target whose variation the length explains this share of or more turns default buckets
+# off: batches of one length would each hold mostly one kind of target, and even a few
+# percent cost a GRU in the bucket bench most of what it learned without buckets.
+LENGTH_DEPENDENCE = 0.02
+# Each length bucket trains in at least this many steps an epoch (when it has the rows), so
+# no bucket is one giant step.
+MIN_BUCKET_STEPS = 4
 BLOCK_ROWS = 8192  # rows a pipeline reads and pads at a time (or the batch, if larger)
 STREAM_QUEUE_BATCHES = 4  # padded batches prefetched ahead of training
 WORKERS = 2  # parallel batch builders

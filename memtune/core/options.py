@@ -48,7 +48,9 @@ class Options:
     validation_split: float | None = None
     strategy: str = "auto"
     cpu_replicas: int | None = None
-    buckets: int = DEFAULT_BUCKETS  # length buckets of a None-length input; 0: off
+    # Length buckets of a None-length input: at most this many; 0: off; None: the default
+    # (up to DEFAULT_BUCKETS, off when the target depends on length)
+    buckets: int | None = None
     allow_nonfinite: bool = False  # train on NaN / inf in float columns (refused by default)
 
     def plan_options(self, has_sequences: bool) -> PlanOptions:
@@ -186,10 +188,13 @@ def parse_maxlen(values: Sequence[str | int] | int | None) -> dict[str | None, i
     return out
 
 
-def _buckets(value: Any) -> int:
-    """``--buckets N`` (at most N buckets), ``off`` (or False), or None (the default); 0 is
-    refused like any other count under 1, not read as off."""
-    if value is None or value is True:
+def _buckets(value: Any) -> int | None:
+    """``--buckets N`` (at most N buckets), ``off`` (or False), True (the default count,
+    asked for), or None (the default); 0 is refused like any other count under 1, not read
+    as off."""
+    if value is None:
+        return None
+    if value is True:
         return DEFAULT_BUCKETS
     if value is False or str(value).strip().lower() == "off":
         return 0
@@ -254,7 +259,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("cpu_replicas", "split the CPU into N logical devices", kind="int", metavar="N",
            toml=(int,), parse=_positive("--cpu-replicas")),
     Option("buckets",
-           "length buckets for a None-length input (default: up to 8; off: pad all alike)",
+           "length buckets for a None-length input (default: up to 8, off when the target "
+           "depends on length; off: pad all alike)",
            metavar="N|off", toml=(int, str), parse=_buckets, doc='int, or ``"off"``'),
     Option("allow_nonfinite", "train on NaN / inf values in float columns (refused by default)",
            kind="switch", default=False, toml=(bool,), parse=bool),

@@ -34,6 +34,8 @@ class BucketedBatches:
     Rows are held padded to the full length — the in-memory arrays, or the streaming block
     cache — and a batch copies only the bucket's last (``pre`` padding) or first (``post``)
     columns of the bucketed input, which hold every token of a row no longer than that.
+
+    ``weighted``: training batches also give per-row loss weights (:meth:`row_weights`).
     """
 
     def __init__(
@@ -43,10 +45,13 @@ class BucketedBatches:
         bucketing: Bucketing,
         padding: Side,
         read_ahead: Callable[[int], None] | None = None,
+        *,
+        weighted: bool = False,
     ) -> None:
         self.gather, self.order, self.bucketing = gather, order, bucketing
         self.padding = padding
         self.read_ahead = read_ahead
+        self.weighted = weighted
         self.num_samples = order.total
         self.failure: MemtuneError | None = None
 
@@ -89,6 +94,14 @@ class BucketedBatches:
         """Bucket ``bucket``'s batch becomes ``size`` after ``done_batches`` trained batches
         of ``epoch``; returns the samples of the epoch already trained."""
         return self.order.shrink(bucket, size, epoch=epoch, done_batches=done_batches)
+
+    def row_weights(self, i: int) -> np.ndarray:
+        """Batch ``i``'s per-row loss weights, n / the planned longest bucket's batch (n: the
+        batch's rows). Keras divides a batch's loss by its rows, so a row of a bucket batch
+        of 1,920 would weigh an eighth of one in a batch of 240; weighted, every row weighs
+        1 / that batch, as without buckets."""
+        rows = self.order.batches[i].rows
+        return np.full(rows, rows / self.bucketing.sizes[-1], np.float32)
 
     def __getitem__(self, i: int) -> tuple[Arrays, Arrays]:
         pieces = self.order.batch(i)
@@ -139,6 +152,7 @@ def bucketed_in_memory(
     *,
     shuffle: bool = False,
     seed: int | None = None,
+    weighted: bool = False,
 ) -> BucketedBatches:
     """Bucketed batches over the rows of ``blocks`` already padded in memory (``inputs``,
     ``targets``: their rows in order, possibly only the first of them)."""
@@ -150,7 +164,7 @@ def bucketed_in_memory(
         ((_, rows),) = pieces
         return take(inputs, rows, cut), take(targets, rows)
 
-    return BucketedBatches(gather, order, bucketing, layout.padding)
+    return BucketedBatches(gather, order, bucketing, layout.padding, weighted=weighted)
 
 
 def bucketed_streaming(
@@ -160,6 +174,7 @@ def bucketed_streaming(
     *,
     shuffle: bool = False,
     seed: int | None = None,
+    weighted: bool = False,
 ) -> BucketedBatches:
     """Bucketed batches read lazily: each window of two blocks' rows (the largest bucket
     batch is at most a block) is batched by bucket; the cache holds a window, the blocks
@@ -180,5 +195,10 @@ def bucketed_streaming(
         layout, blocks, 1, cache_blocks=math.ceil(window / max(smallest, 1)) + 3
     )
     return BucketedBatches(
-        source._gather, order, bucketing, layout.padding, read_ahead=source._read_ahead
+        source._gather,
+        order,
+        bucketing,
+        layout.padding,
+        read_ahead=source._read_ahead,
+        weighted=weighted,
     )

@@ -8,6 +8,7 @@ import numpy as np
 
 from memtune.core.errors import MemtuneError
 from memtune.data.cells import Ragged
+from memtune.data.length_link import LengthLink
 from memtune.data.sources import (
     Source,
     chunk_columns,
@@ -48,9 +49,18 @@ class DataInfo:
     shard_rows: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, ValueStats] = field(default_factory=dict, compare=False, repr=False)
+    # (sequence column, scalar column) → how the scalar depends on the sequence's length
+    links: dict[tuple[str, str], LengthLink] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def column(self, name: str) -> ColumnInfo:
         return self.columns[name]
+
+    def length_dependence(self, sequence: str, scalar: str) -> float:
+        """The share of ``scalar``'s variation that ``sequence``'s length explains (0-1)."""
+        link = self.links.get((sequence, scalar))
+        return link.explained() if link is not None else 0.0
 
 
 def scan(data: object) -> DataInfo:
@@ -63,6 +73,7 @@ def scan(data: object) -> DataInfo:
     # Per column, each chunk's lengths (a scalar chunk: its row count, each row 1 long).
     lengths: dict[str, list[np.ndarray | int]] = {}
     stats: dict[str, ValueStats] = {}
+    links: dict[tuple[str, str], LengthLink] = {}
     for index, shard in enumerate(source.shards):
         names = shard_columns(shard)
         if not names:
@@ -83,6 +94,7 @@ def scan(data: object) -> DataInfo:
             rows += n
             if n == 0:
                 continue  # a header alone says nothing of the columns' kinds
+            seen: dict[str, np.ndarray | Ragged] = {}
             for name in chunk_columns(chunk):
                 info = infos.get(name)
                 sequence = is_sequence_column(chunk, name) or (info is not None and info.sequence)
@@ -94,6 +106,8 @@ def scan(data: object) -> DataInfo:
                 lengths.setdefault(name, []).append(
                     _compact(values.lengths) if isinstance(values, Ragged) else len(values)
                 )
+                seen[name] = values
+            _link(links, seen)
         if rows == 0:
             warnings.append(f"{shard.label}: empty shard skipped")
         shard_rows.append(rows)
@@ -106,7 +120,17 @@ def scan(data: object) -> DataInfo:
         else infos[name]
         for name in header
     }
-    return DataInfo(source, columns, sum(shard_rows), tuple(shard_rows), warnings, stats)
+    return DataInfo(source, columns, sum(shard_rows), tuple(shard_rows), warnings, stats, links)
+
+
+def _link(links: dict[tuple[str, str], LengthLink], chunk: dict[str, np.ndarray | Ragged]) -> None:
+    """One chunk's rows added to every (sequence column, numeric scalar column) link."""
+    for name, values in chunk.items():
+        if not isinstance(values, Ragged):
+            continue
+        for other, scalar in chunk.items():
+            if isinstance(scalar, np.ndarray) and scalar.ndim == 1 and scalar.dtype.kind in "iufb":
+                links.setdefault((name, other), LengthLink()).add(values.lengths, scalar)
 
 
 def _compact(lengths: np.ndarray) -> np.ndarray:

@@ -54,6 +54,8 @@ class KerasFeed:
         self.streams.append(batches)
         feeds = self.footprint.feeds
         n_inputs = len(self.footprint.inputs)
+        # Length-bucketed training batches carry per-row loss weights (Keras's third element)
+        weighted = bool(getattr(batches, "weighted", False))
 
         def get(i: Any) -> list[Any]:
             try:
@@ -61,20 +63,23 @@ class KerasFeed:
             except MemtuneError as exc:
                 batches.failure = exc
                 raise
-            return [(inputs if f.role == "input" else targets)[f.name] for f in feeds]
+            out = [(inputs if f.role == "input" else targets)[f.name] for f in feeds]
+            return [*out, batches.row_weights(int(i))] if weighted else out  # type: ignore[attr-defined]
 
         def load(i: Any) -> Any:
-            outs = tf.numpy_function(get, [i], [tf.as_dtype(f.dtype) for f in feeds])
+            types = [tf.as_dtype(f.dtype) for f in feeds] + ([tf.float32] if weighted else [])
+            outs = tf.numpy_function(get, [i], types)
             arrays = {
                 f.name: tf.ensure_shape(
                     o, (None, None, *f.shape[1:]) if f.name in self.flexible else (None, *f.shape)
                 )
-                for f, o in zip(feeds, outs, strict=True)
+                for f, o in zip(feeds, outs, strict=False)
             }
             names = [f.name for f in feeds]
-            return self.pair(
+            x, y = self.pair(
                 {k: arrays[k] for k in names[:n_inputs]}, {k: arrays[k] for k in names[n_inputs:]}
             )
+            return (x, y, tf.ensure_shape(outs[-1], (None,))) if weighted else (x, y)
 
         return (
             tf.data.Dataset.range(len(batches))

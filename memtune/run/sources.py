@@ -136,7 +136,14 @@ def _in_memory(
     train_in, train_out = row_range(inputs, 0, cut), row_range(targets, 0, cut)
     train: BatchSource = (
         bucketed_in_memory(
-            layout, blocks, train_in, train_out, bucketing, shuffle=order.shuffle, seed=order.seed
+            layout,
+            blocks,
+            train_in,
+            train_out,
+            bucketing,
+            shuffle=order.shuffle,
+            seed=order.seed,
+            weighted=True,
         )
         if bucketing is not None
         else InMemoryBatches(train_in, train_out, batch, shuffle=order.shuffle, seed=order.seed)
@@ -160,7 +167,9 @@ def _streaming(
     if split:
         blocks, held_blocks = split_blocks(blocks, split)
     train: BatchSource = (
-        bucketed_streaming(layout, blocks, bucketing, shuffle=order.shuffle, seed=order.seed)
+        bucketed_streaming(
+            layout, blocks, bucketing, shuffle=order.shuffle, seed=order.seed, weighted=True
+        )
         if bucketing is not None
         else StreamingBatches(layout, blocks, batch, shuffle=order.shuffle, seed=order.seed)
     )

@@ -131,6 +131,13 @@ def render_fit(result: FitResult, out: Console) -> None:
     if plan.strategy != "none":
         table.add_row("strategy", _strategy(plan))
     table.add_row("data mode", plan.mode)
+    if plan.buckets:
+        sizes = ", ".join(f"≤{b.length}: {b.batch_size:,}" for b in plan.buckets)
+        table.add_row(
+            "length buckets",
+            f"{len(plan.buckets)} (batch by length) {sizes}; {plan.padding_cut:.0%} of the "
+            f"padding cut; every row weighted as at batch {plan.batch_size:,}",
+        )
     epochs = len(next(iter(result.history.values()), []))
     table.add_row("epochs", str(epochs))
     for name, values in result.history.items():
@@ -143,9 +150,11 @@ def render_fit(result: FitResult, out: Console) -> None:
         f"{format_bytes(result.peak_bytes)} (predicted {predicted}, usable {usable})",
     )
     for change in result.batch_size_changes:
+        bucket = change.get("bucket_length")
         table.add_row(
             "batch change",
-            f"epoch {change['epoch'] + 1}, sample {change['sample']:,}: {change['from']} → "
+            f"epoch {change['epoch'] + 1}, sample {change['sample']:,}"
+            f"{f', length-{bucket} bucket' if bucket else ''}: {change['from']} → "
             f"{change['to']} × {change['gradient_accumulation_steps']} "
             f"({change.get('reason', 'out of memory')})",
         )
