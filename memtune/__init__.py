@@ -27,7 +27,7 @@ _LAZY = {
     "probe": "memtune.app.api",
     "suggest": "memtune.app.api",
     "batches": "memtune.app.batches",
-    "fit": "memtune.app.fit",
+    "fit": "memtune.app.keras_fit",
     "Plan": "memtune.core.plan",
 }
 

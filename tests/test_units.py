@@ -16,6 +16,9 @@ from memtune.core.units import format_bytes, parse_size
         ("3KB", 3000),
         ("1TiB", 1024**4),
         ("0.5T", 1024**4 // 2),
+        ("2000000000", 2 * 10**9),  # a plain number is bytes, as the API's ints
+        ("2e9", 2 * 10**9),
+        (" 1048576 ", 1024**2),
     ],
 )
 def test_parse_size(text: str, expected: int) -> None:
@@ -28,7 +31,9 @@ def test_parse_size(text: str, expected: int) -> None:
         ("8XB", "unknown unit 'XB'"),
         ("0GiB", "must be positive"),
         ("-1GiB", "must be positive"),
-        ("12", "expected a number with a unit"),
+        ("12", "12 bytes is too little; give a unit, e.g. 12GiB"),
+        ("1.5", "1.5 bytes is too little"),
+        ("2500000.5", "a plain number is bytes, a whole number"),
         ("lots", "expected a number with a unit"),
     ],
 )

@@ -19,6 +19,7 @@ from memtune.core.options import Options, make_options, rows
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
 from memtune.data.layout import Layout, layout_for
+from memtune.data.python import is_pair, name_pair
 from memtune.data.scan import scan
 from memtune.model.info import is_spec
 from memtune.proc import failpoints
@@ -92,6 +93,8 @@ _FIT_ONLY = (
     "verbose",
     "shuffle",
     "callbacks",
+    "initial_epoch",  # model.fit's, through memtune.fit (memtune.app.keras_fit)
+    "class_weight",
     "plan_callbacks",  # plan -> callbacks: how the CLI adds its dashboard once the plan exists
     "warn",  # str -> None: where warnings go (stderr by default)
 )
@@ -131,9 +134,19 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     callbacks = list(extra.get("callbacks") or [])
     if extra.get("plan_callbacks"):
         callbacks += list(extra["plan_callbacks"](prepared.plan))
-    run = Run(epochs, store, resumed, extra.get("verbose"), extra.get("seed"))
+    run = Run(
+        epochs,
+        store,
+        resumed,
+        extra.get("verbose"),
+        extra.get("seed"),
+        int(extra.get("initial_epoch") or 0),
+    )
     order = Order(bool(extra.get("shuffle", True)), extra.get("seed"))
-    trained = _train(prepared, val_layout, run, order, callbacks, (where.topology, strategy))
+    weights = _class_weight(extra.get("class_weight"), prepared)
+    trained = _train(
+        prepared, val_layout, run, order, callbacks, (where.topology, strategy), weights
+    )
     _drift(prepared, trained.peak_bytes, (model, data))
     return _finish(prepared, trained, run, save)
 
@@ -202,11 +215,12 @@ def _train(
     order: Order,
     callbacks: list[Any],
     distributed: tuple[Topology, Any],
+    class_weight: dict[int, float] | None = None,
 ) -> Trained:
     """The feed, the sources and the loop."""
     plan, fp = prepared.plan, prepared.footprint
     flexible = frozenset(f.name for f in fp.inputs if f.flexible) if plan.buckets else frozenset()
-    feed = KerasFeed(fp, flexible=flexible)
+    feed = KerasFeed(fp, flexible=flexible, class_weight=class_weight)
     fed = sources(
         plan,
         prepared.options,
@@ -245,12 +259,32 @@ def _finish(prepared: Prepared, trained: Trained, run: Run, save: Path | None) -
     )
 
 
+def _class_weight(weights: Any, prepared: Prepared) -> dict[int, float] | None:
+    """``class_weight`` (checked by :mod:`memtune.app.keras_fit`) for a model of one
+    target, as Keras takes it."""
+    if not weights:
+        return None
+    targets = prepared.footprint.targets
+    if len(targets) != 1:
+        names = ", ".join(t.name for t in targets)
+        raise MemtuneError(f"class_weight: only for a model with one target (this has {names})")
+    if prepared.info.source.kind == "dataset":
+        raise MemtuneError("class_weight with a tf.data / PyDataset DATA is not supported yet")
+    return dict(weights)
+
+
 def _validation_layout(prepared: Prepared) -> Layout | None:
-    """``--validation-data``, fed and padded exactly like the training data."""
+    """``--validation-data``, fed and padded exactly like the training data; an ``(x, y)``
+    pair is named after the model's inputs and targets, as the training pair is."""
     opts = prepared.options
     if opts.validation_data is None:
         return None
-    info = scan(opts.validation_data)
+    data = opts.validation_data
+    if is_pair(data):
+        fp = prepared.footprint
+        inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
+        data, _ = name_pair(data, inputs, targets, targets)
+    info = scan(data)
     for feed in prepared.footprint.feeds:
         for column in feed.columns:
             if column not in info.columns:

@@ -25,11 +25,27 @@ _UNITS = {
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]+)\s*$", re.IGNORECASE)
 
 
+_PLAIN_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*$", re.IGNORECASE)
+SMALLEST_PLAIN = 1024**2  # a plain number under this is a unit forgotten, not a budget
+
+
 def parse_size(text: str, *, what: str = "--budget") -> int:
     """Parse ``512MiB``, ``1.5G``, ``2GB`` … into a positive number of bytes.
 
-    A unit is required (a bare number is ambiguous between bytes and GiB); ``B`` means bytes.
+    A plain number (``2000000000``, ``2e9``) is bytes, as the Python API's ints are; under
+    1 MiB it is refused as a forgotten unit (``--budget 2`` meant 2 GiB, not 2 bytes).
     """
+    plain = _PLAIN_RE.match(text)
+    if plain is not None:
+        count = Decimal(plain.group(1))
+        if count < SMALLEST_PLAIN:
+            raise MemtuneError(
+                f"{what} {text!r}: a plain number is bytes, and {text.strip()} bytes is too "
+                f"little; give a unit, e.g. {text.strip()}GiB"
+            )
+        if count != count.to_integral_value():
+            raise MemtuneError(f"{what} {text!r}: a plain number is bytes, a whole number")
+        return int(count)
     match = _SIZE_RE.match(text)
     if match is None:
         if re.match(r"^\s*-", text):

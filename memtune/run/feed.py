@@ -28,6 +28,8 @@ class KerasFeed:
     # Inputs whose length changes from batch to batch (length buckets): fed as None-long,
     # so one traced training function serves every bucket.
     flexible: frozenset[str] = frozenset()
+    # ``class_weight`` as ``model.fit`` takes it: class id → weight, for the training stream
+    class_weight: dict[int, float] | None = None
 
     @property
     def single_input(self) -> str | None:
@@ -44,11 +46,12 @@ class KerasFeed:
         y = targets[self.single_target] if self.single_target else targets
         return x, y
 
-    def stream(self, batches: BatchSource) -> Any:
+    def stream(self, batches: BatchSource, *, training: bool = False) -> Any:
         """A ``tf.data`` pipeline over batch indices: parallel workers, bounded prefetch.
 
         Each epoch yields exactly ``len(batches)`` batches in order; which rows they hold
-        comes from the epoch set by :meth:`epoch_callback`.
+        comes from the epoch set by :meth:`epoch_callback`. ``training``: the class weights
+        apply (as Keras applies ``class_weight`` to training data only).
         """
         tf = _tf.tensorflow()
         self.streams.append(batches)
@@ -79,13 +82,35 @@ class KerasFeed:
             x, y = self.pair(
                 {k: arrays[k] for k in names[:n_inputs]}, {k: arrays[k] for k in names[n_inputs:]}
             )
-            return (x, y, tf.ensure_shape(outs[-1], (None,))) if weighted else (x, y)
+            weights = tf.ensure_shape(outs[-1], (None,)) if weighted else None
+            if training and self.class_weight:
+                weights = self._weigh_classes(y, weights)
+            return (x, y) if weights is None else (x, y, weights)
 
         return (
             tf.data.Dataset.range(len(batches))
             .map(load, num_parallel_calls=WORKERS, deterministic=True)
             .prefetch(STREAM_QUEUE_BATCHES)
         )
+
+    def _weigh_classes(self, y: Any, weights: Any) -> Any:
+        """Each row's class weight (class ids as Keras reads them: the label, or the
+        one-hot's index), times the row's weight when it has one."""
+        tf = _tf.tensorflow()
+        assert self.class_weight is not None
+        table = tf.constant(
+            [self.class_weight.get(c, 1.0) for c in range(max(self.class_weight) + 1)],
+            tf.float32,
+        )
+        if y.shape.rank >= 2 and y.shape[-1] is not None and y.shape[-1] > 1:
+            classes = tf.argmax(y, axis=-1)
+        else:
+            classes = tf.reshape(tf.cast(y, tf.int64), [-1])
+        # A class past the table (not named in class_weight) weighs 1, as in Keras
+        inside = classes < table.shape[0]
+        found = tf.gather(table, tf.where(inside, classes, tf.zeros_like(classes)))
+        rows = tf.where(inside, found, tf.ones_like(found))
+        return rows if weights is None else rows * weights
 
     def epoch_callback(self) -> Any:
         """Tell every stream which epoch Keras is starting (resumed runs included)."""

@@ -40,6 +40,7 @@ class Run:
     resumed: Checkpoint | None = None
     verbose: int | None = None
     seed: int | None = None
+    initial_epoch: int = 0  # as model.fit's: the epochs before it count as trained
 
 
 @dataclass
@@ -125,7 +126,7 @@ class _Loop:
             local = self.topology.local_replicas
             return _restore(self.model, self.run_spec.resumed, self.train, local, self.strategy)
         set_accumulation(self.model, self.plan.gradient_accumulation_steps)
-        return 0, self.plan.gradient_accumulation_steps
+        return self.run_spec.initial_epoch, self.plan.gradient_accumulation_steps
 
     def run(self) -> Trained:
         started = time.perf_counter()
@@ -183,7 +184,7 @@ class _Loop:
         data: Any = (
             train.as_dataset(self.feed.pair)
             if isinstance(train, DatasetBatches)
-            else self.feed.stream(train)
+            else self.feed.stream(train, training=True)
         )
         validation = self.validation
         if self.topology.strategy == "multiworker":  # each worker feeds its own share

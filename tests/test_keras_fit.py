@@ -1,0 +1,111 @@
+"""``memtune.fit`` with ``model.fit``'s habits: its keywords, refused ones said before any
+planning, and a Keras ``History`` back."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import memtune
+from memtune.core.errors import MemtuneError
+
+
+def tiny_model() -> Any:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(2, activation="softmax", name="y")(x))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    return x, (x[:, 0] > 0).astype("int64")
+
+
+@pytest.mark.parametrize(
+    ("keywords", "said"),
+    [
+        ({"steps_per_epoch": 10}, "steps_per_epoch: memtune trains every sample once an epoch"),
+        ({"sample_weight": np.ones(8)}, "sample_weight: per-row sample weights are not supported"),
+        ({"validation_steps": 2}, "validation_steps: memtune validates on every held-out sample"),
+        ({"epochs": 0}, "epochs 0: must be a positive integer"),
+        ({"epochs": 2, "initial_epoch": 2}, "initial_epoch 2: must be an integer from 0 to"),
+        ({"class_weight": [1, 2]}, "class_weight: expected a dict of class id → weight"),
+        ({"class_weight": {"a": 1}}, "class_weight {'a': 1}: expected class id → weight"),
+        ({"class_weight": {0: -1}}, "class_weight {0: -1}: a class id is an integer ≥ 0"),
+        ({"class_weight": {1.5: 1}}, "a class id is an integer ≥ 0"),
+    ],
+)
+def test_keywords_memtune_cannot_honour_are_refused_before_planning(
+    keywords: dict[str, Any], said: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(MemtuneError) as info:
+        memtune.fit("no-model.keras", arrays(8), **keywords)
+    assert said in str(info.value)
+    assert "\n" not in str(info.value)
+    assert time.monotonic() - started < 5  # said before the model is even looked for
+
+
+def test_an_x_y_weights_triple_is_refused_with_the_reason() -> None:
+    x, y = arrays(8)
+    with pytest.raises(MemtuneError, match=r"data: \(x, y, sample_weight\)"):
+        memtune.fit("no-model.keras", (x, y, np.ones(8)))
+
+
+@pytest.mark.slow
+def test_model_fit_keywords_train_and_a_history_comes_back() -> None:
+    """validation_data as an (x, y) pair, class_weight, initial_epoch, epochs's default."""
+    import keras
+
+    x, y = arrays(256)
+    xv, yv = arrays(64, seed=1)
+    history = memtune.fit(
+        tiny_model(),
+        (x, y),
+        epochs=3,
+        initial_epoch=1,
+        validation_data=(xv, yv),
+        class_weight={0: 1.0, 1: 2.0},
+        budget="2GiB",
+        analytic=True,
+        verbose=0,
+    )
+    assert isinstance(history, keras.callbacks.History)
+    assert history.epoch == [1, 2]
+    assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(history.history["val_loss"]) == 2
+    assert history.model is not None and history.plan.num_samples == 256
+    assert history.peak_bytes > 0 and history.to_json()["plan"]["num_samples"] == 256
+    once = memtune.fit(tiny_model(), (x, y), budget="2GiB", analytic=True, verbose=0)
+    assert once.epoch == [0]  # epochs defaults to 1, as in model.fit
+
+
+@pytest.mark.slow
+def test_class_weight_reaches_each_training_row_and_not_validation() -> None:
+    """Rows weigh their class's weight (times a length bucket's weight), as Keras's
+    class_weight makes them; validation stays unweighted."""
+    import pandas as pd
+
+    from memtune.core.signatures import ModelSignature, TensorSpec
+    from memtune.data.batch_sources import InMemoryBatches
+    from memtune.data.footprint import footprint
+    from memtune.data.scan import scan
+    from memtune.run.feed import KerasFeed
+
+    labels = np.array([0, 1, 2, 1, 0, 2, 2, 1], "int32")
+    info = scan(pd.DataFrame({"x": np.arange(8.0), "y": labels}))
+    sig = ModelSignature((TensorSpec("x", (None,)),), (TensorSpec("y", (None,)),))
+    fp = footprint(sig, info, targets=["y"])
+    feed = KerasFeed(fp, class_weight={0: 0.5, 2: 3.0})  # class 1 unnamed: weight 1
+    batches = InMemoryBatches({"x": np.arange(8.0, dtype="float32")}, {"y": labels}, 3)
+    weights = np.concatenate([w.numpy() for _, _, w in feed.stream(batches, training=True)])
+    assert weights.tolist() == [0.5, 1.0, 3.0, 1.0, 0.5, 3.0, 3.0, 1.0]
+    assert all(len(e) == 2 for e in feed.stream(batches))
