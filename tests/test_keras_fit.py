@@ -109,3 +109,22 @@ def test_class_weight_reaches_each_training_row_and_not_validation() -> None:
     weights = np.concatenate([w.numpy() for _, _, w in feed.stream(batches, training=True)])
     assert weights.tolist() == [0.5, 1.0, 3.0, 1.0, 0.5, 3.0, 3.0, 1.0]
     assert all(len(e) == 2 for e in feed.stream(batches))
+
+
+@pytest.mark.slow
+def test_ragged_sequences_in_a_numpy_object_array_are_read_like_a_list_column() -> None:
+    import keras
+
+    x = keras.Input((None,), dtype="int32", name="seq")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 4)(x))
+    model = keras.Model(x, keras.layers.Dense(1, name="y")(h))
+    model.compile("adam", "mse")
+    rows = np.empty(60, dtype=object)
+    for i in range(60):
+        rows[i] = list(range(1, 2 + i % 7))  # 1 to 7 tokens
+    y = np.arange(60, dtype="float32")
+    plan = memtune.suggest(model, (rows, y), budget="2GiB", analytic=True)
+    assert plan.per_sample_bytes == 7 * 4 + 4  # padded to the longest, then the target
+    rows[5] = "abc"
+    with pytest.raises(MemtuneError, match=r"x row 5: expected a sequence of numbers"):
+        memtune.suggest(model, (rows, y), budget="2GiB", analytic=True)

@@ -101,6 +101,8 @@ def _array(value: Any, what: str) -> np.ndarray:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise MemtuneError(f"(x, y): {what} is not an array ({exc})") from None
+    if array.dtype.kind == "O" and array.ndim == 1:
+        return _ragged(array, what)
     if array.dtype.kind not in "biuf":
         raise MemtuneError(f"(x, y): {what} holds {array.dtype} values, not numbers")
     if array.ndim == 0:
@@ -110,4 +112,17 @@ def _array(value: Any, what: str) -> np.ndarray:
             f"(x, y): {what} has shape {array.shape}; memtune reads one number or one "
             "sequence per sample (at most 2-D arrays)"
         )
+    return array
+
+
+def _ragged(array: np.ndarray, what: str) -> np.ndarray:
+    """A numpy object array of sequences of different lengths (as ``model.fit`` users keep
+    tokenised text): each cell checked to be numbers, then read like a list column."""
+    for row, cell in enumerate(array):
+        values = np.asarray(cell)
+        if values.ndim > 1 or values.dtype.kind not in "biuf":
+            raise MemtuneError(
+                f"(x, y): {what} row {row}: expected a sequence of numbers, got "
+                f"{type(cell).__name__} of {values.dtype}"
+            )
     return array
