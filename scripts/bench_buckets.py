@@ -8,7 +8,7 @@ sharing one trial cache per setting (the first round measures, later rounds hit 
 and re-measure its anchor, as a user's second run would). Measured per run: samples/s over
 the epochs (``fit --json``), tokens fed per epoch (from the trace: every step's rows × its
 padded length; without buckets, every row × 1,000), the fit process tree's peak, planning
-included (sampled every 10 ms) and, from the trace, the highest RSS seen while each bucket's
+included (sampled every 10 ms) and, from the trace, the most memory held while each bucket's
 steps ran (the allocator keeps what the largest step took, so these read alike).
 
     python scripts/bench_buckets.py [--json] [--rounds 3] [--samples 1200]
@@ -85,8 +85,8 @@ def from_trace(path: Path, epochs: int, samples: int) -> tuple[int, dict[int, in
     since = 0
     for line in path.read_text().splitlines():
         event = json.loads(line)
-        if event["kind"] == "sample":
-            since = max(since, int(event["rss"]))
+        if event["kind"] == "sample":  # held memory, what the budget counts (RSS before)
+            since = max(since, int(event.get("held", event["rss"])))
         elif event["kind"] == "step":
             length = int(event.get("bucket_length", MAXLEN))
             if "bucket_length" in event:
