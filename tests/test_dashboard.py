@@ -278,3 +278,21 @@ def test_a_watchdog_notice_is_shown_and_traced(tmp_path: Path) -> None:
     assert board.state.events == ["halving the batch freed nothing: RSS stays at 3.12 GiB"]
     kinds = [json.loads(line) for line in trace.read_text().splitlines()]
     assert {"kind": "notice", "message": board.state.events[0]}.items() <= kinds[-1].items()
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_why_lines_wrap_at_word_boundaries_on_a_terminal_and_stay_whole_in_a_log(
+    width: int,
+) -> None:
+    from memtune.ui.tables import why_line
+
+    reason = (
+        "3 trial(s) measured in a child process on the data's own rows, its longest included, "
+        "each training until its peak held (at most 10 steps); planning and trial together "
+        "kept within 21.6 GiB"
+    )
+    lines = why_line(reason, width).splitlines()
+    assert lines[0].startswith("  - 3 trial(s)") and all(len(line) < width for line in lines)
+    assert all(line.startswith("    ") for line in lines[1:])
+    assert " ".join(line.strip() for line in lines).removeprefix("- ") == reason  # no word cut
+    assert why_line(reason, None) == f"  - {reason}"

@@ -214,7 +214,8 @@ def _verdict(plan: Plan, configured: int, stopped: bool, keeps: str) -> str:
     not fit."""
     if stopped:
         return (
-            f"does not fit: a trial at batch {configured} passed its limit and was stopped; {keeps}"
+            f"does not fit: a trial at batch {configured:,} passed its limit and was stopped; "
+            f"{keeps}"
         )
     peak, usable = plan.predicted_peak_bytes, plan.usable_bytes
     if peak <= usable:

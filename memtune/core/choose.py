@@ -233,7 +233,8 @@ def _bounded(ask: _Ask, reasons: list[str]) -> _Bound:
         batch = _largest_divisor_at_most(target, batch)
         accumulation = target // batch
         reasons.append(
-            f"--effective-batch-size {target}: batch {batch} × {accumulation} accumulation steps"
+            f"--effective-batch-size {target:,}: batch {batch:,} × {accumulation} accumulation "
+            "steps"
         )
     return _Bound(batch, accumulation, largest_safe, fits)
 

@@ -191,13 +191,13 @@ class Trials:
             self.drifted = True
             self.s.cache.clear()
             return (
-                f"a fresh trial at batch {old.batch_size} passed its limit where the cache "
+                f"a fresh trial at batch {old.batch_size:,} passed its limit where the cache "
                 f"had {format_bytes(old.peak_bytes)}: the cached trials were dropped"
             )
         delta = now.peak_bytes - old.peak_bytes
         noise = trial_noise(old.peak_bytes)
         said = (
-            f"a fresh trial at batch {old.batch_size} measured {format_bytes(now.peak_bytes)} "
+            f"a fresh trial at batch {old.batch_size:,} measured {format_bytes(now.peak_bytes)} "
             f"where the cache had {format_bytes(old.peak_bytes)}"
         )
         if abs(delta) <= noise:  # the cache's own value stays: the same search, the same plan

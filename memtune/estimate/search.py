@@ -121,7 +121,9 @@ class _Search:
         self.trials.append(t)
         self.curve = fitted(self.prior, self.trials, self.n)
         if t.exceeded:
-            self.notes.append(f"the trial at batch {t.batch_size} passed its limit and was stopped")
+            self.notes.append(
+                f"the trial at batch {t.batch_size:,} passed its limit and was stopped"
+            )
             return
         verified = self.choose(self.curve, t.batch_size)
         extra = verified.predicted_peak_bytes - self.curve.peak(verified.batch_size)

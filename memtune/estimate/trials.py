@@ -199,7 +199,7 @@ class _Watch:
         if result is None:
             raise self._failed(err)
         if result.get("error"):
-            raise MemtuneError(f"trial at batch {self.batch} failed: {result['error']}")
+            raise MemtuneError(f"trial at batch {self.batch:,} failed: {result['error']}")
         if result.get("oom"):
             return Trial(self.batch, self.limit, exceeded=True)
         if self.spec.device != "cpu":
@@ -210,11 +210,11 @@ class _Watch:
         code = self.proc.returncode
         if code is not None and code < 0:
             return MemtuneError(
-                f"trial at batch {self.batch} was stopped after {self.timeout_s:.0f} s or by a "
+                f"trial at batch {self.batch:,} was stopped after {self.timeout_s:.0f} s or by a "
                 f"signal ({code}); use --analytic to plan without trials"
             )
         last = (err.strip().splitlines() or ["no output"])[-1]
-        return MemtuneError(f"trial at batch {self.batch} failed: {last}")
+        return MemtuneError(f"trial at batch {self.batch:,} failed: {last}")
 
 
 def decode_feeds(raw: list[dict[str, Any]]) -> tuple[FeedSpec, ...]:

@@ -77,9 +77,9 @@ def render(state: DashboardState, history: list[Sample], peak_held: int) -> Rend
             head.append(f"  ETA {eta // 60}:{eta % 60:02d}")
         head.append(f"  {_rate(state)}")
     if state.bucket is not None:
-        head.append(f"  bucket ≤{state.bucket[0]}: batch {state.bucket[1]}")
+        head.append(f"  bucket ≤{state.bucket[0]:,}: batch {state.bucket[1]:,}")
     elif state.batch_size:
-        head.append(f"  batch {state.batch_size} × {state.accumulation}")
+        head.append(f"  batch {state.batch_size:,} × {state.accumulation}")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()

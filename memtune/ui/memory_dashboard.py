@@ -132,7 +132,7 @@ class MemoryDashboard(keras.callbacks.Callback, RunListener):  # type: ignore[na
         self.state.preparing = (
             "tracing the model"
             if not self._continuing
-            else (f"tracing the model at batch {self.state.batch_size}")
+            else (f"tracing the model at batch {self.state.batch_size:,}")
         )
         self._open_view()
 
@@ -227,7 +227,8 @@ class MemoryDashboard(keras.callbacks.Callback, RunListener):  # type: ignore[na
         bucket = f" (length-{change.bucket_length} bucket)" if change.bucket_length else ""
         message = (
             f"epoch {change.epoch + 1}, sample {change.sample:,}: {change.reason} at batch "
-            f"{change.before}{bucket} — continuing at batch {change.after} × {change.accumulation}"
+            f"{change.before:,}{bucket} — continuing at batch {change.after:,} × "
+            f"{change.accumulation}"
         )
         self.state.events.append(message)
         if self._live is None and self.show:

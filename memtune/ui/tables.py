@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
@@ -110,12 +111,27 @@ def render_plan(plan: Plan, out: Console) -> None:
     for trial in plan.trials:
         at = f" at length {trial.length}" if trial.length is not None else ""
         table.add_row(
-            "trial", f"batch {trial.batch_size}{at}: peak {format_bytes(trial.peak_bytes)}"
+            "trial", f"batch {trial.batch_size:,}{at}: peak {format_bytes(trial.peak_bytes)}"
         )
     out.print(table)
     out.print("Why:")
     for reason in plan.reasons:
-        out.print(f"  - {reason}", soft_wrap=True)
+        out.print(why_line(reason, out.width if out.is_terminal else None), soft_wrap=True)
+
+
+def why_line(reason: str, width: int | None) -> str:
+    """One reason: on a terminal wrapped at word boundaries under its bullet (the terminal
+    would cut words); in a log or a pipe one line, for grep."""
+    if width is None:
+        return f"  - {reason}"
+    return textwrap.fill(
+        reason,
+        width=max(40, width - 1),
+        initial_indent="  - ",
+        subsequent_indent="    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def render_fit(result: FitResult, out: Console) -> None:
@@ -154,8 +170,8 @@ def render_fit(result: FitResult, out: Console) -> None:
         table.add_row(
             "batch change",
             f"epoch {change['epoch'] + 1}, sample {change['sample']:,}"
-            f"{f', length-{bucket} bucket' if bucket else ''}: {change['from']} → "
-            f"{change['to']} × {change['gradient_accumulation_steps']} "
+            f"{f', length-{bucket} bucket' if bucket else ''}: {change['from']:,} → "
+            f"{change['to']:,} × {change['gradient_accumulation_steps']} "
             f"({change.get('reason', 'out of memory')})",
         )
     if result.saved:
