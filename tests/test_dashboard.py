@@ -296,3 +296,19 @@ def test_why_lines_wrap_at_word_boundaries_on_a_terminal_and_stay_whole_in_a_log
     assert all(line.startswith("    ") for line in lines[1:])
     assert " ".join(line.strip() for line in lines).removeprefix("- ") == reason  # no word cut
     assert why_line(reason, None) == f"  - {reason}"
+
+
+def test_the_planning_spinner_moves_between_frames() -> None:
+    """The live view keeps one spinner across frames, so its glyph advances with time (a
+    new spinner each frame was always on its first glyph)."""
+    from memtune.ui.planning import PlanningView, render_planning
+
+    view = PlanningView(Console(file=io.StringIO(), width=60), None)
+    view.state.stage = "reading the data"
+    first = render_planning(view.state, view._spinner).renderables[-1]
+    view.state.stage = "trial at batch 8"
+    second = render_planning(view.state, view._spinner).renderables[-1]
+    assert first is second is view._spinner
+    assert second.text.plain == "planning: trial at batch 8"
+    glyphs = {view._spinner.render(t / 10).plain[0] for t in range(8)}
+    assert len(glyphs) > 1

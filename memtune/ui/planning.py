@@ -28,10 +28,17 @@ class PlanningState:
     trial: str = ""  # the running trial, with its memory so far
 
 
-def render_planning(state: PlanningState) -> RenderableType:
+def render_planning(state: PlanningState, spinner: Spinner | None = None) -> RenderableType:
+    """The finished steps, then the one running beside a spinner. Pass the same
+    ``spinner`` every frame: a spinner draws its frame from when it was made, so a new one
+    each frame never moves."""
     lines: list[RenderableType] = [Text(line) for line in state.done]
-    now = state.trial or state.stage
-    lines.append(Spinner("dots", text=Text(f"planning: {now}")))
+    text = Text(f"planning: {state.trial or state.stage}")
+    if spinner is None:
+        spinner = Spinner("dots", text=text)
+    else:
+        spinner.update(text=text)
+    lines.append(spinner)
     return Group(*lines)
 
 
@@ -55,6 +62,7 @@ class PlanningView:
         self._lock = threading.Lock()
         self._limit = 0
         self._at = ""  # " at length N" while a length bucket's trial runs
+        self._spinner = Spinner("dots")
 
     def __enter__(self) -> PlanningView:
         if self.console.is_terminal:
@@ -62,7 +70,7 @@ class PlanningView:
                 console=self.console,
                 refresh_per_second=8,
                 transient=True,
-                get_renderable=lambda: render_planning(self.state),
+                get_renderable=lambda: render_planning(self.state, self._spinner),
             )
             self._live.start()
         return self
