@@ -312,3 +312,34 @@ def test_the_planning_spinner_moves_between_frames() -> None:
     assert second.text.plain == "planning: trial at batch 8"
     glyphs = {view._spinner.render(t / 10).plain[0] for t in range(8)}
     assert len(glyphs) > 1
+
+
+def test_batch_change_labels_never_overprint_and_name_their_bucket() -> None:
+    """Twelve changes within two seconds: labels stack in rows without overlapping, the
+    rest are counted, and a bucket's change says which bucket."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from memtune.ui.report import LABEL_ROWS, _change_labels, change_label
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    ax.plot([0, 100], [0, 1])
+    changes = [
+        {"t": 50 + 0.15 * i, "to": 4000 - 300 * i, "bucket_length": 40 if i % 2 else None}
+        for i in range(12)
+    ]
+    hidden = _change_labels(fig, ax, changes)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) + hidden == 12 and 1 <= len(boxes) <= LABEL_ROWS
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert change_label({"to": 262, "bucket_length": 40}) == " ≤40: → 262"
+    assert change_label({"to": 1611}) == " batch → 1,611"
+    plt.close(fig)
+    spread = [{"t": 10.0 * i, "to": 8} for i in range(8)]  # far apart: every one labelled
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    ax.plot([0, 100], [0, 1])
+    assert _change_labels(fig, ax, spread) == 0 and len(ax.texts) == 8
+    plt.close(fig)

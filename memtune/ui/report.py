@@ -69,14 +69,23 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
         ax.axvline(epoch["t"], color="grey", linewidth=0.6, alpha=0.6)
         label = f"{epoch.get('epoch', 0) + 1}"
         ax.annotate(label, (epoch["t"], 0.99), fontsize=7, color="grey", ha="right", **at_top)
-    for change in (r for r in records if r["kind"] == "batch_change"):
+    changes = [r for r in records if r["kind"] == "batch_change"]
+    for change in changes:
         ax.axvline(change["t"], color="orange", linestyle=":")
-        ax.annotate(f" batch → {change.get('to')}", (change["t"], 0.93), color="orange", **at_top)
     ax.set_xlabel("seconds (grey lines: epoch ends)")
     ax.set_ylabel("MiB")
     fig.suptitle("memtune: memory over time")
     ax.legend(loc="lower right")
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels are placed: they are measured as drawn
+    hidden = _change_labels(fig, ax, changes)
+    if hidden:
+        ax.annotate(
+            f"+{hidden} more batch changes (orange lines; the trace lists them)",
+            (0.01, 0.02),
+            xycoords="axes fraction",
+            fontsize=7,
+            color="orange",
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
     os.close(fd)
     try:
@@ -91,6 +100,44 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
+
+
+LABEL_ROWS = 4  # batch-change labels stack this deep before the rest are only counted
+
+
+def change_label(change: dict[str, Any]) -> str:
+    """A batch change's label: the new batch, and which length bucket when bucketed."""
+    to = change.get("to")
+    batch = f"{to:,}" if isinstance(to, int) else str(to)
+    bucket = change.get("bucket_length")
+    return f" ≤{bucket:,}: → {batch}" if isinstance(bucket, int) else f" batch → {batch}"
+
+
+def _change_labels(fig: Any, ax: Any, changes: list[dict[str, Any]]) -> int:
+    """Label each batch change at the first of LABEL_ROWS heights where it overlaps no
+    label already drawn (measured on the renderer); returns how many found no room."""
+    ax.autoscale_view()  # the limits the picture will have, so boxes measure as drawn
+    renderer = fig.canvas.get_renderer()
+    placed: list[list[Any]] = [[] for _ in range(LABEL_ROWS)]
+    hidden = 0
+    for change in sorted(changes, key=lambda c: c["t"]):
+        for row, boxes in enumerate(placed):
+            label = ax.annotate(
+                change_label(change),
+                (change["t"], 0.93 - 0.07 * row),
+                xycoords=("data", "axes fraction"),
+                va="top",
+                fontsize=8,
+                color="orange",
+            )
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in boxes):
+                boxes.append(box)
+                break
+            label.remove()
+        else:
+            hidden += 1
+    return hidden
 
 
 def report_after_fit(trace: Path, out: Path, usable_bytes: int) -> None:
