@@ -83,6 +83,7 @@ def one_fit(
     plan = result["plan"]
     return {
         "val_accuracy": result["history"]["val_accuracy"][-1],
+        "val_accuracy_by_epoch": [round(v, 4) for v in result["history"]["val_accuracy"]],
         "samples_per_s": result["samples_per_second"],
         "tree_over_usable": round(peak / plan["usable_bytes"], 3),
         "prediction_error": round(plan["predicted_peak_bytes"] / result["peak_bytes"] - 1, 4),
