@@ -343,3 +343,71 @@ def test_batch_change_labels_never_overprint_and_name_their_bucket() -> None:
     ax.plot([0, 100], [0, 1])
     assert _change_labels(fig, ax, spread) == 0 and len(ax.texts) == 8
     plt.close(fig)
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _screen(renderable: object, width: int) -> str:
+    """What a terminal ``width`` columns wide shows (pyte), trailing spaces cut."""
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=True, color_system=None).print(renderable)
+    return "\n".join(screen_of(out.getvalue(), width=width, height=60)) + "\n"
+
+
+def _golden(name: str, text: str) -> None:
+    """``text`` against ``tests/golden/NAME``; MEMTUNE_UPDATE_GOLDEN=1 rewrites it."""
+    import os
+
+    path = GOLDEN / name
+    if os.environ.get("MEMTUNE_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed:\n{text}"
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_golden_screens_through_planning_a_bucketed_recovery_and_the_summary(width: int) -> None:
+    """The pictures a person sees, at two terminal widths: planning (steps done, the
+    running one), the dashboard of a bucketed run after five batch changes (the newest
+    three shown, the rest counted), and the fit summary's table."""
+    from memtune.app.fit import FitResult
+    from memtune.core.plan import Bucket, Plan
+    from memtune.ui.planning import PlanningState, render_planning
+    from memtune.ui.tables import render_fit
+
+    planning = PlanningState(
+        stage="measuring",
+        done=["data: 12,345 rows in 3 shards", "trial at batch 8: peak 337 MiB"],
+        trial="trial at batch 1,611: 412 MiB of 1.20 GiB",
+    )
+    state = DashboardState(
+        epochs=3, epoch=1, steps=1_250, step=1_024, batch_size=1_611, usable_bytes=1200 * MiB,
+        logs={"loss": 0.61, "accuracy": 0.7}, samples_per_second=12_345.0, eta_seconds=75,
+        bucket=(40, 1_611),
+        events=[
+            f"epoch 1, sample {1_000 * i:,}: over budget at batch {2_000 - 100 * i:,} "
+            f"(length-{10 * i} bucket) — continuing at batch {1_000 - 50 * i:,} × 1"
+            for i in range(1, 6)
+        ],
+    )  # fmt: skip
+    history = [Sample(i, (500 + 10 * i) * MiB, (900 + 10 * i) * MiB, 8192 * MiB) for i in range(12)]
+    buckets = [Bucket(20, 1_611, 4_000), Bucket(40, 1_200, 8_345)]
+    plan = Plan(
+        batch_size=1_200, gradient_accumulation_steps=1, mode="in-memory", device="cpu",
+        budget_bytes=1333 * MiB, usable_bytes=1200 * MiB, num_samples=12_345,
+        per_sample_bytes=164, predicted_peak_bytes=1000 * MiB, buckets=buckets,
+        pad_length=40, real_tokens=300_000,
+    )  # fmt: skip
+    result = FitResult(
+        plan, {"loss": [0.7, 0.61]}, 1010 * MiB, 12.0, 12_345.0,
+        batch_size_changes=[
+            {"epoch": 0, "sample": 3_000, "from": 1_611, "to": 805,
+             "gradient_accumulation_steps": 1, "reason": "over budget", "bucket_length": 20},
+        ],
+    )  # fmt: skip
+    out = io.StringIO()
+    render_fit(result, Console(file=out, width=width, force_terminal=True, color_system=None))
+    summary = "\n".join(screen_of(out.getvalue(), width=width, height=60)) + "\n"
+    _golden(f"planning-{width}.txt", _screen(render_planning(planning), width))
+    _golden(f"dashboard-buckets-{width}.txt", _screen(render(state, history, 620 * MiB), width))
+    _golden(f"fit-summary-{width}.txt", summary)

@@ -49,3 +49,5 @@ def test_format_bytes() -> None:
     assert format_bytes(512 * 1024**2) == "512 MiB"
     assert format_bytes(int(23.5 * 1024**3)) == "23.5 GiB"
     assert format_bytes(None) == "N/A"
+    assert format_bytes(1017 * 1024**2) == "1,017 MiB"  # one number format: separators
+    assert format_bytes(1000) == "1,000 B"

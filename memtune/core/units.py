@@ -77,8 +77,8 @@ def format_bytes(n: int | None) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
             if unit == "B":
-                return f"{sign}{int(value)} B"
+                return f"{sign}{int(value):,} B"
             digits = 2 if value < 10 else 1 if value < 100 else 0
-            return f"{sign}{value:.{digits}f} {unit}"
+            return f"{sign}{value:,.{digits}f} {unit}"  # 1,010 MiB: one number format
         value /= 1024
     raise AssertionError("unreachable")

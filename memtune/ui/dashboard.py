@@ -16,6 +16,7 @@ from memtune.core.units import format_bytes
 from memtune.proc.monitor import Sample
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
+SHOWN_EVENTS = 3  # the newest batch changes shown; the earlier ones are counted
 
 
 @dataclass
@@ -69,9 +70,9 @@ def render(state: DashboardState, history: list[Sample], peak_held: int) -> Rend
     if state.preparing:
         head.append(f"preparing: {state.preparing}")
     else:
-        head.append(f"step {state.step}")
+        head.append(f"step {state.step:,}")
         if state.steps:
-            head.append(f"/{state.steps}")
+            head.append(f"/{state.steps:,}")
         if state.eta_seconds is not None:
             eta = int(state.eta_seconds)
             head.append(f"  ETA {eta // 60}:{eta % 60:02d}")
@@ -101,7 +102,10 @@ def render(state: DashboardState, history: list[Sample], peak_held: int) -> Rend
         table.add_row("memory", f"{line}  {format_bytes(min(held))}–{format_bytes(max(held))}")
     if state.logs:
         table.add_row("metrics", "  ".join(f"{k} {v:.4g}" for k, v in state.logs.items()))
-    for event in state.events[-3:]:
+    earlier = len(state.events) - SHOWN_EVENTS
+    if earlier > 0:  # every change stays counted; fit's summary and the trace list them all
+        table.add_row("events", f"{earlier:,} earlier (listed in fit's summary and the trace)")
+    for event in state.events[-SHOWN_EVENTS:]:
         table.add_row("event", event)
     return Group(head, table)
 
