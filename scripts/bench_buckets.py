@@ -156,6 +156,11 @@ def main() -> None:
                             "batch_size": plan["batch_size"],
                             "buckets": plan.get("buckets", []),
                             "changes": len(result["batch_size_changes"]),
+                            # fit's own peak against the plan's prediction (bucketed: every
+                            # bucket shape in one process, as the trials do not run them)
+                            "prediction_error": round(
+                                plan["predicted_peak_bytes"] / result["peak_bytes"] - 1, 4
+                            ),
                         }
                     )
                     print(
@@ -211,6 +216,9 @@ def main() -> None:
             "buckets": rows["buckets"][0]["buckets"],
             "batch_size_without_buckets": rows["no buckets"][0]["batch_size"],
             "batch_changes": sum(r["changes"] for s in settings for r in rows[s]),
+            "prediction_error_max": {
+                s: max(abs(r["prediction_error"]) for r in rows[s]) for s in settings
+            },
             "runs": rows,
         }
         print(
