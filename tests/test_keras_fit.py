@@ -33,7 +33,6 @@ def arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     ("keywords", "said"),
     [
         ({"steps_per_epoch": 10}, "steps_per_epoch: memtune trains every sample once an epoch"),
-        ({"sample_weight": np.ones(8)}, "sample_weight: per-row sample weights are not supported"),
         ({"validation_steps": 2}, "validation_steps: memtune validates on every held-out sample"),
         ({"epochs": 0}, "epochs 0: must be a positive integer"),
         ({"epochs": 2, "initial_epoch": 2}, "initial_epoch 2: must be an integer from 0 to"),
@@ -54,10 +53,29 @@ def test_keywords_memtune_cannot_honour_are_refused_before_planning(
     assert time.monotonic() - started < 5  # said before the model is even looked for
 
 
-def test_an_x_y_weights_triple_is_refused_with_the_reason() -> None:
+@pytest.mark.parametrize(
+    ("data", "weights", "said"),
+    [
+        ("dict", np.ones(3), "sample_weight has shape (3,); expected one number for each of the 8"),
+        ("dict", [1, -1, 1, 1, 1, 1, 1, 1], "sample_weight row 1: -1.0 (a weight is a finite"),
+        ("frame", [1, 1, 1, np.nan, 1, 1, 1, 1], "sample_weight row 3: nan"),
+        ("path", np.ones(8), "sample_weight as an array needs in-memory data"),
+        ("triple", np.ones(8), "sample_weight given twice"),
+    ],
+)
+def test_bad_row_weights_are_refused_before_planning(data: str, weights: Any, said: str) -> None:
+    import pandas as pd
+
     x, y = arrays(8)
-    with pytest.raises(MemtuneError, match=r"data: \(x, y, sample_weight\)"):
-        memtune.fit("no-model.keras", (x, y, np.ones(8)))
+    given = {
+        "dict": {"x": x[:, 0], "y": y},
+        "frame": pd.DataFrame({"x": x[:, 0], "y": y}),
+        "path": "data.csv",
+        "triple": (x, y, np.ones(8)),
+    }[data]
+    with pytest.raises(MemtuneError) as info:
+        memtune.fit("no-model.keras", given, sample_weight=weights)
+    assert said in str(info.value)
 
 
 @pytest.mark.slow
@@ -128,3 +146,30 @@ def test_ragged_sequences_in_a_numpy_object_array_are_read_like_a_list_column() 
     rows[5] = "abc"
     with pytest.raises(MemtuneError, match=r"x row 5: expected a sequence of numbers"):
         memtune.suggest(model, (rows, y), budget="2GiB", analytic=True)
+
+
+@pytest.mark.slow
+def test_row_weights_reach_keras_and_leave_validation_alone() -> None:
+    """All-zero weights make the training loss 0 (Keras averages w * loss over the batch),
+    while validation, unweighted, still measures; a column of weights is fed as one."""
+    import pandas as pd
+
+    x, y = arrays(200)
+    zero = memtune.fit(
+        tiny_model(), (x, y, np.zeros(200)), epochs=2, validation_split=0.25,
+        budget="2GiB", analytic=True, verbose=0,
+    )  # fmt: skip
+    assert zero.history["loss"] == [0.0, 0.0]
+    assert all(v > 0 for v in zero.history["val_loss"])
+    assert zero.plan.per_sample_bytes == 4 * 4 + 4 + 4  # x, y and the row's weight
+    frame = pd.DataFrame({"x": list(x), "y": y, "w": np.ones(200)})
+    ones = memtune.fit(
+        tiny_model(), frame, sample_weight="w", target="y", budget="2GiB", analytic=True,
+        verbose=0,
+    )  # fmt: skip
+    assert ones.history["loss"][0] > 0
+    same = memtune.fit(
+        tiny_model(), (x, y), sample_weight=np.ones(200), budget="2GiB", analytic=True,
+        verbose=0,
+    )  # fmt: skip
+    assert same.history["loss"][0] == pytest.approx(ones.history["loss"][0], rel=1e-5)

@@ -262,6 +262,8 @@ def _finish(prepared: Prepared, trained: Trained, run: Run, save: Path | None) -
 def _class_weight(weights: Any, prepared: Prepared) -> dict[int, float] | None:
     """``class_weight`` (checked by :mod:`memtune.app.keras_fit`) for a model of one
     target, as Keras takes it."""
+    if prepared.footprint.weighted and prepared.info.source.kind == "dataset":
+        raise MemtuneError("--sample-weight with a tf.data / PyDataset DATA is not supported")
     if not weights:
         return None
     targets = prepared.footprint.targets
@@ -280,15 +282,15 @@ def _validation_layout(prepared: Prepared) -> Layout | None:
     if opts.validation_data is None:
         return None
     data = opts.validation_data
+    fp = prepared.footprint.unweighted()  # validation is not weighted by rows
     if is_pair(data):
-        fp = prepared.footprint
         inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
         data, _ = name_pair(data, inputs, targets, targets)
     info = scan(data)
-    for feed in prepared.footprint.feeds:
+    for feed in fp.feeds:
         for column in feed.columns:
             if column not in info.columns:
                 raise MemtuneError(
                     f"--validation-data {info.source.label!r} has no column {column!r}"
                 )
-    return layout_for(info, prepared.footprint, opts)
+    return layout_for(info, fp, opts)

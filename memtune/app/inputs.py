@@ -28,14 +28,16 @@ def scanned(read: Callable[[], DataInfo]) -> DataInfo:
 
 def named(data: Any, sig: ModelSignature, options: Options) -> tuple[Any, Options]:
     """``(x, y)`` as a dict of columns named after the model's inputs and outputs; ``y``'s
-    names become the targets. Anything else passes through."""
-    from memtune.data.python import is_pair, name_pair
+    names become the targets, an ``(x, y, w)``'s ``w`` the row weights. Anything else
+    passes through."""
+    from memtune.data.python import WEIGHT, is_pair, name_pair
 
     if not is_pair(data):
         return data, options
     inputs, outputs = [s.name for s in sig.inputs], [s.name for s in sig.outputs]
     columns, targets = name_pair(data, inputs, outputs, options.target)
-    return columns, replace(options, target=targets)
+    weight = WEIGHT if WEIGHT in columns else options.sample_weight
+    return columns, replace(options, target=targets, sample_weight=weight)
 
 
 def scan_data(data: Any, sig: ModelSignature, options: Options) -> DataInfo:

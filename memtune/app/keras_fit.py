@@ -8,7 +8,7 @@ from typing import Any
 
 from memtune.app import fit as fitting
 from memtune.core.errors import MemtuneError
-from memtune.data.python import is_dataset
+from memtune.data.python import WEIGHT, is_dataset, is_pair, row_weights
 from memtune.proc import tf as _tf
 
 # model.fit keywords memtune cannot honour, and why
@@ -18,7 +18,6 @@ _REFUSED = {
     "validation_steps": "memtune validates on every held-out sample; drop validation_steps",
     "validation_batch_size": "memtune validates at the training batch; drop it",
     "validation_freq": "memtune validates every epoch; drop validation_freq",
-    "sample_weight": "per-row sample weights are not supported yet (class_weight is)",
 }
 
 
@@ -38,17 +37,17 @@ def fit(
     are :func:`memtune.app.fit.fit`'s (``save``, ``checkpoint_dir``, ``resume``, ``seed``,
     ``shuffle``, ``plan``, ``callbacks``, ``verbose``, ``warn``). From ``model.fit``:
     ``epochs`` (default 1), ``initial_epoch``, ``validation_data`` (any form ``data``
-    takes but a pipeline), ``class_weight`` (one target). Every keyword is checked before
-    planning starts. The History also carries memtune's result: ``plan``, ``peak_bytes``,
-    ``batch_size_changes``, ``samples_per_second``, ``seconds``, ``saved``, ``checkpoint``
-    and ``to_json()`` (``fit --json``).
+    takes but a pipeline), ``class_weight`` (one target), ``sample_weight`` (an array, one
+    number a row, or a column's name; also as ``(x, y, sample_weight)``). Every keyword is
+    checked before planning starts. The History also carries memtune's result: ``plan``,
+    ``peak_bytes``, ``batch_size_changes``, ``samples_per_second``, ``seconds``, ``saved``,
+    ``checkpoint`` and ``to_json()`` (``fit --json``).
     """
     for key, why in _REFUSED.items():
         if key in options:
             raise MemtuneError(f"{key}: {why}")
-    if isinstance(data, tuple | list) and len(data) == 3 and not isinstance(data[0], str):
-        raise MemtuneError(f"data: (x, y, sample_weight): {_REFUSED['sample_weight']}")
     _check_epochs(epochs, initial_epoch)
+    data = _with_row_weights(data, options)
     if validation_data is not None:
         if is_dataset(validation_data):
             raise MemtuneError(
@@ -61,6 +60,33 @@ def fit(
         model, data, epochs=epochs, initial_epoch=initial_epoch, class_weight=weights, **options
     )
     return keras_history(result, initial_epoch)
+
+
+def _with_row_weights(data: Any, options: dict[str, Any]) -> Any:
+    """``sample_weight`` given as an array: joined to the data as the column WEIGHT (a new
+    dict or frame: the caller's data is not modified), the option naming that column."""
+    import pandas as pd
+
+    weights = options.get("sample_weight")
+    if weights is None or isinstance(weights, str):
+        return data
+    if is_dataset(data):
+        raise MemtuneError("sample_weight with a tf.data / PyDataset DATA is not supported")
+    if is_pair(data):
+        if len(data) == 3:
+            raise MemtuneError("sample_weight given twice: as a keyword and in (x, y, w)")
+        del options["sample_weight"]
+        return (*data, weights)
+    options["sample_weight"] = WEIGHT
+    if isinstance(data, pd.DataFrame):
+        return data.assign(**{WEIGHT: row_weights(weights, len(data))})
+    if isinstance(data, Mapping):
+        rows = len(next(iter(data.values()))) if data else 0
+        return {**data, WEIGHT: row_weights(weights, rows)}
+    raise MemtuneError(
+        "sample_weight as an array needs in-memory data ((x, y), a dict or a DataFrame); "
+        "for files, name the weights' column: sample_weight='COLUMN' (--sample-weight)"
+    )
 
 
 def _check_epochs(epochs: Any, initial_epoch: Any) -> None:

@@ -55,7 +55,7 @@ def length_buckets(
 def length_linked(info: DataInfo, fp: Footprint, column: str) -> str | None:
     """Why batches of one length would mislead training — a target whose values depend on
     ``column``'s length (a share of its variation at least LENGTH_DEPENDENCE) — or None."""
-    scalar: list[Feed] = [t for t in fp.targets if len(t.columns) == 1 and not t.sequence]
+    scalar: list[Feed] = [t for t in fp.model_targets if len(t.columns) == 1 and not t.sequence]
     shares = {t.columns[0]: info.length_dependence(column, t.columns[0]) for t in scalar}
     strong = {name: share for name, share in shares.items() if share >= LENGTH_DEPENDENCE}
     if not strong:

@@ -198,7 +198,9 @@ def _read(model: Any, data: Any, options: Options) -> _Inputs:
     if info is None:
         data, options = named(data, sig, options)
         info = scanned(lambda: scan_data(data, sig, options))
-    fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
+    fp = footprint(
+        sig, info, targets=options.target, maxlen=options.maxlen, weight=options.sample_weight
+    )
     fed = [(c, f.dtype, f.role) for f in fp.feeds for c in f.columns]
     labels = [s.label for s in info.source.shards]
     check_values(info.stats, fed, labels, allow_nonfinite=options.allow_nonfinite)

@@ -52,6 +52,7 @@ class Options:
     # (up to DEFAULT_BUCKETS, off when the target depends on length)
     buckets: int | None = None
     allow_nonfinite: bool = False  # train on NaN / inf in float columns (refused by default)
+    sample_weight: str | None = None  # the column of per-row loss weights
 
     def plan_options(self, has_sequences: bool) -> PlanOptions:
         return PlanOptions(
@@ -188,6 +189,17 @@ def parse_maxlen(values: Sequence[str | int] | int | None) -> dict[str | None, i
     return out
 
 
+def _column(flag: str) -> Callable[[Any], str | None]:
+    def parse(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise MemtuneError(f"{flag} {value!r}: expected a column name")
+        return value
+
+    return parse
+
+
 def _buckets(value: Any) -> int | None:
     """``--buckets N`` (at most N buckets), ``off`` (or False), True (the default count,
     asked for), or None (the default); 0 is refused like any other count under 1, not read
@@ -262,6 +274,9 @@ OPTIONS: tuple[Option, ...] = (
            "length buckets for a None-length input (default: up to 8, off when the target "
            "depends on length; off: pad all alike)",
            metavar="N|off", toml=(int, str), parse=_buckets, doc='int, or ``"off"``'),
+    Option("sample_weight", "a column of per-row loss weights (as model.fit's sample_weight)",
+           metavar="COLUMN", toml=(str,), parse=_column("--sample-weight"),
+           doc="a column name (``memtune.fit`` also takes an array)"),
     Option("allow_nonfinite", "train on NaN / inf values in float columns (refused by default)",
            kind="switch", default=False, toml=(bool,), parse=bool),
     Option("epochs", "epochs to train", "fit", kind="int", metavar="N"),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from memtune.core.errors import MemtuneError
 from memtune.core.options import Maxlen
 from memtune.core.signatures import ModelSignature, TensorSpec
+from memtune.data.python import WEIGHT  # the feed of per-row loss weights: a batch's third part
 
 if TYPE_CHECKING:  # the data readers (pandas, Arrow) stay out of a trial child
     from memtune.data.scan import DataInfo
@@ -54,6 +55,19 @@ class Footprint:
     @property
     def feeds(self) -> tuple[Feed, ...]:
         return (*self.inputs, *self.targets)
+
+    @property
+    def model_targets(self) -> tuple[Feed, ...]:
+        """The targets the model's outputs are trained on (the row weights are not one)."""
+        return tuple(t for t in self.targets if t.name != WEIGHT)
+
+    @property
+    def weighted(self) -> bool:
+        return len(self.model_targets) < len(self.targets)
+
+    def unweighted(self) -> Footprint:
+        """This footprint without the row weights (validation data has none)."""
+        return Footprint(self.inputs, self.model_targets, self.notes)
 
 
 def _columns_text(info: DataInfo) -> str:
@@ -178,40 +192,18 @@ def footprint(
     *,
     targets: Sequence[str] | None = None,
     maxlen: Maxlen | None = None,
+    weight: str | None = None,
 ) -> Footprint:
-    """Match model inputs and outputs to columns and size one padded sample exactly."""
+    """Match model inputs and outputs to columns and size one padded sample exactly;
+    ``weight``: the column of per-row loss weights, if any."""
     maxlen = maxlen or {}
     for column in maxlen:
         if column is not None and column not in info.columns:
             raise MemtuneError(f"--maxlen {column}=…: {column!r} is not a column")
     target_of = resolve_targets(signature, info, targets)
-    target_columns = set(target_of.values())
     notes: list[str] = []
-    inputs: list[Feed] = []
-    named = [s for s in signature.inputs if s.name in info.columns]
-    for spec in signature.inputs:
-        if spec.name in info.columns:
-            if info.columns[spec.name].sequence:
-                inputs.append(_sequence_feed(spec, spec.name, "input", info, maxlen, notes))
-            else:
-                inputs.append(_scalar_feed(spec, [spec.name], "input", info))
-        elif len(signature.inputs) == 1 and not named:
-            scalars = [
-                c.name
-                for c in info.columns.values()
-                if not c.sequence and c.name not in target_columns
-            ]
-            if not scalars:
-                raise MemtuneError(
-                    f"model input {spec.name!r} has no column and DATA has no scalar "
-                    f"feature columns ({_columns_text(info)})"
-                )
-            inputs.append(_scalar_feed(spec, scalars, "input", info))
-            notes.append(f"{spec.name}: fed the scalar columns {', '.join(scalars)}")
-        else:
-            raise MemtuneError(
-                f"model input {spec.name!r} has no column of that name ({_columns_text(info)})"
-            )
+    skip = {*target_of.values(), *([weight] if weight else [])}
+    inputs = _input_feeds(signature, info, skip, maxlen, notes)
     for spec in signature.inputs:
         if spec.dtype in ("int64", "float64"):
             small = "int32" if spec.dtype == "int64" else "float32"
@@ -229,4 +221,49 @@ def footprint(
             shape: tuple[int, ...] = (1,) if dims and dims[-1] == 1 and len(dims) == 1 else ()
             dtype = info.columns[column].dtype
             target_feeds.append(Feed(spec.name, "target", (column,), shape, dtype, False))
+    if weight is not None:
+        target_feeds.append(_weight_feed(weight, info, notes))
     return Footprint(tuple(inputs), tuple(target_feeds), notes)
+
+
+def _input_feeds(
+    signature: ModelSignature, info: DataInfo, skip: set[str], maxlen: Maxlen, notes: list[str]
+) -> list[Feed]:
+    """Each model input's feed: its own column, or (one unnamed input) every scalar column
+    but the targets' and the weights' (``skip``)."""
+    inputs: list[Feed] = []
+    named = [s for s in signature.inputs if s.name in info.columns]
+    for spec in signature.inputs:
+        if spec.name in info.columns:
+            if info.columns[spec.name].sequence:
+                inputs.append(_sequence_feed(spec, spec.name, "input", info, maxlen, notes))
+            else:
+                inputs.append(_scalar_feed(spec, [spec.name], "input", info))
+        elif len(signature.inputs) == 1 and not named:
+            scalars = [
+                c.name for c in info.columns.values() if not c.sequence and c.name not in skip
+            ]
+            if not scalars:
+                raise MemtuneError(
+                    f"model input {spec.name!r} has no column and DATA has no scalar "
+                    f"feature columns ({_columns_text(info)})"
+                )
+            inputs.append(_scalar_feed(spec, scalars, "input", info))
+            notes.append(f"{spec.name}: fed the scalar columns {', '.join(scalars)}")
+        else:
+            raise MemtuneError(
+                f"model input {spec.name!r} has no column of that name ({_columns_text(info)})"
+            )
+    return inputs
+
+
+def _weight_feed(column: str, info: DataInfo, notes: list[str]) -> Feed:
+    """Per-row loss weights from one scalar column of numbers."""
+    what = "--sample-weight" if column != WEIGHT else "sample_weight"
+    if column not in info.columns:
+        raise MemtuneError(f"{what} {column!r} is not a column ({_columns_text(info)})")
+    if info.columns[column].sequence:
+        raise MemtuneError(f"{what} {column!r} holds sequences; expected one number a row")
+    if column != WEIGHT:
+        notes.append(f"{column}: each row's loss weight (as model.fit's sample_weight)")
+    return Feed(WEIGHT, "target", (column,), (), "float32", False)

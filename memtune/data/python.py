@@ -15,6 +15,9 @@ import numpy as np
 
 from memtune.core.errors import MemtuneError
 
+# The column row weights given as an array become (data.footprint's feed of them, too).
+WEIGHT = "__sample_weight__"
+
 KINDS = (
     "a .csv / .parquet path or folder, a pandas DataFrame, a dict of arrays, an (x, y) pair "
     "of numpy arrays (or of dicts keyed by input / output name), or a tf.data.Dataset / "
@@ -23,8 +26,9 @@ KINDS = (
 
 
 def is_pair(data: Any) -> bool:
-    """``(x, y)``: a tuple (or list) of two array-likes or dicts, not a path."""
-    return isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data[0], str)
+    """``(x, y)`` or ``(x, y, sample_weight)``: a tuple (or list) of array-likes or dicts,
+    not a path."""
+    return isinstance(data, tuple | list) and len(data) in (2, 3) and not isinstance(data[0], str)
 
 
 def check_kind(data: Any) -> None:
@@ -55,14 +59,36 @@ def is_dataset(data: Any) -> bool:
 def name_pair(
     data: Any, inputs: Sequence[str], outputs: Sequence[str], targets: Sequence[str]
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """``(x, y)`` → a dict of columns keyed by input / target name, and the target names."""
-    x, y = data
+    """``(x, y)`` → a dict of columns keyed by input / target name, and the target names;
+    ``(x, y, w)`` adds the row weights as the column :data:`WEIGHT`."""
+    x, y, *weights = data
     columns = _named(x, inputs, "x")
     labels = _named(y, list(targets) or outputs, "y")
     clash = sorted(set(columns) & set(labels))
     if clash:
         raise MemtuneError(f"(x, y): {clash[0]!r} names both an input and a target")
+    if weights:
+        columns[WEIGHT] = row_weights(weights[0], len(next(iter(labels.values()))))
     return {**columns, **labels}, tuple(labels)
+
+
+def row_weights(value: Any, rows: int) -> np.ndarray:
+    """``sample_weight`` as model.fit takes it: one number ≥ 0 per row."""
+    try:
+        weights = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MemtuneError("sample_weight: expected one number per row") from None
+    if weights.ndim != 1 or weights.shape[0] != rows:
+        raise MemtuneError(
+            f"sample_weight has shape {weights.shape}; expected one number for each of the "
+            f"{rows:,} rows"
+        )
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise MemtuneError(
+            f"sample_weight row {int(bad[0])}: {weights[bad[0]]} (a weight is a finite number ≥ 0)"
+        )
+    return weights.astype(np.float32)
 
 
 def by_name(

@@ -167,7 +167,7 @@ def _train(model: Any, raw: dict[str, Any], feeds: tuple[FeedSpec, ...]) -> dict
         held = _RepeatBatch(feeds, source.batch_size, 2, 0, raw.get("rows"))
         extra["validation_data"] = feed.stream(held)
     history = model.fit(
-        feed.stream(source),
+        feed.stream(source, training=True),
         epochs=epochs,
         verbose=0,
         shuffle=False,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from memtune.core.constants import STREAM_QUEUE_BATCHES, WORKERS
 from memtune.core.errors import MemtuneError
-from memtune.data.footprint import Footprint
+from memtune.data.footprint import WEIGHT, Footprint
 from memtune.proc import tf as _tf
 
 if TYPE_CHECKING:  # the data readers (pandas, Arrow) stay out of a trial child
@@ -38,13 +38,15 @@ class KerasFeed:
 
     @property
     def single_target(self) -> str | None:
-        targets = self.footprint.targets
+        targets = self.footprint.model_targets
         return targets[0].name if len(targets) == 1 else None
 
     def pair(self, inputs: Arrays, targets: Arrays) -> tuple[Any, Any]:
+        """``(x, y)`` as Keras takes them (the row weights, a batch's third part, left out)."""
         x = inputs[self.single_input] if self.single_input else inputs
-        y = targets[self.single_target] if self.single_target else targets
-        return x, y
+        if self.single_target:
+            return x, targets[self.single_target]
+        return x, {k: v for k, v in targets.items() if k != WEIGHT}
 
     def stream(self, batches: BatchSource, *, training: bool = False) -> Any:
         """A ``tf.data`` pipeline over batch indices: parallel workers, bounded prefetch.
@@ -55,7 +57,9 @@ class KerasFeed:
         """
         tf = _tf.tensorflow()
         self.streams.append(batches)
-        feeds = self.footprint.feeds
+        # The row weights are trained on, not validated with (as Keras's validation_split)
+        rows_weighed = training and self.footprint.weighted
+        feeds = tuple(f for f in self.footprint.feeds if f.name != WEIGHT or rows_weighed)
         n_inputs = len(self.footprint.inputs)
         # Length-bucketed training batches carry per-row loss weights (Keras's third element)
         weighted = bool(getattr(batches, "weighted", False))
@@ -83,6 +87,8 @@ class KerasFeed:
                 {k: arrays[k] for k in names[:n_inputs]}, {k: arrays[k] for k in names[n_inputs:]}
             )
             weights = tf.ensure_shape(outs[-1], (None,)) if weighted else None
+            if rows_weighed:
+                weights = arrays[WEIGHT] if weights is None else weights * arrays[WEIGHT]
             if training and self.class_weight:
                 weights = self._weigh_classes(y, weights)
             return (x, y) if weights is None else (x, y, weights)

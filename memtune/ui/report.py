@@ -43,20 +43,9 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
 
     records = read_trace(trace)
     output_file("-o", out, (".png",))
-    samples = [r for r in records if r["kind"] == "sample"]
     mib = 1024**2
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-    # Traces before held memory was sampled carry RSS alone.
-    held = [s.get("held", s.get("rss", 0)) / mib for s in samples]
-    ax.plot([s["t"] for s in samples], held, label="held (what the budget counts)")
-    if any("held" in s and "rss" in s for s in samples):
-        rss = [s.get("rss", 0) / mib for s in samples]
-        ax.plot([s["t"] for s in samples], rss, color="grey", linewidth=0.8, label="RSS")
-    gpu_count = max((len(s.get("gpu_used", [])) for s in samples), default=0)
-    for i in range(gpu_count):
-        points = [(s["t"], s["gpu_used"][i]) for s in samples if s["gpu_used"][i] is not None]
-        if points:
-            ax.plot([t for t, _ in points], [u / mib for _, u in points], label=f"gpu:{i} used")
+    _memory_lines(ax, [r for r in records if r["kind"] == "sample"])
     start = next((r for r in records if r["kind"] == "start"), {})
     usable = usable_bytes or start.get("usable_bytes")
     low, high = ax.get_ylim()
@@ -100,6 +89,22 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
+
+
+def _memory_lines(ax: Any, samples: list[dict[str, Any]]) -> None:
+    """Held memory, RSS beside it, and each GPU's use, in MiB over seconds."""
+    mib = 1024**2
+    # Traces before held memory was sampled carry RSS alone.
+    held = [s.get("held", s.get("rss", 0)) / mib for s in samples]
+    ax.plot([s["t"] for s in samples], held, label="held (what the budget counts)")
+    if any("held" in s and "rss" in s for s in samples):
+        rss = [s.get("rss", 0) / mib for s in samples]
+        ax.plot([s["t"] for s in samples], rss, color="grey", linewidth=0.8, label="RSS")
+    gpu_count = max((len(s.get("gpu_used", [])) for s in samples), default=0)
+    for i in range(gpu_count):
+        points = [(s["t"], s["gpu_used"][i]) for s in samples if s["gpu_used"][i] is not None]
+        if points:
+            ax.plot([t for t, _ in points], [u / mib for _, u in points], label=f"gpu:{i} used")
 
 
 LABEL_ROWS = 4  # batch-change labels stack this deep before the rest are only counted
