@@ -1,5 +1,6 @@
-"""README's commands run as written: every ```bash block (after ``memtune demo`` made the
-example project beside them) and every ```python block, in a fresh folder and cache.
+"""README's commands run as written (and the docs/ pages'): every ```bash block (after
+``memtune demo`` made the example project beside them) and every ```python block, in a
+fresh folder and cache.
 ```sh blocks are the ones that install, or need hardware this machine lacks (GPUs, a
 cluster); ```text blocks are output."""
 
@@ -14,13 +15,17 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+# README and the docs/ pages it links: every runnable block, wherever it lives, runs here
+PAGES = [README, *sorted((README.parent / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.S | re.M)
 
 pytestmark = pytest.mark.slow
 
 
 def blocks(kind: str) -> list[str]:
-    return [body for lang, body in BLOCK.findall(README.read_text()) if lang == kind]
+    return [
+        body for page in PAGES for lang, body in BLOCK.findall(page.read_text()) if lang == kind
+    ]
 
 
 def test_the_readme_has_runnable_blocks() -> None:
