@@ -411,3 +411,28 @@ def test_golden_screens_through_planning_a_bucketed_recovery_and_the_summary(wid
     _golden(f"planning-{width}.txt", _screen(render_planning(planning), width))
     _golden(f"dashboard-buckets-{width}.txt", _screen(render(state, history, 620 * MiB), width))
     _golden(f"fit-summary-{width}.txt", summary)
+
+
+def test_the_report_draws_the_limit_that_moved_under_usable() -> None:
+    """A neighbour leaves the host 200 MiB: memtune may hold held + 200 MiB − the reserve,
+    under the usable line; the report draws that limit there, and not while there is room."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from memtune.probe.host import RESERVE_BYTES
+    from memtune.ui.report import moved_limit
+
+    def sample(t: float, available: int) -> dict[str, object]:
+        return {"kind": "sample", "t": t, "held": 500 * MiB, "host_available": available}
+
+    roomy = [sample(i, 8 * 1024 * MiB) for i in range(10)]
+    fig, ax = plt.subplots()
+    assert not moved_limit(ax, roomy, 1024 * MiB) and not ax.lines
+    squeezed = roomy[:5] + [sample(5 + i, 200 * MiB + RESERVE_BYTES) for i in range(5)]
+    assert moved_limit(ax, squeezed, 1024 * MiB)
+    (line,) = ax.lines
+    drawn = [y for y in line.get_ydata() if y == y]  # NaN where there was room
+    assert drawn == [700.0] * 5 and line.get_label().startswith("limit")
+    plt.close(fig)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from memtune.core.errors import MemtuneError, TrainingFailed
+from memtune.probe.host import RESERVE_BYTES
 from memtune.proc.paths import as_new_file, output_file
 
 
@@ -51,6 +52,8 @@ def write_report(trace: Path, out: Path, usable_bytes: int | None = None) -> Non
     low, high = ax.get_ylim()
     if usable and usable / mib <= high + (high - low):  # in range: the budget line shows
         ax.axhline(usable / mib, color="red", linestyle="--", label="usable budget")
+    if usable:
+        moved_limit(ax, [r for r in records if r["kind"] == "sample"], usable)
     elif usable:
         ax.set_title(f"usable budget {usable / mib:,.0f} MiB (above the chart)", fontsize=9)
     at_top: dict[str, Any] = {"xycoords": ("data", "axes fraction"), "va": "top"}
@@ -105,6 +108,30 @@ def _memory_lines(ax: Any, samples: list[dict[str, Any]]) -> None:
         points = [(s["t"], s["gpu_used"][i]) for s in samples if s["gpu_used"][i] is not None]
         if points:
             ax.plot([t for t, _ in points], [u / mib for _, u in points], label=f"gpu:{i} used")
+
+
+def moved_limit(ax: Any, samples: list[dict[str, Any]], usable: int) -> bool:
+    """Where the host's room fell so far that memtune could hold less than the usable
+    budget (what it held plus what was available, less the reserve the host keeps: the
+    limit the watchdog halves against), that limit, drawn; a halving well under the usable
+    line is explained by it. Returns whether it was drawn."""
+    mib = 1024**2
+    points = [
+        (s["t"], s.get("held", s.get("rss", 0)) + s["host_available"] - RESERVE_BYTES)
+        for s in samples
+        if isinstance(s.get("host_available"), int)
+    ]
+    if not any(limit < usable for _, limit in points):
+        return False
+    ax.plot(
+        [t for t, _ in points],
+        [limit / mib if limit < usable else float("nan") for _, limit in points],
+        color="red",
+        linestyle=":",
+        linewidth=1.2,
+        label="limit: held + available − reserve",
+    )
+    return True
 
 
 LABEL_ROWS = 4  # batch-change labels stack this deep before the rest are only counted
