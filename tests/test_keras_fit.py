@@ -173,3 +173,21 @@ def test_row_weights_reach_keras_and_leave_validation_alone() -> None:
         verbose=0,
     )  # fmt: skip
     assert same.history["loss"][0] == pytest.approx(ones.history["loss"][0], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batched", [True, False])
+def test_validation_data_may_be_a_tf_data_pipeline(batched: bool) -> None:
+    import tensorflow as tf
+
+    x, y = arrays(128)
+    xv, yv = arrays(48, seed=2)
+    pipeline = tf.data.Dataset.from_tensor_slices((xv, yv))
+    history = memtune.fit(
+        tiny_model(), (x, y), epochs=2, budget="2GiB", analytic=True, verbose=0,
+        validation_data=pipeline.batch(16) if batched else pipeline,
+    )  # fmt: skip
+    assert len(history.history["val_loss"]) == 2
+    model = history.model
+    expected = model.evaluate(xv, yv, verbose=0, batch_size=48)[0]
+    assert history.history["val_loss"][-1] == pytest.approx(expected, rel=1e-4)

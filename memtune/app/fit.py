@@ -18,9 +18,11 @@ from memtune.core.errors import MemtuneError
 from memtune.core.options import Options, make_options, rows
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
+from memtune.data.footprint import Footprint
 from memtune.data.layout import Layout, layout_for
-from memtune.data.python import is_pair, name_pair
+from memtune.data.python import is_dataset, is_pair, name_pair
 from memtune.data.scan import scan
+from memtune.data.tfdata import DatasetBatches, dataset_source, is_batched, scan_dataset
 from memtune.model.info import is_spec
 from memtune.proc import failpoints
 from memtune.proc.paths import output_file, outside_folder
@@ -210,7 +212,7 @@ def _where(model: Any, opts: Options, checkpoints: bool) -> Where:
 
 def _train(
     prepared: Prepared,
-    val_layout: Layout | None,
+    val_layout: Layout | DatasetBatches | None,
     run: Run,
     order: Order,
     callbacks: list[Any],
@@ -275,14 +277,17 @@ def _class_weight(weights: Any, prepared: Prepared) -> dict[int, float] | None:
     return dict(weights)
 
 
-def _validation_layout(prepared: Prepared) -> Layout | None:
+def _validation_layout(prepared: Prepared) -> Layout | DatasetBatches | None:
     """``--validation-data``, fed and padded exactly like the training data; an ``(x, y)``
-    pair is named after the model's inputs and targets, as the training pair is."""
+    pair is named after the model's inputs and targets, as the training pair is; a
+    tf.data / PyDataset pipeline is read once to count it, then rebatched at the plan's."""
     opts = prepared.options
     if opts.validation_data is None:
         return None
     data = opts.validation_data
     fp = prepared.footprint.unweighted()  # validation is not weighted by rows
+    if is_dataset(data):
+        return _validation_pipeline(data, fp, prepared)
     if is_pair(data):
         inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
         data, _ = name_pair(data, inputs, targets, targets)
@@ -294,3 +299,10 @@ def _validation_layout(prepared: Prepared) -> Layout | None:
                     f"--validation-data {info.source.label!r} has no column {column!r}"
                 )
     return layout_for(info, fp, opts)
+
+
+def _validation_pipeline(data: Any, fp: Footprint, prepared: Prepared) -> DatasetBatches:
+    inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
+    batched = is_batched(data, [(f.name, (None, *f.shape)) for f in fp.inputs])
+    info = scan_dataset(data, inputs, targets, batched)
+    return dataset_source(info, fp, prepared.options, prepared.plan.batch_size)

@@ -37,7 +37,7 @@ def fit(
     are :func:`memtune.app.fit.fit`'s (``save``, ``checkpoint_dir``, ``resume``, ``seed``,
     ``shuffle``, ``plan``, ``callbacks``, ``verbose``, ``warn``). From ``model.fit``:
     ``epochs`` (default 1), ``initial_epoch``, ``validation_data`` (any form ``data``
-    takes but a pipeline), ``class_weight`` (one target), ``sample_weight`` (an array, one
+    takes), ``class_weight`` (one target), ``sample_weight`` (an array, one
     number a row, or a column's name; also as ``(x, y, sample_weight)``). Every keyword is
     checked before planning starts. The History also carries memtune's result: ``plan``,
     ``peak_bytes``, ``batch_size_changes``, ``samples_per_second``, ``seconds``, ``saved``,
@@ -49,11 +49,6 @@ def fit(
     _check_epochs(epochs, initial_epoch)
     data = _with_row_weights(data, options)
     if validation_data is not None:
-        if is_dataset(validation_data):
-            raise MemtuneError(
-                "validation_data: a tf.data / PyDataset pipeline is not supported yet; pass "
-                "arrays, a DataFrame or a path, or use validation_split"
-            )
         options["validation_data"] = validation_data
     weights = _class_weight(class_weight, data)
     result = fitting.fit(

@@ -19,7 +19,7 @@ from memtune.data.footprint import Footprint
 from memtune.data.layout import Layout, layout_for, load_in_memory, row_range
 from memtune.data.scan import DataInfo
 from memtune.data.shares import blocks_of, split_blocks, worker_blocks
-from memtune.data.tfdata import dataset_source
+from memtune.data.tfdata import DatasetBatches, dataset_source
 from memtune.run.distribute import Topology
 from memtune.run.feed import KerasFeed
 
@@ -46,7 +46,7 @@ def sources(
     info: DataInfo,
     fp: Footprint,
     *,
-    val_layout: Layout | None,
+    val_layout: Layout | DatasetBatches | None,
     feed: KerasFeed,
     order: Order,
     topology: Topology,
@@ -73,7 +73,9 @@ def sources(
     validation: dict[str, Any] = {}
     if held is not None:
         validation["validation_data"] = feed.stream(held)
-    if val_layout is not None:
+    if isinstance(val_layout, DatasetBatches):  # a pipeline, rebatched and padded as planned
+        validation["validation_data"] = val_layout.as_dataset(feed.pair)
+    elif val_layout is not None:
         validation["validation_data"] = feed.stream(
             _validation_data(plan, val_layout, batch, block_rows)
         )
