@@ -129,10 +129,11 @@ class MemoryDashboard(keras.callbacks.Callback, RunListener):  # type: ignore[na
         if not self._run:
             self.state.epochs = int(params.get("epochs") or 1)
         self.state.steps = params.get("steps")
+        batch = self.state.batch_size
         self.state.preparing = (
-            "tracing the model"
-            if not self._continuing
-            else (f"tracing the model at batch {self.state.batch_size:,}")
+            f"tracing the model at batch {batch:,}"
+            if self._continuing and batch  # a bucket's change leaves the plan's batch unknown
+            else "tracing the model"
         )
         self._open_view()
 
