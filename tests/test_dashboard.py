@@ -436,3 +436,60 @@ def test_the_report_draws_the_limit_that_moved_under_usable() -> None:
     drawn = [y for y in line.get_ydata() if y == y]  # NaN where there was room
     assert drawn == [700.0] * 5 and line.get_label().startswith("limit")
     plt.close(fig)
+
+
+@pytest.mark.slow
+def test_fit_on_a_real_terminal_shows_one_picture_from_planning_to_summary(
+    tmp_path: Path,
+) -> None:
+    """``memtune fit`` under a pseudo-terminal of 160 × 48, its bytes replayed through a VT
+    emulator every 1,000 bytes: never two dashboards (no stale first frame), never the
+    planning view beside the dashboard, and the summary at the end under one final frame."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
+
+    import pyte
+
+    from tests.conftest import FACTORY, id_shards, write_factory
+
+    spec = write_factory(tmp_path / "m.py", FACTORY)
+    data = id_shards(tmp_path / "d")
+    argv = [sys.executable, "-m", "memtune", "fit", "--model", spec, "--data", str(data),
+            "--target", "answer", "--epochs", "3", "--analytic", "--budget", "2GiB"]  # fmt: skip
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: memtune on the terminal
+        os.environ.update(COLUMNS="160", LINES="48", TERM="xterm-256color")
+        os.environ["MEMTUNE_CACHE_DIR"] = str(tmp_path / "cache")
+        os.execv(sys.executable, argv)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 48, 160, 0, 0))
+    out = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], 60)
+        try:
+            chunk = os.read(fd, 65536) if ready else b""
+        except OSError:  # the child closed the terminal
+            chunk = b""
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out[-2000:].decode(errors="replace")
+    screen = pyte.Screen(160, 48)
+    stream = pyte.ByteStream(screen)
+    heads = planning_beside = 0
+    for i in range(0, len(out), 1000):
+        stream.feed(out[i : i + 1000])
+        lines = screen.display
+        shown = sum(line.startswith("memtune — epoch") for line in lines)
+        heads = max(heads, shown)
+        if shown and any("planning:" in line for line in lines):
+            planning_beside += 1
+    final = [line.rstrip() for line in screen.display if line.strip()]
+    assert heads == 1 and planning_beside == 0
+    assert sum(line.startswith("memtune — epoch 3/3") for line in final) == 1
+    assert any(line.startswith("memtune fit") for line in final)
