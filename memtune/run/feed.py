@@ -57,7 +57,8 @@ class KerasFeed:
         """
         tf = _tf.tensorflow()
         self.streams.append(batches)
-        # The row weights are trained on, not validated with (as Keras's validation_split)
+        # Row weights shape training only: validation reports plain means (Keras would
+        # weight a validation_split's rows too)
         rows_weighed = training and self.footprint.weighted
         feeds = tuple(f for f in self.footprint.feeds if f.name != WEIGHT or rows_weighed)
         n_inputs = len(self.footprint.inputs)
