@@ -508,6 +508,15 @@ def cgroup_rows(tmp: Path, rng: np.random.Generator) -> list[dict[str, Any]]:
     return rows
 
 
+def case_inputs(name: str, folder: Path, rng: np.random.Generator) -> list[str]:
+    """A case's data and model written under ``folder``: the CLI's --model, --data,
+    --target and --maxlen for it."""
+    data = write_data(name, folder / "data", rng)
+    targets = [a for t in TARGETS.get(name, ["answer"]) for a in ("--target", t)]
+    maxlen = ["--maxlen", str(MAXLEN[name])] if name in MAXLEN else []
+    return ["--model", factory(name, folder), "--data", str(data), *targets, *maxlen]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -527,12 +536,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="memtune-estimate-") as tmp:
         for name in args.only or list(MODELS):
             folder = Path(tmp) / name
-            data = write_data(name, folder / "data", rng)
-            model = factory(name, folder)
-            targets = [a for t in TARGETS.get(name, ["answer"]) for a in ("--target", t)]
-            maxlen = ["--maxlen", str(MAXLEN[name])] if name in MAXLEN else []
+            inputs = case_inputs(name, folder, rng)
             for budget in [b * GiB for b in args.budget] if args.budget else BUDGETS:
-                inputs = ["--model", model, "--data", str(data), *targets, *maxlen]
                 common = [
                     *inputs,
                     "--budget",

@@ -22,17 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_estimate import (
-    BUDGETS,
-    MAXLEN,
-    MODELS,
-    TARGETS,
-    GiB,
-    NothingFits,
-    factory,
-    run_measured,
-    write_data,
-)
+from bench_estimate import BUDGETS, MODELS, GiB, NothingFits, case_inputs, run_measured
 
 
 def timed_plan(common: list[str], cache: str) -> tuple[int, float]:
@@ -52,13 +42,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="memtune-plans-") as tmp:
         for name in args.only or list(MODELS):
             folder = Path(tmp) / name
-            data = write_data(name, folder / "data", rng)
-            model = factory(name, folder)
-            targets = [a for t in TARGETS.get(name, ["answer"]) for a in ("--target", t)]
-            maxlen = ["--maxlen", str(MAXLEN[name])] if name in MAXLEN else []
+            inputs = case_inputs(name, folder, rng)
             for budget in [b * GiB for b in args.budget] if args.budget else BUDGETS:
-                common = ["--model", model, "--data", str(data), *targets, *maxlen,
-                          "--budget", f"{budget / GiB:.2f}GiB", "--max-batch-size",
+                common = [*inputs, "--budget", f"{budget / GiB:.2f}GiB", "--max-batch-size",
                           str(10**9), "--buckets", "off"]  # fmt: skip
                 caches = [str(folder / f"cache-{budget / GiB:.2f}-{i}") for i in range(2)]
                 try:

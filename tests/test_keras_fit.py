@@ -3,7 +3,6 @@ planning, and a Keras ``History`` back."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -45,12 +44,10 @@ def arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def test_keywords_memtune_cannot_honour_are_refused_before_planning(
     keywords: dict[str, Any], said: str
 ) -> None:
-    started = time.monotonic()
-    with pytest.raises(MemtuneError) as info:
-        memtune.fit("no-model.keras", arrays(8), **keywords)
+    with pytest.raises(MemtuneError) as info:  # the model file does not exist: the keyword
+        memtune.fit("no-model.keras", arrays(8), **keywords)  # is said before it is looked for
     assert said in str(info.value)
     assert "\n" not in str(info.value)
-    assert time.monotonic() - started < 5  # said before the model is even looked for
 
 
 @pytest.mark.parametrize(

@@ -262,18 +262,14 @@ def _finish(prepared: Prepared, trained: Trained, run: Run, save: Path | None) -
 
 
 def _class_weight(weights: Any, prepared: Prepared) -> dict[int, float] | None:
-    """``class_weight`` (checked by :mod:`memtune.app.keras_fit`) for a model of one
-    target, as Keras takes it."""
-    if prepared.footprint.weighted and prepared.info.source.kind == "dataset":
-        raise MemtuneError("--sample-weight with a tf.data / PyDataset DATA is not supported")
+    """``class_weight`` (checked, and refused with a pipeline, by
+    :mod:`memtune.app.keras_fit`) for a model of one target, as Keras takes it."""
     if not weights:
         return None
-    targets = prepared.footprint.targets
+    targets = prepared.footprint.model_targets
     if len(targets) != 1:
         names = ", ".join(t.name for t in targets)
         raise MemtuneError(f"class_weight: only for a model with one target (this has {names})")
-    if prepared.info.source.kind == "dataset":
-        raise MemtuneError("class_weight with a tf.data / PyDataset DATA is not supported yet")
     return dict(weights)
 
 
