@@ -258,39 +258,34 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from memtune.app.demo import write_demo
+    from memtune.app.demo import example_in, write_demo
     from memtune.app.fit import fit
     from memtune.app.prepare import prepare
     from memtune.core.options import make_options
     from memtune.ui.tables import console, render_fit, render_plan
 
-    directory = write_demo(Path(args.dir))
-    out = console()
-    data, model = directory / "shards", f"{directory / 'model.py'}:build_model"
-    out.print(f"Wrote the example to {directory}/: 12 CSV shards with list cells, and model.py.")
-    out.print(
-        f"$ memtune suggest --model {model} --data {data} --target answer --max-batch-size 256",
-        soft_wrap=True,
-    )
+    directory = write_demo(Path(args.dir), images=args.images)
+    ex, out = example_in(directory, images=args.images), console()
+    words = f"--model {ex.model} --data {ex.data}" + "".join(f" --target {t}" for t in ex.target)
+    if ex.max_batch_size:
+        words += f" --max-batch-size {ex.max_batch_size}"
+    out.print(f"Wrote the example to {directory}/: {ex.wrote}.")
+    out.print(f"$ memtune suggest {words}", soft_wrap=True)
+    options = dict(target=list(ex.target), max_batch_size=ex.max_batch_size)
     with _planning(False):
-        prepared = prepare(model, data, make_options(target=["answer"], max_batch_size=256))
+        prepared = prepare(ex.model, ex.data, make_options(**options))
     render_plan(prepared.plan, out)
     saved = directory / "model.keras"
-    out.print(
-        f"$ memtune fit --model {model} --data {data} --target answer --max-batch-size 256 "
-        f"--epochs 2 --save {saved}",
-        soft_wrap=True,
-    )
+    out.print(f"$ memtune fit {words} --epochs {ex.epochs} --save {saved}", soft_wrap=True)
     with _planning(False) as planning:
         result = fit(
-            model,
-            data,
-            epochs=2,
-            target=["answer"],
-            max_batch_size=256,
+            ex.model,
+            ex.data,
+            epochs=ex.epochs,
             save=str(saved),
             verbose=0,
             plan_callbacks=_dashboard(True, None, planning=planning),
+            **options,
         )
     render_fit(result, out)
     return 0
@@ -339,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="write an example dataset and model, plan it and train it")
     p.add_argument(
         "dir", nargs="?", default="memtune-demo", metavar="DIR", help="where (memtune-demo)"
+    )
+    p.add_argument(
+        "--images", action="store_true", help="an image folder and a convnet instead of shards"
     )
     _common(p)
     p.set_defaults(handler=cmd_demo)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from memtune.app.demo import png
 from memtune.cli import main
 from memtune.run.checkpoint import CheckpointDir, EpochState
 from tests.conftest import MODEL, tmpfs, write_csv_shards, write_factory
@@ -53,6 +55,12 @@ BAD_INPUTS: list[Case] = [
     Case("not a data file", "data", _fit("--data", "{tmp}/notes.txt"), "notes.txt"),
     Case("only empty shards", "data", _fit("--data", "{tmp}/allempty"), "holds no rows"),
     Case("validation data lacks a column", "data", _fit("--validation-data", "{tmp}/missing/1.csv"), "has no column 'b'"),
+    Case("images of mixed sizes", "data", _suggest("--data", "{tmp}/imgmixed", "--model", "{tmp}/anysize.py:build"), "images differ in size ({tmp}/imgmixed/a/0.png: 8×8, {tmp}/imgmixed/b/0.png: 10×10)"),
+    Case("a corrupt image", "data", _suggest("--data", "{tmp}/imgcorrupt", "--model", "{tmp}/img.py:build"), "{tmp}/imgcorrupt/b/1.png: not a readable image"),
+    Case("an empty class folder", "data", _suggest("--data", "{tmp}/imgempty", "--model", "{tmp}/img.py:build"), "{tmp}/imgempty/b: class folder holds no images"),
+    Case("images the model does not take", "model", _suggest("--data", "{tmp}/imgok", "--model", "{tmp}/img.py:build", "--color-mode", "rgba"), "model input 'image' has shape (None, 8, 8, 3) but 'image' holds samples of shape (8, 8, 4)"),
+    Case("an image size of one number", "cli", _suggest("--data", "{tmp}/imgok", "--model", "{tmp}/img.py:build", "--image-size", "8"), "--image-size '8': expected H,W"),
+    Case("an unknown color mode", "cli", _suggest("--data", "{tmp}/imgok", "--model", "{tmp}/img.py:build", "--color-mode", "cmyk"), "--color-mode"),
     # ------------------------------------------------------------------ model
     Case("model file missing", "model", _fit("--model", "{tmp}/none.keras"), "does not exist"),
     Case("not a Keras file", "model", _fit("--model", "{tmp}/junk.keras"), "is not a loadable Keras model"),
@@ -154,6 +162,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
             pd.DataFrame({"a": ["[1]"], "answer": [0]}),
         ],
     )
+    _image_world(tmp)
     (tmp / "notes.txt").write_text("not data")
     (tmp / "junk.keras").write_text("not a zip")
     for name in ("ck", "ckbad"):  # a complete memtune checkpoint after one epoch
@@ -174,6 +183,28 @@ m = keras.Model([x, y], keras.layers.Dense(1)(keras.layers.Concatenate()([x, y])
 m.compile("adam", "mse"); return m""",
     )
     return {"tmp": tmp, "model": model, "data": str(data)}
+
+
+def _image_world(tmp: Path) -> None:
+    """Image folders (8×8 PNGs unless named otherwise) and two convnets."""
+    pixels = np.full((8, 8, 3), 128, np.uint8)
+    folders = {
+        "imgok": {"a/0.png": png(pixels), "b/0.png": png(pixels)},
+        "imgmixed": {"a/0.png": png(pixels), "b/0.png": png(np.zeros((10, 10, 3), np.uint8))},
+        "imgcorrupt": {"a/0.png": png(pixels), "b/1.png": b"not a png"},
+        "imgempty": {"a/0.png": png(pixels), "b/notes.txt": b"no image here"},
+    }
+    for name, files in folders.items():
+        for relative, data in files.items():
+            (tmp / name / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name / relative).write_bytes(data)
+    convnet = """
+image = keras.Input((8, 8, 3), name="image")
+x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(image))
+m = keras.Model(image, keras.layers.Dense(2, name="label")(x))
+m.compile("adam", "sparse_categorical_crossentropy"); return m"""
+    write_factory(tmp / "img.py", convnet)
+    write_factory(tmp / "anysize.py", convnet.replace("(8, 8, 3)", "(None, None, 3)"))
 
 
 def test_the_catalogue_covers_every_area() -> None:

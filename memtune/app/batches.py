@@ -10,7 +10,7 @@ import numpy as np
 
 from memtune.app.inputs import named, scan_data
 from memtune.core.errors import MemtuneError
-from memtune.core.options import make_options
+from memtune.core.options import Options, make_options
 from memtune.core.signatures import ModelSignature, TensorSpec
 from memtune.data.bucketed import Bucketing
 from memtune.data.footprint import Footprint, footprint
@@ -32,41 +32,42 @@ def batches(
     padding: str = "pre",
     truncating: str = "pre",
     buckets: Any = None,
+    image_size: Any = None,
+    color_mode: str | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """One epoch of ``(inputs, targets)`` numpy batches, dicts keyed by name.
 
     With a model, inputs and targets are named and padded as the model declares; without
-    one, every non-target column is an input named after itself. ``data`` is anything
-    :func:`suggest` takes (an ``(x, y)`` pair or a tf.data / PyDataset pipeline needs the
-    model, for the names). ``mode``: ``"streaming"`` reads shards a block at a time,
-    ``"in-memory"`` loads them first; ``shuffle`` / ``seed`` shuffle per epoch (every
-    sample still exactly once). Every batch holds ``batch_size`` samples but the last.
+    one, every non-target column is an input named after itself. ``data``: anything
+    :func:`suggest` takes (arrays, pipelines and image folders need the model). ``mode``:
+    ``"streaming"`` reads shards a block at a time, ``"in-memory"`` loads them first;
+    ``shuffle`` / ``seed`` reshuffle per epoch (each sample once). Every batch holds
+    ``batch_size`` samples but the last.
 
     ``buckets``: a plan's ``buckets`` (:class:`~memtune.core.plan.Bucket` or the JSON's dicts):
     each batch then holds rows of one bucket, at most its ``batch_size`` of them, padded to
     its ``length`` — the batches ``fit`` trains on (``batch_size`` is the longest bucket's).
+    ``image_size`` / ``color_mode``: an image folder's (``--image-size``, ``--color-mode``).
     """
     from memtune.data.epoch import batches as _batches
 
-    options = make_options(
-        target=target, maxlen=maxlen, padding=padding, truncating=truncating, batch_size=batch_size
-    )
-    if model is not None:
-        from memtune.model import load as model_mod
-
-        sig = model_mod.signature(model_mod.load_model(model))
-        data, options = named(data, sig, options)
-        info = scan_data(data, sig, options)
-    else:
-        info = scan(data)
-        sig = _columns_signature(info, options.target)
+    given = dict(target=target, maxlen=maxlen, padding=padding, truncating=truncating)
+    images = dict(image_size=image_size, color_mode=color_mode)
+    options = make_options(**given, **images, batch_size=batch_size)
+    info, sig, options = _read(data, model, options)
     fp = footprint(sig, info, targets=options.target, maxlen=options.maxlen)
     if info.source.kind == "dataset":
         if buckets:
             raise MemtuneError("batches(buckets=): a tf.data pipeline is not bucketed")
-        yield from dataset_source(info, fp, options, batch_size).numpy()
-        return
-    yield from _batches(
+        return dataset_source(info, fp, options, batch_size).numpy()
+    if info.source.kind == "arrays":  # N-D arrays: batched where they are
+        from memtune.data.arrays import array_sources
+
+        source, _ = array_sources(
+            info, fp, batch_size, training=info.num_samples, shuffle=shuffle, seed=seed
+        )
+        return iter(source)
+    return _batches(
         layout_for(info, fp, options),
         batch_size,
         mode=mode,
@@ -74,6 +75,18 @@ def batches(
         seed=seed,
         bucketing=_bucketing(fp, buckets, batch_size) if buckets else None,
     )
+
+
+def _read(data: Any, model: Any, options: Options) -> tuple[DataInfo, ModelSignature, Options]:
+    """The data read as the model names it (without one: each column its own input)."""
+    if model is None:
+        info = scan(data)
+        return info, _columns_signature(info, options.target), options
+    from memtune.model import load as model_mod
+
+    sig = model_mod.signature(model_mod.load_model(model))
+    data, options = named(data, sig, options)
+    return scan_data(data, sig, options), sig, options
 
 
 def _bucketing(fp: Footprint, buckets: Any, batch_size: int) -> Bucketing:

@@ -18,7 +18,9 @@ from memtune.core.errors import MemtuneError
 from memtune.core.options import Options, make_options, rows
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
+from memtune.data.arrays import ArrayBatches, has_nd, validation_arrays
 from memtune.data.footprint import Footprint
+from memtune.data.images import ImageFolder, is_image_folder, read_folder
 from memtune.data.layout import Layout, layout_for
 from memtune.data.python import is_dataset, is_pair, name_pair
 from memtune.data.scan import scan
@@ -212,7 +214,7 @@ def _where(model: Any, opts: Options, checkpoints: bool) -> Where:
 
 def _train(
     prepared: Prepared,
-    val_layout: Layout | DatasetBatches | None,
+    val_layout: Layout | DatasetBatches | ArrayBatches | None,
     run: Run,
     order: Order,
     callbacks: list[Any],
@@ -273,7 +275,7 @@ def _class_weight(weights: Any, prepared: Prepared) -> dict[int, float] | None:
     return dict(weights)
 
 
-def _validation_layout(prepared: Prepared) -> Layout | DatasetBatches | None:
+def _validation_layout(prepared: Prepared) -> Layout | DatasetBatches | ArrayBatches | None:
     """``--validation-data``, fed and padded exactly like the training data; an ``(x, y)``
     pair is named after the model's inputs and targets, as the training pair is; a
     tf.data / PyDataset pipeline is read once to count it, then rebatched at the plan's."""
@@ -284,6 +286,15 @@ def _validation_layout(prepared: Prepared) -> Layout | DatasetBatches | None:
     fp = prepared.footprint.unweighted()  # validation is not weighted by rows
     if is_dataset(data):
         return _validation_pipeline(data, fp, prepared)
+    if is_image_folder(data):  # at the training images' size and channels
+        folder = ImageFolder(Path(data), None, opts.color_mode)
+        image, label = fp.inputs[0], fp.model_targets[0]
+        info = read_folder(folder, image.name, (None, *image.shape), label.columns[0])
+        return dataset_source(info, fp, opts, prepared.plan.batch_size)
+    if has_nd(data) or prepared.info.source.kind == "arrays":
+        return validation_arrays(
+            data, fp, prepared.plan.batch_size, allow_nonfinite=opts.allow_nonfinite
+        )
     if is_pair(data):
         inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
         data, _ = name_pair(data, inputs, targets, targets)

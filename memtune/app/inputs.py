@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from memtune.core.errors import MemtuneError
@@ -30,33 +31,66 @@ def named(data: Any, sig: ModelSignature, options: Options) -> tuple[Any, Option
     """``(x, y)`` as a dict of columns named after the model's inputs and outputs; ``y``'s
     names become the targets, an ``(x, y, w)``'s ``w`` the row weights. Anything else
     passes through."""
-    from memtune.data.python import WEIGHT, is_pair, name_pair
+    from memtune.data.arrays import CallerArrays, has_nd
+    from memtune.data.images import ImageFolder, is_image_folder
+    from memtune.data.python import WEIGHT, as_array, is_pair, name_pair
 
+    if is_image_folder(data):
+        return ImageFolder(Path(data), options.image_size, options.color_mode), options
+    nd = has_nd(data)
+    if nd and not is_pair(data):  # a dict holding N-D arrays: its keys name the columns
+        columns = {str(k): as_array(v, f"data[{k!r}]", True) for k, v in data.items()}
+        return CallerArrays(columns), options
     if not is_pair(data):
         return data, options
     inputs, outputs = [s.name for s in sig.inputs], [s.name for s in sig.outputs]
-    columns, targets = name_pair(data, inputs, outputs, options.target)
+    columns, targets = name_pair(data, inputs, outputs, options.target, nd=nd)
     weight = WEIGHT if WEIGHT in columns else options.sample_weight
-    return columns, replace(options, target=targets, sample_weight=weight)
+    options = replace(options, target=targets, sample_weight=weight)
+    return (CallerArrays(columns) if nd else columns), options
 
 
 def scan_data(data: Any, sig: ModelSignature, options: Options) -> DataInfo:
     """:func:`scan` for files and tables; one pass over a tf.data / PyDataset pipeline."""
+    from memtune.data.arrays import CallerArrays, arrays_info
+    from memtune.data.images import ImageFolder
     from memtune.data.python import is_dataset
 
+    if isinstance(data, CallerArrays):
+        return arrays_info(data.columns, allow_nonfinite=options.allow_nonfinite)
+    if isinstance(data, ImageFolder):
+        return folder_info(data, sig, options)
     if not is_dataset(data):
         return scan(data)
     from memtune.data.tfdata import is_batched, scan_dataset
 
-    if options.validation_split or options.validation_data is not None:
+    if options.validation_split:
         raise MemtuneError(
-            "validation with a tf.data pipeline as DATA is not supported yet; "
-            "pass the data as a file, a table or (x, y) arrays to validate"
+            "--validation-split with a tf.data pipeline as DATA is not supported yet; "
+            "pass validation_data, or the data as a file, a table or (x, y) arrays"
         )
     inputs = [s.name for s in sig.inputs]
     targets = list(options.target) or [s.name for s in sig.outputs]
     batched = is_batched(data, [(s.name, s.shape) for s in sig.inputs])
     return scan_dataset(data, inputs, targets, batched)
+
+
+def folder_info(folder: Any, sig: ModelSignature, options: Options) -> DataInfo:
+    """An image folder read for a model of one image input and one output."""
+    from memtune.data.images import read_folder
+
+    if len(sig.inputs) != 1 or len(sig.outputs) != 1:
+        raise MemtuneError(
+            f"data {str(folder.path)!r}: an image folder feeds a model of one input and one "
+            f"output (this one has {len(sig.inputs)} and {len(sig.outputs)})"
+        )
+    if options.validation_split:
+        raise MemtuneError(
+            "--validation-split with an image folder is not supported yet; give "
+            "--validation-data FOLDER (the same layout)"
+        )
+    target = options.target[0] if options.target else sig.outputs[0].name
+    return read_folder(folder, sig.inputs[0].name, sig.inputs[0].shape, target)
 
 
 def train_samples(info: DataInfo, options: Options) -> int:

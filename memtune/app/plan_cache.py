@@ -80,9 +80,12 @@ def _model_files(spec: str) -> list[Path]:
 
 def _data_files(data: Any) -> list[Path]:
     path = Path(data)
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [path]
+    if not path.is_dir():
+        return [path]
+    # An image folder's files are one level down, in its class folders.
+    shown = [p for p in path.iterdir() if not p.name.startswith(".")]
+    inner = [q for p in shown if p.is_dir() for q in p.iterdir() if not q.name.startswith(".")]
+    return sorted(p for p in (*shown, *inner) if p.is_file())
 
 
 def _stats(files: list[Path]) -> list[list[Any]]:

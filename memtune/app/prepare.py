@@ -22,6 +22,7 @@ from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.options import Options
 from memtune.core.plan import Mode, Plan
 from memtune.core.planner import Planner
+from memtune.data.arrays import held_bytes
 from memtune.data.blocks import whole_blocks
 from memtune.data.buckets import LengthBuckets
 from memtune.data.footprint import Footprint, footprint
@@ -185,12 +186,14 @@ def _from_cache(plan: Plan) -> Plan:
 def _read(model: Any, data: Any, options: Options) -> _Inputs:
     """Data first (bad data fails before TensorFlow loads), unless it is named after the
     model's inputs and outputs; then the model; then the footprint."""
+    from memtune.data.arrays import has_nd
+    from memtune.data.images import is_image_folder
     from memtune.data.python import is_dataset, is_pair
     from memtune.model import info as modelinfo
     from memtune.proc import tf as _tf
 
     check_spec(model)  # a typo in --model fails now, not after the data scan
-    by_model = is_pair(data) or is_dataset(data)
+    by_model = is_pair(data) or is_dataset(data) or has_nd(data) or is_image_folder(data)
     info = None if by_model else scanned(lambda: scan(data))
     progress.report("stage", what="reading the model")
     model_info, loaded = modelinfo.read(model, debug=_tf.debug_enabled())
@@ -232,7 +235,14 @@ def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]
     plan_options = options.plan_options(any(f.sequence for f in fp.feeds))
     if info.source.kind == "dataset":
         why = f"the {info.source.label[1:-1]} (memtune streams it)"
+        if not info.source.label.startswith("<"):
+            why = "an image folder: images are decoded a batch at a time"
         plan_options = replace(plan_options, mode="streaming", mode_why=why)
+    per_sample = fp.per_sample_bytes
+    if info.source.kind == "arrays":  # held by the caller's process, where fit trains
+        why = "the caller's arrays, already in memory"
+        plan_options = replace(plan_options, mode="in-memory", mode_why=why)
+        per_sample = max(per_sample, held_bytes(info))
     training = train_samples(info, options)
     whole = whole_blocks(info.source)
     plan_options = replace(
@@ -256,7 +266,7 @@ def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]
             pad_length=buckets.pad_length,
             real_tokens=buckets.real_tokens,
         )
-    planner = Planner(where.budget, training, fp.per_sample_bytes, plan_options, tuple(notes))
+    planner = Planner(where.budget, training, per_sample, plan_options, tuple(notes))
     return planner, buckets
 
 
@@ -348,6 +358,10 @@ def _trial_rows(
     ``bucket`` (input, length): rows no longer than that, cut to it."""
     if info.source.kind == "dataset":
         return None
+    if info.source.kind == "arrays":
+        from memtune.data.arrays import write_array_rows
+
+        return lambda batch, path: write_array_rows(info, fp, batch, path)
     from memtune.data.sample import write_trial_rows
 
     layout = layout_for(info, fp, options)

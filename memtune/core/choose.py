@@ -173,8 +173,8 @@ def _opening(ask: _Ask) -> list[str]:
     return [
         f"budget {format_bytes(ask.budget.budget_bytes)} ({ask.budget.source}) less a "
         f"{o.safety:.0%} safety margin: {format_bytes(ask.usable)} usable on {ask.budget.device}",
-        f"one sample is {ask.per_sample_bytes:,} B after padding; {ask.num_samples:,} training "
-        f"samples are {format_bytes(ask.dataset)}{held}",
+        f"one sample is {ask.per_sample_bytes:,} B{' after padding' * o.has_sequences}; "
+        f"{ask.num_samples:,} training samples are {format_bytes(ask.dataset)}{held}",
     ]
 
 

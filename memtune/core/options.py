@@ -19,6 +19,7 @@ from memtune.core.units import parse_size
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 _SIDES = ("pre", "post")
 _MODES = ("in-memory", "streaming")
+_COLORS = ("rgb", "grayscale", "rgba")
 
 Maxlen = Mapping[str | None, int]  # column → length; the None key applies to every column
 Kind = Literal["value", "int", "float", "switch", "repeat"]
@@ -53,6 +54,8 @@ class Options:
     buckets: int | None = None
     allow_nonfinite: bool = False  # train on NaN / inf in float columns (refused by default)
     sample_weight: str | None = None  # the column of per-row loss weights
+    image_size: tuple[int, int] | None = None  # an image folder's images resized to this
+    color_mode: str | None = None  # an image folder's channels (None: the model's, else rgb)
 
     def plan_options(self, has_sequences: bool) -> PlanOptions:
         return PlanOptions(
@@ -219,9 +222,30 @@ def _buckets(value: Any) -> int | None:
     return count
 
 
+def _image_size(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value if isinstance(value, tuple | list) else str(value).replace("x", ",").split(",")
+    wrong = f"--image-size {value!r}: expected H,W (two positive integers)"
+    try:
+        height, width = (int(str(p).strip()) for p in parts)
+    except ValueError:
+        raise MemtuneError(wrong) from None
+    if height < 1 or width < 1:
+        raise MemtuneError(wrong)
+    return height, width
+
+
+def _color_mode(value: Any) -> str | None:
+    if value is None or value in _COLORS:
+        return value
+    raise MemtuneError(f"--color-mode {value!r}: expected one of {', '.join(_COLORS)}")
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("model", "a .keras file, FILE.py:FUNCTION or MODULE:FUNCTION", "input", toml=(str,)),
-    Option("data", "a .csv / .parquet file or a folder of shards", "input", toml=(str,)),
+    Option("data", "a .csv / .parquet file, a folder of shards, or of images in class folders",
+           "input", toml=(str,)),
     Option("target", "target column (repeatable)", kind="repeat", metavar="COL",
            toml=(str, list), parse=_targets, doc="str or list: target columns"),
     Option("maxlen", "pad length where the model says None", kind="repeat",
@@ -277,6 +301,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("sample_weight", "a column of per-row loss weights (as model.fit's sample_weight)",
            metavar="COLUMN", toml=(str,), parse=_column("--sample-weight"),
            doc="a column name (``memtune.fit`` also takes an array)"),
+    Option("image_size", "an image folder's images resized to H,W (default: the model's size)",
+           metavar="H,W", toml=(str, list), parse=_image_size,
+           doc='``"H,W"`` or ``(H, W)``'),
+    Option("color_mode", "an image folder's channels (default: the model's, else rgb)",
+           choices=_COLORS, toml=(str,), parse=_color_mode,
+           doc='``"rgb"`` | ``"grayscale"`` | ``"rgba"``'),
     Option("allow_nonfinite", "train on NaN / inf values in float columns (refused by default)",
            kind="switch", default=False, toml=(bool,), parse=bool),
     Option("epochs", "epochs to train", "fit", kind="int", metavar="N"),

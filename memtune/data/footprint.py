@@ -19,7 +19,10 @@ from memtune.data.python import WEIGHT  # the feed of per-row loss weights: a ba
 if TYPE_CHECKING:  # the data readers (pandas, Arrow) stay out of a trial child
     from memtune.data.scan import DataInfo
 
-ITEM_BYTES = {"int32": 4, "float32": 4}
+# What a feed's element takes; N-D samples keep their own narrower types.
+ITEM_BYTES = {
+    "int32": 4, "float32": 4, "uint8": 1, "int8": 1, "int16": 2, "uint16": 2, "float16": 2,
+}  # fmt: skip
 DEFAULT_TARGET = "answer"  # the seed article's convention
 
 
@@ -182,6 +185,30 @@ def _scalar_feed(
     return Feed(spec.name, role, tuple(columns), shape, dtype, False)
 
 
+def _tensor_feed(
+    spec: TensorSpec,
+    column: str,
+    role: Literal["input", "target"],
+    info: DataInfo,
+    notes: list[str],
+) -> Feed:
+    """A fixed N-D sample (images, audio frames): fed at its own shape where the model's
+    declared dims agree (None takes the data's), or reshaped when they hold as many values."""
+    dims, data = spec.shape[1:], info.columns[column].shape
+    shape: tuple[int, ...] = data
+    agrees = len(dims) == len(data) and all(d in (None, s) for d, s in zip(dims, data, strict=True))
+    if not agrees:
+        if None in dims or math.prod(d or 0 for d in dims) != math.prod(data):
+            what = f"model {role if role == 'input' else 'output'} {spec.name!r}"
+            raise MemtuneError(
+                f"{what} has shape {_shape_text(spec.shape)} but {column!r} holds samples of "
+                f"shape {_shape_text(data)}"
+            )
+        shape = tuple(d for d in dims if d is not None)
+        notes.append(f"{column}: samples of shape {_shape_text(data)} reshaped to {shape}")
+    return Feed(spec.name, role, (column,), shape, info.columns[column].dtype, False)
+
+
 def _shape_text(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
@@ -214,7 +241,9 @@ def footprint(
     target_feeds: list[Feed] = []
     for spec in signature.outputs:
         column = target_of[spec.name]
-        if info.columns[column].sequence:
+        if info.columns[column].tensor:
+            target_feeds.append(_tensor_feed(spec, column, "target", info, notes))
+        elif info.columns[column].sequence:
             target_feeds.append(_sequence_feed(spec, column, "target", info, maxlen, notes))
         else:
             dims = spec.shape[1:]
@@ -235,13 +264,17 @@ def _input_feeds(
     named = [s for s in signature.inputs if s.name in info.columns]
     for spec in signature.inputs:
         if spec.name in info.columns:
-            if info.columns[spec.name].sequence:
+            if info.columns[spec.name].tensor:
+                inputs.append(_tensor_feed(spec, spec.name, "input", info, notes))
+            elif info.columns[spec.name].sequence:
                 inputs.append(_sequence_feed(spec, spec.name, "input", info, maxlen, notes))
             else:
                 inputs.append(_scalar_feed(spec, [spec.name], "input", info))
         elif len(signature.inputs) == 1 and not named:
             scalars = [
-                c.name for c in info.columns.values() if not c.sequence and c.name not in skip
+                c.name
+                for c in info.columns.values()
+                if not c.sequence and not c.tensor and c.name not in skip
             ]
             if not scalars:
                 raise MemtuneError(

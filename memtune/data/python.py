@@ -57,13 +57,19 @@ def is_dataset(data: Any) -> bool:
 
 
 def name_pair(
-    data: Any, inputs: Sequence[str], outputs: Sequence[str], targets: Sequence[str]
+    data: Any,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    targets: Sequence[str],
+    *,
+    nd: bool = False,
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """``(x, y)`` → a dict of columns keyed by input / target name, and the target names;
-    ``(x, y, w)`` adds the row weights as the column :data:`WEIGHT`."""
+    ``(x, y, w)`` adds the row weights as the column :data:`WEIGHT`. ``nd``: arrays of any
+    number of axes are taken (images, audio), else at most 2-D or ragged."""
     x, y, *weights = data
-    columns = _named(x, inputs, "x")
-    labels = _named(y, list(targets) or outputs, "y")
+    columns = _named(x, inputs, "x", nd)
+    labels = _named(y, list(targets) or outputs, "y", nd)
     clash = sorted(set(columns) & set(labels))
     if clash:
         raise MemtuneError(f"(x, y): {clash[0]!r} names both an input and a target")
@@ -116,24 +122,31 @@ def by_name(
     return {names[0]: value}
 
 
-def _named(value: Any, names: Sequence[str], what: str) -> dict[str, np.ndarray]:
+def _named(value: Any, names: Sequence[str], what: str, nd: bool) -> dict[str, np.ndarray]:
     named = by_name(value, names, what, "(x, y)")
     single = len(named) == 1 and not isinstance(value, Mapping)
-    return {k: _array(v, what if single else f"{what}[{k!r}]") for k, v in named.items()}
+    return {k: as_array(v, what if single else f"{what}[{k!r}]", nd) for k, v in named.items()}
 
 
-def _array(value: Any, what: str) -> np.ndarray:
+def as_array(value: Any, what: str, nd: bool = False) -> np.ndarray:
+    """One array of ``(x, y)``, checked to hold one value, sequence (or, ``nd``, N-D sample)
+    of numbers per row."""
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise MemtuneError(f"(x, y): {what} is not an array ({exc})") from None
-    if array.dtype.kind == "O" and array.ndim == 1:
+    if array.dtype.kind == "O" and array.ndim == 1 and not nd:
         return _ragged(array, what)
+    if array.dtype.kind == "O" and nd:
+        raise MemtuneError(
+            f"(x, y): {what} holds samples of different shapes; beside N-D arrays every array "
+            "must be rectangular (pad or resize them first)"
+        )
     if array.dtype.kind not in "biuf":
         raise MemtuneError(f"(x, y): {what} holds {array.dtype} values, not numbers")
     if array.ndim == 0:
         raise MemtuneError(f"(x, y): {what} is a single number, not one value per sample")
-    if array.ndim > 2:
+    if array.ndim > 2 and not nd:
         raise MemtuneError(
             f"(x, y): {what} has shape {array.shape}; memtune reads one number or one "
             "sequence per sample (at most 2-D arrays)"

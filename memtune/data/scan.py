@@ -33,10 +33,20 @@ class ColumnInfo:
     # Every row's sequence length, in shard and row order (sequence columns only): what
     # length buckets are cut from. 1-4 B a row.
     lengths: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # A fixed N-D sample (an image, a spectrogram): its shape, and its element type kept as
+    # given where a feed can take it (uint8 images stay 1 B a value until the model casts)
+    shape: tuple[int, ...] = ()
+    item: str | None = None
 
     @property
     def dtype(self) -> str:
+        if self.item is not None:
+            return self.item
         return "int32" if self.is_int else "float32"
+
+    @property
+    def tensor(self) -> bool:
+        return bool(self.shape)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pandas as pd
 from memtune.core.errors import MemtuneError
 from memtune.data.cells import Ragged, parse_cells, scalars_as_ragged
 
-Kind = Literal["csv", "parquet", "frame", "dataset"]
+Kind = Literal["csv", "parquet", "frame", "dataset", "arrays"]
 Column = np.ndarray | Ragged
 _SUFFIXES: dict[str, Kind] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _NUMBER = re.compile(r"\d+")
@@ -42,6 +42,7 @@ class Shard:
     frame: pd.DataFrame | None = None
     dataset: Any = None  # a tf.data.Dataset / PyDataset (memtune.data.tfdata reads it)
     batched: bool = False  # whether that pipeline yields batches or single samples
+    arrays: Any = None  # the caller's N-D arrays by column (memtune.data.arrays)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 from memtune.core.constants import STREAM_QUEUE_BATCHES
 from memtune.core.errors import MemtuneError
 from memtune.core.options import Options
+from memtune.data.arrays import feed_type
 from memtune.data.footprint import Footprint
 from memtune.data.python import by_name
 from memtune.data.scan import ColumnInfo, DataInfo
@@ -90,35 +91,29 @@ def scan_dataset(
     where = f"the {_kind(data)}"
     columns: dict[str, ColumnInfo] = {}
     total = 0
-    for x, y in _numpy_batches(data, batched):
+    for x, y, shapes in _numpy_batches(data, batched):
         named = {
             **by_name(x, inputs, "x", where, only=True),
             **by_name(y, targets, "y", where, only=True),
         }
+        sizes = (
+            {}
+            if shapes is None
+            else {
+                **by_name(shapes[0], inputs, "x", where, only=True),
+                **by_name(shapes[1], targets, "y", where, only=True),
+            }
+        )
         rows = None
         for name, value in named.items():
             array = np.asarray(value)
-            if array.ndim > 2 or array.ndim == 0:
-                raise MemtuneError(
-                    f"{where}: {name!r} has per-sample shape {array.shape[1:]}; memtune reads "
-                    "one number or one sequence per sample"
-                )
+            if array.ndim == 0:
+                raise MemtuneError(f"{where}: {name!r} is a single number, not one per sample")
             if rows is not None and array.shape[0] != rows:
                 raise MemtuneError(f"{where}: {name!r} has {array.shape[0]} rows, not {rows}")
             rows = array.shape[0]
-            sequence = array.ndim == 2
-            info = ColumnInfo(
-                name, sequence, array.dtype.kind in "biu", array.shape[1] if sequence else 1
-            )
-            seen = columns.get(name)
-            if seen is not None:
-                info = ColumnInfo(
-                    name,
-                    seen.sequence or sequence,
-                    seen.is_int and info.is_int,
-                    max(seen.max_len, info.max_len),
-                )
-            columns[name] = info
+            found = np.asarray(sizes.get(name, np.asarray(array.shape[1:])[None]))
+            columns[name] = _column(columns.get(name), name, array, found, where)
         total += rows or 0
     if total == 0:
         raise MemtuneError(f"data: {where} yields no samples")
@@ -131,19 +126,54 @@ def scan_dataset(
     return DataInfo(source, columns, total, (total,), [note])
 
 
-def _numpy_batches(data: Any, batched: bool) -> Iterator[tuple[Any, Any]]:
+def _column(
+    seen: ColumnInfo | None, name: str, array: np.ndarray, shapes: np.ndarray, where: str
+) -> ColumnInfo:
+    """A feature's kind after one more batch: a scalar, a sequence (one axis, padded), or
+    a fixed N-D sample (more axes, one shape for every sample)."""
+    if array.ndim > 2:
+        shape = tuple(int(d) for d in array.shape[1:])
+        known = [*([seen.shape] if seen is not None else []), *{tuple(map(int, r)) for r in shapes}]
+        odd = next((k for k in known if k != known[0]), None)
+        if odd is not None:
+            raise MemtuneError(
+                f"{where}: {name!r} holds samples of different shapes ({known[0]} and {odd}); "
+                "resize them to one (a Resizing layer in the pipeline, or --image-size)"
+            )
+        return ColumnInfo(
+            name, False, array.dtype.kind in "biu", 1, shape=shape, item=feed_type(array.dtype)
+        )
+    sequence = array.ndim == 2
+    info = ColumnInfo(name, sequence, array.dtype.kind in "biu", array.shape[1] if sequence else 1)
+    if seen is None:
+        return info
+    return ColumnInfo(
+        name,
+        seen.sequence or sequence,
+        seen.is_int and info.is_int,
+        max(seen.max_len, info.max_len),
+    )
+
+
+def _numpy_batches(data: Any, batched: bool) -> Iterator[tuple[Any, Any, Any]]:
+    """``(x, y, shapes)`` batches; ``shapes``: for an unbatched pipeline, ``(x, y)`` of
+    every sample's shape (padding samples to a batch would hide a difference), else None."""
     if not _is_tf_dataset(data):
         for i in range(len(data)):
-            yield _pair(data[i], "the keras.utils.PyDataset")
+            yield (*_pair(data[i], "the keras.utils.PyDataset"), None)
         return
     if batched:
-        yield from (_pair(e, "the tf.data.Dataset") for e in data.as_numpy_iterator())
+        yield from ((*_pair(e, "the tf.data.Dataset"), None) for e in data.as_numpy_iterator())
         return
+    tf = _tf.tensorflow()
+
+    def with_shapes(*element: Any) -> Any:
+        x, y = element if len(element) == 2 else _pair(element[0], "the tf.data.Dataset")
+        return (x, y), tf.nest.map_structure(tf.shape, (x, y))
+
     # Unbatched samples, possibly of different lengths: pad within scan batches to count.
-    ds = data.padded_batch(SCAN_BATCH)
-    for element in ds.as_numpy_iterator():
-        x, y = _pair(element, "the tf.data.Dataset")
-        yield x, y
+    for (x, y), shapes in data.map(with_shapes).padded_batch(SCAN_BATCH).as_numpy_iterator():
+        yield x, y, shapes
 
 
 class DatasetBatches:

@@ -68,7 +68,9 @@ def measured_plan(
 
 def _summary(s: Setup, result: SearchResult) -> str:
     """How the trials were measured, in one reason line."""
-    data = "the data's own rows, its longest included" if s.rows else "synthetic rows"
+    data = "synthetic rows"
+    if s.rows:
+        data = "the data's own rows" + (", its longest included" if s.sequences else "")
     summary = (
         f"{len(result.trials)} trial(s) measured in a child process on {data}, each "
         f"training until its peak held (at most {MAX_STEPS} steps); planning and trial "

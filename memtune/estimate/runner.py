@@ -46,6 +46,7 @@ class Setup:
     # results): fit trains in this process, so its peak is a trial's plus this.
     parent_extra: int = 0
     validation: bool = False  # fit evaluates held-out rows each epoch: trials do too
+    sequences: bool = False  # some feed is padded: a trial's rows include the longest
 
     @property
     def row_bytes(self) -> int:
@@ -103,6 +104,7 @@ def setup(
         rows,
         extra,
         validation,
+        sequences=any(f.sequence for f in fp.feeds),
     )
 
 

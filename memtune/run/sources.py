@@ -12,6 +12,7 @@ from memtune.core.constants import BLOCK_ROWS
 from memtune.core.errors import MemtuneError
 from memtune.core.options import Options
 from memtune.core.plan import Plan
+from memtune.data.arrays import ArrayBatches, array_sources
 from memtune.data.batch_sources import BatchSource, EvenBatches, InMemoryBatches, StreamingBatches
 from memtune.data.blocks import Block
 from memtune.data.bucketed import Bucketing, bucketed_in_memory, bucketed_streaming
@@ -46,7 +47,7 @@ def sources(
     info: DataInfo,
     fp: Footprint,
     *,
-    val_layout: Layout | DatasetBatches | None,
+    val_layout: Layout | DatasetBatches | ArrayBatches | None,
     feed: KerasFeed,
     order: Order,
     topology: Topology,
@@ -57,7 +58,10 @@ def sources(
     if info.source.kind == "dataset":
         if topology.active:
             raise MemtuneError("--strategy with a tf.data pipeline as DATA is not supported yet")
-        return Sources(dataset_source(info, fp, options, plan.batch_size), {})
+        stream = dataset_source(info, fp, options, plan.batch_size)
+        return Sources(stream, _validation(plan, val_layout, feed, plan.batch_size, BLOCK_ROWS))
+    if info.source.kind == "arrays":
+        return _arrays(plan, options, info, fp, val_layout, feed, order, topology)
     layout = layout_for(info, fp, options)
     batch = plan.batch_size * topology.local_replicas
     bucketing = bucketing_of(plan, fp)
@@ -70,16 +74,50 @@ def sources(
         train, held = _in_memory(layout, blocks, batch, bucketing, split, order)
     else:
         train, held = _streaming(layout, blocks, batch, bucketing, split, order)
-    validation: dict[str, Any] = {}
     if held is not None:
-        validation["validation_data"] = feed.stream(held)
+        return Sources(train, {"validation_data": feed.stream(held)})
+    return Sources(train, _validation(plan, val_layout, feed, batch, block_rows))
+
+
+def _validation(
+    plan: Plan,
+    val_layout: Layout | DatasetBatches | ArrayBatches | None,
+    feed: KerasFeed,
+    batch: int,
+    block_rows: int,
+) -> dict[str, Any]:
+    """``model.fit``'s keywords for ``--validation-data``, fed as planned."""
+    if val_layout is None:
+        return {}
     if isinstance(val_layout, DatasetBatches):  # a pipeline, rebatched and padded as planned
-        validation["validation_data"] = val_layout.as_dataset(feed.pair)
-    elif val_layout is not None:
-        validation["validation_data"] = feed.stream(
-            _validation_data(plan, val_layout, batch, block_rows)
-        )
-    return Sources(train, validation)
+        return {"validation_data": val_layout.as_dataset(feed.pair)}
+    if isinstance(val_layout, ArrayBatches):
+        return {"validation_data": feed.stream(val_layout)}
+    return {"validation_data": feed.stream(_validation_data(plan, val_layout, batch, block_rows))}
+
+
+def _arrays(
+    plan: Plan,
+    options: Options,
+    info: DataInfo,
+    fp: Footprint,
+    val_layout: Layout | DatasetBatches | ArrayBatches | None,
+    feed: KerasFeed,
+    order: Order,
+    topology: Topology,
+) -> Sources:
+    """The caller's N-D arrays, batched where they are; a split holds out the last rows."""
+    if topology.workers > 1:
+        raise MemtuneError("--strategy multiworker with in-memory arrays is not supported yet")
+    batch = plan.batch_size * topology.local_replicas
+    split = options.validation_split if val_layout is None else None
+    training = int(info.num_samples * (1 - split)) if split else info.num_samples
+    train, held = array_sources(
+        info, fp, batch, training=training, shuffle=order.shuffle, seed=order.seed
+    )
+    if held is not None:
+        return Sources(train, {"validation_data": feed.stream(held)})
+    return Sources(train, _validation(plan, val_layout, feed, batch, BLOCK_ROWS))
 
 
 def bucketing_of(plan: Plan, fp: Footprint) -> Bucketing | None:

@@ -1,0 +1,151 @@
+"""A folder of images in class subfolders — the layout ``keras.utils.image_dataset_from_directory``
+reads — as a pipeline memtune streams: one decode per image per epoch, nothing held whole.
+
+Every file is decoded once when the folder is read, so a corrupt file, an empty class or
+images of several sizes fail there, in one line naming the file, not mid-training. Images
+stay uint8 (1 B a value) until the model casts them, as ``Rescaling`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memtune.core.errors import MemtuneError
+from memtune.data.scan import ColumnInfo, DataInfo
+from memtune.data.sources import Shard, Source
+from memtune.proc import tf as _tf
+
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}
+ORDER_SEED = 1337  # the files' fixed, shuffled order: classes mixed in every batch
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The folder as the user named it, with the options that shape its images."""
+
+    path: Path
+    image_size: tuple[int, int] | None
+    color_mode: str | None
+
+
+def is_image_folder(data: Any) -> bool:
+    """A folder whose subfolders hold images, and no CSV / Parquet shards of its own."""
+    if not isinstance(data, str | os.PathLike) or not Path(data).is_dir():
+        return False
+    path = Path(data)
+    if any(p.suffix.lower() in (".csv", ".parquet", ".pq") for p in path.iterdir()):
+        return False
+    return any(_images(d) for d in _classes(path))
+
+
+def _classes(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES
+    )
+
+
+def read_folder(
+    folder: ImageFolder, input_name: str, declared: tuple[int | None, ...], target: str
+) -> DataInfo:
+    """Decode every image once (refusing what cannot train) and describe the folder as a
+    pipeline of ``(image, class id)``; ``declared``: the model input's shape."""
+    classes = _classes(folder.path)
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, cls in enumerate(classes):
+        found = _images(cls)
+        if not found:
+            raise MemtuneError(
+                f"{cls}: class folder holds no images ({' '.join(SUFFIXES)}); remove it or "
+                "add its images"
+            )
+        files.extend(found)
+        labels.extend([label] * len(found))
+    channels = _channels(folder.color_mode, declared)
+    sizes = _decoded_sizes(files, channels)
+    height, width = _size(folder, declared, files, sizes)
+    tf = _tf.tensorflow()
+    order = np.random.default_rng(ORDER_SEED).permutation(len(files))
+    paths = [str(files[i]) for i in order]
+    ids = np.asarray(labels, np.int32)[order]
+    resize = any(s != (height, width) for s in sizes)
+
+    def load(path: Any, label: Any) -> Any:
+        image = tf.io.decode_image(tf.io.read_file(path), channels, expand_animations=False)
+        if resize:
+            image = tf.image.resize(image, (height, width))
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return tf.ensure_shape(image, (height, width, channels)), label
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, ids)).map(load)
+    where = str(folder.path)
+    source = Source(where, "dataset", (Shard(where, "dataset", dataset=dataset),))
+    shape = (height, width, channels)
+    columns = {
+        input_name: ColumnInfo(input_name, False, True, 1, shape=shape, item="uint8"),
+        target: ColumnInfo(target, False, True, 1),
+    }
+    notes = [
+        f"{where}: {len(files):,} images in {len(classes)} classes "
+        f"({', '.join(c.name for c in classes[:6])}{', …' if len(classes) > 6 else ''}), "
+        f"decoded per batch as uint8 {height}×{width}×{channels}"
+        + (" (resized)" if resize else ""),
+    ]
+    return DataInfo(source, columns, len(files), (len(files),), notes)
+
+
+def _channels(mode: str | None, declared: tuple[int | None, ...]) -> int:
+    if mode is not None:
+        return CHANNELS[mode]
+    last = declared[-1] if len(declared) == 4 else None
+    return last if last in (1, 3, 4) else 3
+
+
+def _decoded_sizes(files: list[Path], channels: int) -> list[tuple[int, int]]:
+    """Each image's (height, width), decoded once; a file TensorFlow cannot decode is
+    named."""
+    tf = _tf.tensorflow()
+    sizes = []
+    for path in files:
+        try:
+            image = tf.io.decode_image(
+                tf.io.read_file(str(path)), channels, expand_animations=False
+            )
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+            why = " ".join(str(getattr(exc, "message", exc)).split())[:120]
+            raise MemtuneError(f"{path}: not a readable image ({why})") from None
+        sizes.append((int(image.shape[0]), int(image.shape[1])))
+    return sizes
+
+
+def _size(
+    folder: ImageFolder,
+    declared: tuple[int | None, ...],
+    files: list[Path],
+    sizes: list[tuple[int, int]],
+) -> tuple[int, int]:
+    """--image-size, else the model's declared size, else the one size every image has."""
+    if folder.image_size is not None:
+        return folder.image_size
+    if len(declared) == 4 and declared[1] is not None and declared[2] is not None:
+        return declared[1], declared[2]
+    odd = next((i for i, s in enumerate(sizes) if s != sizes[0]), None)
+    if odd is not None:
+        (h0, w0), (h1, w1) = sizes[0], sizes[odd]
+        raise MemtuneError(
+            f"images differ in size ({files[0]}: {h0}×{w0}, {files[odd]}: {h1}×{w1}) and the "
+            "model does not fix one; give --image-size H,W"
+        )
+    return sizes[0]

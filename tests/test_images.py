@@ -1,0 +1,199 @@
+"""Images and other N-D samples: the caller's numpy arrays, tf.data pipelines of N-D
+elements, and folders of images in class subfolders — planned, fed and trained for real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import memtune
+from memtune.app.demo import png
+from memtune.core.errors import MemtuneError
+from memtune.core.signatures import ModelSignature, TensorSpec
+from memtune.data.arrays import array_sources, arrays_info, write_array_rows
+from memtune.data.footprint import footprint
+from tests.conftest import write_factory
+
+SIDE = 12
+CONVNET = f"""
+image = keras.Input(({SIDE}, {SIDE}, 3), dtype="uint8", name="image")
+x = keras.layers.Rescaling(1 / 255)(image)
+x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+x = keras.layers.GlobalAveragePooling2D()(x)
+m = keras.Model(image, keras.layers.Dense(3, activation="softmax", name="label")(x))
+m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+return m"""
+ANY_SIZE = CONVNET.replace(f"({SIDE}, {SIDE}, 3)", "(None, None, 3)")
+FLAT = """
+flat = keras.Input((432,), name="image")
+x = keras.layers.Reshape((12, 12, 3))(flat)
+x = keras.layers.Conv2D(4, 3)(x)
+x = keras.layers.GlobalAveragePooling2D()(x)
+m = keras.Model(flat, keras.layers.Dense(1, name="label")(x))
+m.compile("adam", "mse")
+return m"""
+
+
+def images(n: int, side: int = SIDE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uint8 RGB images whose brightness says their class (0-2)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    pixels = rng.integers(0, 60, (n, side, side, 3)) + labels[:, None, None, None] * 90
+    return pixels.astype(np.uint8), labels
+
+
+def write_folder(root: Path, counts: dict[str, int], side: int = SIDE) -> Path:
+    """PNGs in class folders; the k-th class named is 85 × k bright (plus noise up to 20)."""
+    rng = np.random.default_rng(0)
+    for k, (name, count) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 21, (side, side, 3)) + 85 * k
+            (root / name / f"{i}.png").write_bytes(png(pixels.astype(np.uint8)))
+    return root
+
+
+def _sig(shape: tuple[int | None, ...]) -> ModelSignature:
+    return ModelSignature((TensorSpec("image", shape, "uint8"),), (TensorSpec("label", (None,)),))
+
+
+# ---------------------------------------------------------------- the feed, without TF
+
+
+def test_an_image_feed_keeps_its_shape_and_uint8() -> None:
+    x, y = images(10)
+    info = arrays_info({"image": x, "label": y}, allow_nonfinite=False)
+    fp = footprint(_sig((None, SIDE, SIDE, 3)), info)
+    (feed,) = fp.inputs
+    assert (feed.shape, feed.dtype, feed.nbytes) == ((SIDE, SIDE, 3), "uint8", SIDE * SIDE * 3)
+    assert fp.per_sample_bytes == SIDE * SIDE * 3 + 4  # the int64 labels are fed as int32
+
+
+def test_a_flat_input_takes_images_reshaped_and_a_wrong_shape_is_one_line() -> None:
+    x, y = images(4)
+    info = arrays_info({"image": x, "label": y}, allow_nonfinite=False)
+    fp = footprint(_sig((None, SIDE * SIDE * 3)), info)
+    assert fp.inputs[0].shape == (SIDE * SIDE * 3,)
+    assert any("reshaped" in n for n in fp.notes)
+    with pytest.raises(MemtuneError, match=r"has shape \(None, 28, 28, 1\) but 'image' holds"):
+        footprint(_sig((None, 28, 28, 1)), info)
+
+
+def test_nan_in_float_images_names_the_row() -> None:
+    x = np.zeros((6, 4, 4, 1))
+    x[4, 1, 2, 0] = np.nan
+    with pytest.raises(MemtuneError, match="'image' row 4 holds NaN"):
+        arrays_info({"image": x, "label": np.zeros(6)}, allow_nonfinite=False)
+
+
+def test_array_batches_see_every_row_once_an_epoch_without_copying_the_arrays() -> None:
+    x, y = images(103)
+    x[:, 0, 0, 0] = np.arange(103)  # each image's id
+    info = arrays_info({"image": x, "label": y}, allow_nonfinite=False)
+    fp = footprint(_sig((None, SIDE, SIDE, 3)), info)
+    train, held = array_sources(info, fp, 10, training=93, shuffle=True, seed=1)
+    assert np.shares_memory(train.inputs["image"], x)
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        seen = [int(v) for i in range(len(train)) for v in train[i][0]["image"][:, 0, 0, 0]]
+        assert sorted(seen) == list(range(93)), epoch
+        assert train[0][0]["image"].dtype == np.uint8
+        assert train[0][1]["label"].dtype == np.int32
+    assert held is not None
+    assert sorted(int(v) for v in held[0][0]["image"][:, 0, 0, 0]) == list(range(93, 103))
+    train.set_epoch(0)
+    first = [int(v) for v in train[0][0]["image"][:, 0, 0, 0]]
+    train.resize(4, epoch=0, start=10)  # a smaller batch mid-epoch: the rest, once
+    rest = [int(v) for i in range(len(train)) for v in train[i][0]["image"][:, 0, 0, 0]]
+    assert sorted(first + rest) == list(range(93))
+
+
+def test_trial_rows_are_the_callers_first_rows_at_the_feed_types(tmp_path: Path) -> None:
+    x, y = images(5)
+    info = arrays_info({"image": x.astype(np.float64), "label": y}, allow_nonfinite=False)
+    fp = footprint(_sig((None, SIDE, SIDE, 3)), info)
+    with np.load(write_array_rows(info, fp, 8, tmp_path / "rows.npz")) as saved:
+        image, label = saved["in:image"], saved["out:label"]
+    assert image.shape == (8, SIDE, SIDE, 3) and image.dtype == np.float32
+    assert np.array_equal(image[5:], x[:3].astype(np.float32))  # fewer rows: repeated
+    assert label.dtype == np.int32
+
+
+# ---------------------------------------------------------------- planning and training
+
+
+@pytest.mark.slow
+def test_numpy_images_plan_in_memory_count_the_callers_arrays_and_train(tmp_path: Path) -> None:
+    model = write_factory(tmp_path / "m.py", CONVNET)
+    x, y = images(240)
+    wide = x.astype(np.float64)  # 8 B a value in the caller's hands, fed as float32
+    plan = memtune.suggest(model, (wide, y), budget="2GiB")
+    assert plan.mode == "in-memory"
+    assert plan.per_sample_bytes >= wide[0].nbytes  # the caller's arrays, not the fed copy
+    assert any("caller's arrays" in r for r in plan.reasons)
+    history = memtune.fit(model, (x, y), budget="2GiB", epochs=2, validation_split=0.25)
+    assert len(history.history["loss"]) == 2 and "val_loss" in history.history
+    assert history.peak_bytes <= int(2 * 2**30 * 0.9)
+
+
+@pytest.mark.slow
+def test_a_dict_of_images_and_a_flat_model_train(tmp_path: Path) -> None:
+    model = write_factory(tmp_path / "flat.py", FLAT)
+    x, y = images(64)
+    history = memtune.fit(
+        model, {"image": x, "label": y.astype(np.float32)}, budget="2GiB", epochs=1
+    )
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.slow
+def test_a_tf_data_pipeline_of_images_streams_and_mixed_shapes_are_one_line(
+    tmp_path: Path,
+) -> None:
+    import tensorflow as tf
+
+    model = write_factory(tmp_path / "m.py", CONVNET)
+    x, y = images(96)
+    plan = memtune.suggest(model, tf.data.Dataset.from_tensor_slices((x, y)), analytic=True)
+    assert plan.mode == "streaming" and plan.per_sample_bytes == SIDE * SIDE * 3 + 4
+    history = memtune.fit(
+        model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16), budget="2GiB", epochs=1
+    )
+    assert len(history.history["loss"]) == 1
+
+    def mixed():  # type: ignore[no-untyped-def]
+        for i in range(6):
+            yield np.zeros((SIDE if i < 3 else SIDE - 2, SIDE, 3), np.uint8), 1
+
+    spec = (tf.TensorSpec((None, SIDE, 3), tf.uint8), tf.TensorSpec((), tf.int64))
+    ragged = tf.data.Dataset.from_generator(mixed, output_signature=spec)
+    with pytest.raises(MemtuneError, match=r"'image' holds samples of different shapes"):
+        memtune.suggest(write_factory(tmp_path / "a.py", ANY_SIZE), ragged, analytic=True)
+
+
+@pytest.mark.slow
+def test_an_image_folder_plans_streams_and_learns(tmp_path: Path) -> None:
+    model = write_factory(tmp_path / "m.py", ANY_SIZE)
+    folder = write_folder(tmp_path / "images", {"dark": 40, "mid": 40, "light": 40}, side=16)
+    plan = memtune.suggest(model, str(folder), image_size=(SIDE, SIDE), budget="2GiB")
+    assert plan.mode == "streaming" and plan.per_sample_bytes == SIDE * SIDE * 3 + 4
+    assert any("120 images in 3 classes" in r and "(resized)" in r for r in plan.reasons)
+    labelled = [
+        (float(image.mean()), int(label))
+        for x, y in memtune.batches(
+            str(folder), target="label", batch_size=32, model=model, image_size=(SIDE, SIDE)
+        )
+        for image, label in zip(x["image"], y["label"], strict=True)
+    ]
+    assert len(labelled) == 120 and {label for _, label in labelled} == {0, 1, 2}
+    # class ids in sorted folder order (dark, light, mid); brightness by the order written
+    shade = {0: 0, 1: 2, 2: 1}
+    assert all(abs(mean - 85 * shade[label] - 10) < 30 for mean, label in labelled)
+    history = memtune.fit(
+        model, str(folder), image_size=(SIDE, SIDE), budget="2GiB", epochs=3,
+        validation_data=str(folder),
+    )  # fmt: skip
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert "val_accuracy" in history.history
