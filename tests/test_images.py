@@ -197,3 +197,79 @@ def test_an_image_folder_plans_streams_and_learns(tmp_path: Path) -> None:
     )  # fmt: skip
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert "val_accuracy" in history.history
+
+
+# ---------------------------------------------------------------- .npy shards
+
+
+def write_npy(root: Path, shards: int, rows: int = 20) -> Path:
+    """``root/image/N.npy`` and ``root/label/N.npy``, image ids in pixel (0, 0, 0)."""
+    (root / "image").mkdir(parents=True)
+    (root / "label").mkdir()
+    for i in range(shards):
+        x, y = images(rows, seed=i)
+        x[:, 0, 0, 0] = np.arange(i * rows, (i + 1) * rows)
+        np.save(root / "image" / f"{i}.npy", x)
+        np.save(root / "label" / f"{i}.npy", y)
+    return root
+
+
+def test_mapped_rows_slice_lazily_and_gather_across_shards(tmp_path: Path) -> None:
+    from memtune.data.npy import MappedRows
+
+    parts = [np.arange(i * 10, (i + 1) * 10).reshape(5, 2) for i in range(3)]
+    rows = MappedRows(parts)
+    assert rows.shape == (15, 2) and rows.nbytes == 0
+    window = rows[3:12]
+    assert isinstance(window, MappedRows) and window.shape == (9, 2)
+    assert np.array_equal(np.asarray(window), np.concatenate(parts)[3:12])
+    picked = np.array([14, 0, 7, 5])
+    assert np.array_equal(rows[picked], np.concatenate(parts)[picked])
+    assert rows.reshape(15, 2, 1)[np.array([6])].shape == (1, 2, 1)
+
+
+def test_npy_shards_stream_every_row_once_in_numeric_order(tmp_path: Path) -> None:
+    from memtune.data.npy import read_npy
+
+    root = write_npy(tmp_path / "npy", 11)  # 10.npy after 2.npy
+    info = read_npy(root, allow_nonfinite=False)
+    assert info.num_samples == 220 and info.columns["image"].shape == (SIDE, SIDE, 3)
+    fp = footprint(_sig((None, SIDE, SIDE, 3)), info)
+    train, _ = array_sources(info, fp, 32, training=220, shuffle=False, seed=None)
+    seen = [int(v) for i in range(len(train)) for v in train[i][0]["image"][:, 0, 0, 0]]
+    assert seen == list(range(220))
+
+
+def test_npy_shards_that_do_not_line_up_are_one_line(tmp_path: Path) -> None:
+    from memtune.data.npy import read_npy
+
+    root = write_npy(tmp_path / "npy", 2)
+    np.save(root / "label" / "1.npy", np.zeros(19, np.int64))
+    with pytest.raises(MemtuneError, match=r"label/1.npy: 19 rows, where the shard"):
+        read_npy(root, allow_nonfinite=False)
+    (root / "label" / "1.npy").unlink()
+    with pytest.raises(MemtuneError, match=r"its shards are not the other columns' \(1.npy\)"):
+        read_npy(root, allow_nonfinite=False)
+
+
+def test_nothing_fits_for_images_names_smaller_images() -> None:
+    from memtune.core.plan import PlanOptions
+    from memtune.core.refusals import nothing_fits
+
+    text = nothing_fits(2 * 2**30, 2**30, PlanOptions(has_tensors=True), gpu=False)
+    assert "even batch 1 needs 2.00 GiB, 1.00 GiB over the usable 1.00 GiB" in text
+    assert "smaller images or frames (--image-size" in text
+
+
+@pytest.mark.slow
+def test_npy_shards_train_through_the_cli(tmp_path: Path, capsys) -> None:
+    import json
+
+    from memtune.cli import main
+
+    root = write_npy(tmp_path / "npy", 3)
+    model = write_factory(tmp_path / "m.py", CONVNET)
+    argv = ["fit", "--model", model, "--data", str(root), "--budget", "2GiB", "--json"]
+    assert main([*argv, "--epochs", "1", "--no-dashboard"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["plan"]["mode"] == "streaming" and result["peak_bytes"] > 0

@@ -18,10 +18,11 @@ from memtune.core.errors import MemtuneError
 from memtune.core.options import Options, make_options, rows
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
-from memtune.data.arrays import ArrayBatches, has_nd, validation_arrays
+from memtune.data.arrays import ArrayBatches, has_nd, validation_info, validation_source
 from memtune.data.footprint import Footprint
 from memtune.data.images import ImageFolder, is_image_folder, read_folder
 from memtune.data.layout import Layout, layout_for
+from memtune.data.npy import is_npy_folder, read_npy
 from memtune.data.python import is_dataset, is_pair, name_pair
 from memtune.data.scan import scan
 from memtune.data.tfdata import DatasetBatches, dataset_source, is_batched, scan_dataset
@@ -291,10 +292,12 @@ def _validation_layout(prepared: Prepared) -> Layout | DatasetBatches | ArrayBat
         image, label = fp.inputs[0], fp.model_targets[0]
         info = read_folder(folder, image.name, (None, *image.shape), label.columns[0])
         return dataset_source(info, fp, opts, prepared.plan.batch_size)
+    if is_npy_folder(data):
+        info = read_npy(Path(data), allow_nonfinite=opts.allow_nonfinite)
+        return validation_source(info, fp, prepared.plan.batch_size)
     if has_nd(data) or prepared.info.source.kind == "arrays":
-        return validation_arrays(
-            data, fp, prepared.plan.batch_size, allow_nonfinite=opts.allow_nonfinite
-        )
+        info = validation_info(data, fp, allow_nonfinite=opts.allow_nonfinite)
+        return validation_source(info, fp, prepared.plan.batch_size)
     if is_pair(data):
         inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
         data, _ = name_pair(data, inputs, targets, targets)

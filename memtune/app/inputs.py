@@ -54,12 +54,15 @@ def scan_data(data: Any, sig: ModelSignature, options: Options) -> DataInfo:
     """:func:`scan` for files and tables; one pass over a tf.data / PyDataset pipeline."""
     from memtune.data.arrays import CallerArrays, arrays_info
     from memtune.data.images import ImageFolder
+    from memtune.data.npy import is_npy_folder, read_npy
     from memtune.data.python import is_dataset
 
     if isinstance(data, CallerArrays):
         return arrays_info(data.columns, allow_nonfinite=options.allow_nonfinite)
     if isinstance(data, ImageFolder):
         return folder_info(data, sig, options)
+    if is_npy_folder(data):
+        return read_npy(Path(data), allow_nonfinite=options.allow_nonfinite)
     if not is_dataset(data):
         return scan(data)
     from memtune.data.tfdata import is_batched, scan_dataset

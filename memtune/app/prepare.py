@@ -188,12 +188,14 @@ def _read(model: Any, data: Any, options: Options) -> _Inputs:
     model's inputs and outputs; then the model; then the footprint."""
     from memtune.data.arrays import has_nd
     from memtune.data.images import is_image_folder
+    from memtune.data.npy import is_npy_folder
     from memtune.data.python import is_dataset, is_pair
     from memtune.model import info as modelinfo
     from memtune.proc import tf as _tf
 
     check_spec(model)  # a typo in --model fails now, not after the data scan
     by_model = is_pair(data) or is_dataset(data) or has_nd(data) or is_image_folder(data)
+    by_model = by_model or is_npy_folder(data)
     info = None if by_model else scanned(lambda: scan(data))
     progress.report("stage", what="reading the model")
     model_info, loaded = modelinfo.read(model, debug=_tf.debug_enabled())
@@ -232,14 +234,18 @@ def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]
         notes.append(
             f"planned per replica against {where.device}, the GPU with the least free memory"
         )
-    plan_options = options.plan_options(any(f.sequence for f in fp.feeds))
+    tensors = any(not f.sequence and len(f.shape) > 1 for f in fp.inputs)
+    plan_options = options.plan_options(any(f.sequence for f in fp.feeds), tensors)
     if info.source.kind == "dataset":
         why = f"the {info.source.label[1:-1]} (memtune streams it)"
         if not info.source.label.startswith("<"):
             why = "an image folder: images are decoded a batch at a time"
         plan_options = replace(plan_options, mode="streaming", mode_why=why)
     per_sample = fp.per_sample_bytes
-    if info.source.kind == "arrays":  # held by the caller's process, where fit trains
+    if info.source.kind == "arrays" and info.source.shards[0].path is not None:
+        why = "memory-mapped .npy shards (rows are read as batches need them)"
+        plan_options = replace(plan_options, mode="streaming", mode_why=why)
+    elif info.source.kind == "arrays":  # held by the caller's process, where fit trains
         why = "the caller's arrays, already in memory"
         plan_options = replace(plan_options, mode="in-memory", mode_why=why)
         per_sample = max(per_sample, held_bytes(info))

@@ -57,7 +57,7 @@ class Options:
     image_size: tuple[int, int] | None = None  # an image folder's images resized to this
     color_mode: str | None = None  # an image folder's channels (None: the model's, else rgb)
 
-    def plan_options(self, has_sequences: bool) -> PlanOptions:
+    def plan_options(self, has_sequences: bool, has_tensors: bool = False) -> PlanOptions:
         return PlanOptions(
             safety=self.safety,
             effective_batch_size=self.effective_batch_size,
@@ -66,6 +66,7 @@ class Options:
             mode=self.mode,
             force=self.force,
             has_sequences=has_sequences,
+            has_tensors=has_tensors,
         )
 
 

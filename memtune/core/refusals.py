@@ -38,6 +38,8 @@ def nothing_fits(need: int, usable: int, options: PlanOptions, gpu: bool) -> str
     helps = []
     if options.has_sequences:
         helps.append("a smaller --maxlen")
+    if options.has_tensors:
+        helps.append("smaller images or frames (--image-size, or a Resizing layer first)")
     helps.append("mixed precision")
     if not gpu:
         helps.append("a GPU (--device gpu)")

@@ -176,10 +176,8 @@ def write_array_rows(info: DataInfo, fp: Footprint, batch_size: int, path: Path)
     return path
 
 
-def validation_arrays(
-    data: Any, fp: Footprint, batch_size: int, *, allow_nonfinite: bool
-) -> ArrayBatches:
-    """``validation_data`` of N-D arrays, named and shaped as the training feeds are."""
+def validation_info(data: Any, fp: Footprint, *, allow_nonfinite: bool) -> DataInfo:
+    """``validation_data`` of N-D arrays, named as the training feeds are."""
     from memtune.data.python import as_array, name_pair
 
     inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
@@ -187,7 +185,11 @@ def validation_arrays(
         columns, _ = name_pair(data, inputs, targets, targets, nd=True)
     else:
         columns = {str(k): as_array(v, f"validation_data[{k!r}]", True) for k, v in data.items()}
-    info = arrays_info(columns, allow_nonfinite=allow_nonfinite)
+    return arrays_info(columns, allow_nonfinite=allow_nonfinite)
+
+
+def validation_source(info: DataInfo, fp: Footprint, batch_size: int) -> ArrayBatches:
+    """Validation batches over arrays, checked to hold what the training feeds hold."""
     for feed in fp.feeds:
         column = feed.columns[0]
         if column not in info.columns:
@@ -198,7 +200,7 @@ def validation_arrays(
                 f"validation_data {column!r} holds samples of shape "
                 f"{info.columns[column].shape or '()'}, not the training data's {feed.shape}"
             )
-    train, _ = array_sources(
+    source, _ = array_sources(
         info, fp, batch_size, training=info.num_samples, shuffle=False, seed=None
     )
-    return train
+    return source
