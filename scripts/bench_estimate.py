@@ -149,10 +149,57 @@ h = keras.layers.Dense(256, activation="relu")(h)
 model = keras.Model(x, keras.layers.Dense(1, name="answer")(h))
 """,
 }
+# Convolutional models on N-D samples: uint8 images from a folder of PNGs in class folders,
+# audio spectrograms from numbered .npy shards.
+MODELS["convnet"] = """
+x = keras.Input((32, 32, 3), dtype="uint8", name="image")
+h = keras.layers.Rescaling(1 / 255)(x)
+h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(h)
+h = keras.layers.MaxPooling2D()(h)
+h = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(h)
+h = keras.layers.MaxPooling2D()(h)
+h = keras.layers.Conv2D(128, 3, padding="same", activation="relu")(h)
+h = keras.layers.GlobalAveragePooling2D()(h)
+model = keras.Model(x, keras.layers.Dense(10, activation="softmax", name="answer")(h))
+"""
+MODELS["resnet"] = """
+x = keras.Input((32, 32, 3), dtype="uint8", name="image")
+h = keras.layers.Conv2D(32, 3, padding="same")(keras.layers.Rescaling(1 / 255)(x))
+for filters in (32, 64, 128):
+    skip = keras.layers.Conv2D(filters, 1, strides=2)(h)
+    h = keras.layers.Conv2D(filters, 3, strides=2, padding="same")(h)
+    h = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(h))
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(filters, 3, padding="same")(h))
+    h = keras.layers.Activation("relu")(keras.layers.Add()([h, skip]))
+h = keras.layers.GlobalAveragePooling2D()(h)
+model = keras.Model(x, keras.layers.Dense(10, activation="softmax", name="answer")(h))
+"""
+MODELS["separable"] = """
+x = keras.Input((32, 32, 3), dtype="uint8", name="image")
+h = keras.layers.Rescaling(1 / 255)(x)
+h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(h)
+h = keras.layers.SeparableConv2D(64, 3, padding="same", activation="relu")(h)
+h = keras.layers.MaxPooling2D()(h)
+h = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(h)
+h = keras.layers.SeparableConv2D(128, 3, padding="same", activation="relu")(h)
+h = keras.layers.GlobalAveragePooling2D()(h)
+model = keras.Model(x, keras.layers.Dense(10, activation="softmax", name="answer")(h))
+"""
+MODELS["audio-conv1d"] = """
+x = keras.Input((128, 40), name="audio")
+h = keras.layers.Conv1D(64, 5, activation="relu")(x)
+h = keras.layers.MaxPooling1D(2)(h)
+h = keras.layers.Conv1D(128, 5, activation="relu")(h)
+h = keras.layers.GlobalAveragePooling1D()(h)
+model = keras.Model(x, keras.layers.Dense(10, activation="softmax", name="answer")(h))
+"""
+IMAGE_MODELS = ("convnet", "resnet", "separable")
+CONV_BUDGETS = (1.0 * GiB, 2.0 * GiB)  # the convolutional rows' two budgets
 MODELS["streaming-mlp-8k"] = MODELS["streaming-mlp"]
 TARGETS = {"multi-output": ["y1", "y2"]}
 MAXLEN = {"text-cnn": 500, "bilstm": 200, "transformer": 200}
 LOSS = {
+    **dict.fromkeys((*IMAGE_MODELS, "audio-conv1d"), "sparse_categorical_crossentropy"),
     "text-cnn": "binary_crossentropy",
     "bilstm": "binary_crossentropy",
     "transformer": "binary_crossentropy",
@@ -202,7 +249,21 @@ def write_data(name: str, folder: Path, rng: np.random.Generator) -> Path:
             )
 
     answer = lambda n: rng.integers(0, 2, n)  # noqa: E731
-    if name == "mlp":
+    if name in IMAGE_MODELS:  # 4,000 PNGs, 32 × 32 RGB, in 10 class folders
+        from memtune.app.demo import png
+
+        for c in range(10):
+            (folder / f"class{c}").mkdir()
+            for i in range(400):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                (folder / f"class{c}" / f"{i}.png").write_bytes(png(pixels))
+    elif name == "audio-conv1d":  # 8 shards of 1,000 spectrograms, 128 frames × 40 bands
+        (folder / "audio").mkdir()
+        (folder / "answer").mkdir()
+        for i in range(8):
+            np.save(folder / "audio" / f"{i}.npy", rng.standard_normal((1000, 128, 40), np.float32))
+            np.save(folder / "answer" / f"{i}.npy", rng.integers(0, 10, 1000))
+    elif name == "mlp":
         parquet(6, 2500, {"x": lambda n: float_lists(rng, n, 512), "answer": answer})
     elif name == "conv2d":
         parquet(4, 500, {"pixels": lambda n: float_lists(rng, n, 3072), "answer": answer})
@@ -517,6 +578,26 @@ def case_inputs(name: str, folder: Path, rng: np.random.Generator) -> list[str]:
     return ["--model", factory(name, folder), "--data", str(data), *targets, *maxlen]
 
 
+def _conv_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The convolutional rows' own figures (targets: median error <= 3 %, max <= 8 %)."""
+    conv = [r for r in rows if r["model"] in (*IMAGE_MODELS, "audio-conv1d")]
+    if not conv:
+        return {}
+    errors = [r["error"] for r in conv]
+    out = {
+        "conv_runs": len(conv),
+        "conv_median_error": round(statistics.median(errors), 4),
+        "conv_max_error": round(max(errors), 4),
+        "conv_over_budget": sum(r["over_budget"] for r in conv),
+    }
+    print(
+        f"convolutional rows: median error {out['conv_median_error']:.1%} (target <= 3%), "
+        f"max {out['conv_max_error']:.1%} (<= 8%), over budget {out['conv_over_budget']}",
+        flush=True,
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -537,7 +618,9 @@ def main() -> None:
         for name in args.only or list(MODELS):
             folder = Path(tmp) / name
             inputs = case_inputs(name, folder, rng)
-            for budget in [b * GiB for b in args.budget] if args.budget else BUDGETS:
+            conv = name in (*IMAGE_MODELS, "audio-conv1d")
+            budgets = CONV_BUDGETS if conv else BUDGETS
+            for budget in [b * GiB for b in args.budget] if args.budget else budgets:
                 common = [
                     *inputs,
                     "--budget",
@@ -666,6 +749,7 @@ def main() -> None:
         "median_suggest_s": statistics.median(r["suggest_s"] for r in rows),
         "nothing_fits": refusals,
         "fit_batch_changes": sum(r["batch_changes"] for r in rows),
+        **_conv_summary(rows),
         **extras,
     }
     print(
