@@ -152,6 +152,7 @@ def test_a_dict_of_images_and_a_flat_model_train(tmp_path: Path) -> None:
 def test_a_tf_data_pipeline_of_images_streams_and_mixed_shapes_are_one_line(
     tmp_path: Path,
 ) -> None:
+    import keras
     import tensorflow as tf
 
     model = write_factory(tmp_path / "m.py", CONVNET)
@@ -162,6 +163,16 @@ def test_a_tf_data_pipeline_of_images_streams_and_mixed_shapes_are_one_line(
         model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16), budget="2GiB", epochs=1
     )
     assert len(history.history["loss"]) == 1
+
+    class Pictures(keras.utils.PyDataset):  # type: ignore[misc]
+        def __len__(self) -> int:
+            return 6
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            return x[16 * i : 16 * (i + 1)], y[16 * i : 16 * (i + 1)]
+
+    history = memtune.fit(model, Pictures(), budget="2GiB", epochs=1)
+    assert history.plan.per_sample_bytes == SIDE * SIDE * 3 + 4
 
     def mixed():  # type: ignore[no-untyped-def]
         for i in range(6):
