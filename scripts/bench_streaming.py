@@ -6,7 +6,11 @@ peaks and warm-ups do not leak between them; rounds alternate the pipelines (and
 order), ratios are taken within a round, and their median and spread are printed. ``--json``
 adds one JSON line.
 
-    python scripts/bench_streaming.py [--samples 20000] [--rounds 3] [--json]
+An image-folder row compares ``fit`` streaming a folder of PNGs (decoded a batch at a time)
+with ``fit`` on the same images as numpy arrays in memory, on a small convnet.
+
+    python scripts/bench_streaming.py [--samples 20000] [--rounds 3] [--images 8000]
+                                      [--images-only] [--json]
 """
 
 from __future__ import annotations
@@ -111,6 +115,97 @@ def child_memtune(folder: str, data: str, mode: str, epochs: int) -> dict[str, A
         "peak_rss": _peak(),
         "samples": n,
     }
+
+
+CONVNET = """import keras
+
+
+def build():
+    image = keras.Input((32, 32, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1 / 255)(image)
+    x = keras.layers.Conv2D(16, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(image, keras.layers.Dense(10, activation="softmax", name="label")(x))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+"""
+
+
+def make_images(folder: Path, count: int) -> Path:
+    """``count`` 32 × 32 PNGs in 10 class folders, the same images as ``x.npy`` / ``y.npy``
+    (class-folder order), and a small convnet."""
+    import numpy as np
+
+    from memtune.app.demo import png
+
+    rng = np.random.default_rng(0)
+    labels = np.sort(rng.integers(0, 10, count))
+    images = rng.integers(0, 100, (count, 32, 32, 3)) + 15 * labels[:, None, None, None]
+    images = images.astype(np.uint8)
+    for c in range(10):
+        (folder / "images" / f"class{c}").mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (folder / "images" / f"class{label}" / f"{i}.png").write_bytes(png(image))
+    np.save(folder / "x.npy", images)
+    np.save(folder / "y.npy", labels)
+    (folder / "model.py").write_text(CONVNET)
+    return folder
+
+
+def child_images(folder: str, kind: str, epochs: int) -> dict[str, Any]:
+    """``fit`` on the image folder (streaming) or on the same images in memory."""
+    import numpy as np
+
+    import memtune
+
+    timer = _epoch_timer()
+    data: Any = f"{folder}/images"
+    if kind == "image-arrays":
+        data = (np.load(f"{folder}/x.npy"), np.load(f"{folder}/y.npy"))
+    history = memtune.fit(
+        f"{folder}/model.py:build", data, epochs=epochs, batch_size=BATCH, verbose=0,
+        callbacks=[timer], seed=0,
+    )  # fmt: skip
+    n = history.plan.num_samples
+    return {
+        "samples_per_s": n / min(timer.times[1:] or timer.times),
+        "epoch_s": timer.times,
+        "peak_rss": _peak(),
+        "samples": n,
+    }
+
+
+def image_rows(count: int, rounds: int, epochs: str) -> dict[str, Any]:
+    """The image-folder row: streaming / in-memory samples/s within each round."""
+    rates: dict[str, list[float]] = {"image-folder": [], "image-arrays": []}
+    with tempfile.TemporaryDirectory(prefix="memtune-images-") as tmp:
+        folder = make_images(Path(tmp), count)
+        for round_ in range(rounds):
+            order = list(rates) if round_ % 2 == 0 else list(rates)[::-1]
+            for kind in order:
+                rates[kind].append(run_child(kind, str(folder), epochs)["samples_per_s"])
+    ratios = [a / b for a, b in zip(rates["image-folder"], rates["image-arrays"], strict=True)]
+    out = {
+        "images": count,
+        "samples_per_s": {k: [round(v, 1) for v in r] for k, r in rates.items()},
+        "image_folder_vs_in_memory": {
+            "median": round(statistics.median(ratios), 3),
+            "min": round(min(ratios), 3),
+            "max": round(max(ratios), 3),
+        },
+    }
+    r = out["image_folder_vs_in_memory"]
+    print(f"{'images: folder (streaming)':<32}{statistics.median(rates['image-folder']):>20,.0f}")
+    print(
+        f"{'images: numpy arrays (in memory)':<32}{statistics.median(rates['image-arrays']):>20,.0f}"
+    )
+    print(
+        f"image folder / in-memory arrays: median {r['median']:.2f} ({r['min']:.2f} … "
+        f"{r['max']:.2f}; target >= 0.90)"
+    )
+    return out
 
 
 def seed_generator(data: str) -> tuple[Any, int]:
@@ -240,6 +335,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed: the fastest after the first")
     parser.add_argument("--units", type=int, default=32, help="GRU units (32: the demo model)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--images", type=int, default=8000, help="the image row's images")
+    parser.add_argument("--images-only", action="store_true", help="the image row alone")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -249,9 +346,16 @@ def main() -> None:
             out = child_seed_generator(rest[0], rest[1], int(rest[2]), kind == "seed-serial")
         elif kind == "pipeline":
             out = child_pipeline_only(rest[0], rest[1], rest[2])
+        elif kind.startswith("image-"):
+            out = child_images(rest[0], kind, int(rest[1]))
         else:
             out = child_memtune(rest[0], rest[1], kind, int(rest[2]))
         print(json.dumps(out))
+        return
+    images = image_rows(args.images, args.rounds, str(args.epochs)) if args.images else {}
+    if args.images_only:
+        if args.json:
+            print(json.dumps(images))
         return
 
     trained = {  # the side-by-side comparisons: every round runs each, in alternating order
@@ -317,6 +421,7 @@ def main() -> None:
             / once["pipeline alone: seed gen."]["samples_per_s"],
             3,
         ),
+        "image_row": images,
         "streaming_peak_growth_10x": round(
             once["streaming 10x (CSV)"]["peak_rss"] / median_peak["streaming (CSV)"] - 1, 4
         ),

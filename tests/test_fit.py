@@ -391,3 +391,18 @@ def test_tensorboard_gets_memory_scalars(tmp_path: Path, capfd) -> None:
     assert code == 0, capfd.readouterr().err
     assert list((logs / "memory").glob("events.out.tfevents.*"))
     assert list((logs / "train").glob("events.out.tfevents.*"))  # Keras's own, beside it
+
+
+def test_bad_validation_data_fails_before_any_trial(tmp_path: Path, monkeypatch) -> None:
+    import memtune.estimate.runner as runner
+
+    def no_trial(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a trial ran before the validation data was checked")
+
+    monkeypatch.setattr(runner, "run_trial", no_trial)
+    folder = id_shards(tmp_path / "d")
+    other = tmp_path / "v.csv"
+    other.write_text('id,seq\n1,"[1, 2]"\n2,"[3]"\n')  # no "answer" column
+    model = write_factory(tmp_path / "m.py", FACTORY)
+    with pytest.raises(MemtuneError, match="--validation-data .* has no column 'answer'"):
+        fit(model, folder, epochs=1, target="answer", validation_data=str(other), verbose=0)

@@ -13,19 +13,14 @@ from typing import Any
 from memtune.app import plan_cache, plan_file
 from memtune.app.plan_file import KeptPlan
 from memtune.app.prepare import Prepared, prepare
+from memtune.app.validation import Validation, at_batch, validation_feed
 from memtune.app.where import Where, locate
 from memtune.core.errors import MemtuneError
 from memtune.core.options import Options, make_options, rows
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
-from memtune.data.arrays import ArrayBatches, has_nd, validation_info, validation_source
 from memtune.data.footprint import Footprint
-from memtune.data.images import ImageFolder, is_image_folder, read_folder
-from memtune.data.layout import Layout, layout_for
-from memtune.data.npy import is_npy_folder, read_npy
-from memtune.data.python import is_dataset, is_pair, name_pair
-from memtune.data.scan import scan
-from memtune.data.tfdata import DatasetBatches, dataset_source, is_batched, scan_dataset
+from memtune.data.scan import DataInfo
 from memtune.model.info import is_spec
 from memtune.proc import failpoints
 from memtune.proc.paths import output_file, outside_folder
@@ -129,13 +124,18 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     where = _where(model, opts, bool(extra.get("checkpoint_dir")))
     store, resumed = _open_checkpoint(extra, save)
     strategy = distribute.make_strategy(where.topology)
+    checked: list[Validation | None] = []  # before any trial: a typo costs no planning
+
+    def check(options: Options, fp: Footprint, info: DataInfo) -> None:
+        checked.append(validation_feed(options, fp, info))
+
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        prepared = prepare(model, data, opts, where=where, kept=kept)
+        prepared = prepare(model, data, opts, where=where, kept=kept, check=check)
     if where.topology.strategy == "multiworker":
         agreed = distribute.agree_on_batch(strategy, prepared.plan.batch_size)
         if agreed != prepared.plan.batch_size:
             prepared = replace(prepared, plan=prepared.plan_at(agreed, prepared.plan.mode))
-    val_layout = _validation_layout(prepared)  # checked before any output is opened
+    val_layout = at_batch(checked[0], prepared.plan.batch_size)
     callbacks = list(extra.get("callbacks") or [])
     if extra.get("plan_callbacks"):
         callbacks += list(extra["plan_callbacks"](prepared.plan))
@@ -215,7 +215,7 @@ def _where(model: Any, opts: Options, checkpoints: bool) -> Where:
 
 def _train(
     prepared: Prepared,
-    val_layout: Layout | DatasetBatches | ArrayBatches | None,
+    val_layout: Validation | None,
     run: Run,
     order: Order,
     callbacks: list[Any],
@@ -274,45 +274,3 @@ def _class_weight(weights: Any, prepared: Prepared) -> dict[int, float] | None:
         names = ", ".join(t.name for t in targets)
         raise MemtuneError(f"class_weight: only for a model with one target (this has {names})")
     return dict(weights)
-
-
-def _validation_layout(prepared: Prepared) -> Layout | DatasetBatches | ArrayBatches | None:
-    """``--validation-data``, fed and padded exactly like the training data; an ``(x, y)``
-    pair is named after the model's inputs and targets, as the training pair is; a
-    tf.data / PyDataset pipeline is read once to count it, then rebatched at the plan's."""
-    opts = prepared.options
-    if opts.validation_data is None:
-        return None
-    data = opts.validation_data
-    fp = prepared.footprint.unweighted()  # validation is not weighted by rows
-    if is_dataset(data):
-        return _validation_pipeline(data, fp, prepared)
-    if is_image_folder(data):  # at the training images' size and channels
-        folder = ImageFolder(Path(data), None, opts.color_mode)
-        image, label = fp.inputs[0], fp.model_targets[0]
-        info = read_folder(folder, image.name, (None, *image.shape), label.columns[0])
-        return dataset_source(info, fp, opts, prepared.plan.batch_size)
-    if is_npy_folder(data):
-        info = read_npy(Path(data), allow_nonfinite=opts.allow_nonfinite)
-        return validation_source(info, fp, prepared.plan.batch_size)
-    if has_nd(data) or prepared.info.source.kind == "arrays":
-        info = validation_info(data, fp, allow_nonfinite=opts.allow_nonfinite)
-        return validation_source(info, fp, prepared.plan.batch_size)
-    if is_pair(data):
-        inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
-        data, _ = name_pair(data, inputs, targets, targets)
-    info = scan(data)
-    for feed in fp.feeds:
-        for column in feed.columns:
-            if column not in info.columns:
-                raise MemtuneError(
-                    f"--validation-data {info.source.label!r} has no column {column!r}"
-                )
-    return layout_for(info, fp, opts)
-
-
-def _validation_pipeline(data: Any, fp: Footprint, prepared: Prepared) -> DatasetBatches:
-    inputs, targets = [f.name for f in fp.inputs], [f.name for f in fp.targets]
-    batched = is_batched(data, [(f.name, (None, *f.shape)) for f in fp.inputs])
-    info = scan_dataset(data, inputs, targets, batched)
-    return dataset_source(info, fp, prepared.options, prepared.plan.batch_size)

@@ -107,18 +107,22 @@ def prepare(
     *,
     where: Where | None = None,
     kept: KeptPlan | None = None,
+    check: Callable[[Options, Footprint, DataInfo], None] | None = None,
 ) -> Prepared:
     """Scan the data, read the model, size one sample, estimate and plan — or take ``kept``,
     a plan made before, when nothing it depends on has changed.
 
     A model given as a spec is read in a child process (``memtune.model.info``): this process
     loads TensorFlow only when ``fit`` asks for :attr:`Prepared.model`, after planning.
+    ``check`` sees the options, footprint and data once they are read, before any trial.
     """
     where = where or locate(options)
     if kept is None and not options.no_cache:
         cached = plan_cache.lookup(model, data, options, where)
         kept = KeptPlan(_from_cache(cached), plan_cache.LABEL) if cached else None
     got = _read(model, data, options)
+    if check is not None:
+        check(got.options, got.footprint, got.info)
     prior = _prior(got, where)
     planner, buckets = _planner(got, where)
     source = model if got.loaded is None else got.loaded
