@@ -279,6 +279,31 @@ def test_every_bucket_plans_under_the_budget(
     assert 0 < plan.padding_cut <= 1
 
 
+def test_a_bucketed_prediction_is_the_largest_batch_a_bucket_can_hold() -> None:
+    """The longest bucket holds fewer rows than its batch: no step ever takes the plan's
+    batch at full length, so the peak is predicted at what the worst bucket holds — unless
+    validation runs unbucketed at the plan's batch (as trials measure it)."""
+    budget = Budget("cpu", 2048 * MiB, "--budget", 20 * 1024 * MiB)
+    curve, scale = CURVES[0], (0.1, 0.2, 1.0)
+    options = PlanOptions(
+        max_batch_size=400,
+        buckets=((50, 3_000), (100, 3_000), (500, 150)),
+        bucket_scale=scale,
+        pad_length=500,
+        real_tokens=1_000_000,
+    )
+    plans = [
+        make_plan(budget, curve, num_samples=6_150, per_sample_bytes=2004, options=o)
+        for o in (options, replace(options, validating=True))
+    ]
+    worst = max(
+        min(b.batch_size, b.samples) * s for b, s in zip(plans[0].buckets, scale, strict=True)
+    )
+    assert plans[0].batch_size == plans[1].batch_size == 400 and worst < 400
+    saved = plans[1].predicted_peak_bytes - plans[0].predicted_peak_bytes
+    assert saved == curve.peak(400) - curve.peak(int(np.ceil(worst))) > 0
+
+
 def test_no_buckets_no_key() -> None:
     budget = Budget("cpu", 2048 * MiB, "--budget", 20 * 1024 * MiB)
     plan = make_plan(

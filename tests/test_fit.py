@@ -404,5 +404,5 @@ def test_bad_validation_data_fails_before_any_trial(tmp_path: Path, monkeypatch)
     other = tmp_path / "v.csv"
     other.write_text('id,seq\n1,"[1, 2]"\n2,"[3]"\n')  # no "answer" column
     model = write_factory(tmp_path / "m.py", FACTORY)
-    with pytest.raises(MemtuneError, match="--validation-data .* has no column 'answer'"):
+    with pytest.raises(MemtuneError, match=r"--validation-data .* has no column 'answer'"):
         fit(model, folder, epochs=1, target="answer", validation_data=str(other), verbose=0)

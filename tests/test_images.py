@@ -20,6 +20,7 @@ SIDE = 12
 CONVNET = f"""
 image = keras.Input(({SIDE}, {SIDE}, 3), dtype="uint8", name="image")
 x = keras.layers.Rescaling(1 / 255)(image)
+x = keras.layers.RandomFlip("horizontal")(x)  # augmentation runs in trials and in fit
 x = keras.layers.Conv2D(8, 3, activation="relu")(x)
 x = keras.layers.GlobalAveragePooling2D()(x)
 m = keras.Model(image, keras.layers.Dense(3, activation="softmax", name="label")(x))
@@ -133,8 +134,11 @@ def test_numpy_images_plan_in_memory_count_the_callers_arrays_and_train(tmp_path
     assert plan.mode == "in-memory"
     assert plan.per_sample_bytes >= wide[0].nbytes  # the caller's arrays, not the fed copy
     assert any("caller's arrays" in r for r in plan.reasons)
-    history = memtune.fit(model, (x, y), budget="2GiB", epochs=2, validation_split=0.25)
+    history = memtune.fit(
+        model, (wide, y), budget="2GiB", epochs=2, plan=plan, validation_data=(x[:48], y[:48])
+    )
     assert len(history.history["loss"]) == 2 and "val_loss" in history.history
+    assert history.plan.batch_size == plan.batch_size  # suggest's plan, not planned again
     assert history.peak_bytes <= int(2 * 2**30 * 0.9)
 
 
@@ -203,7 +207,7 @@ def test_an_image_folder_plans_streams_and_learns(tmp_path: Path) -> None:
     shade = {0: 0, 1: 2, 2: 1}
     assert all(abs(mean - 85 * shade[label] - 10) < 30 for mean, label in labelled)
     history = memtune.fit(
-        model, str(folder), image_size=(SIDE, SIDE), budget="2GiB", epochs=3,
+        model, str(folder), image_size=(SIDE, SIDE), budget="2GiB", epochs=3, plan=plan,
         validation_data=str(folder),
     )  # fmt: skip
     assert history.history["loss"][-1] < history.history["loss"][0]

@@ -10,11 +10,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from memtune.core.bucket_batches import MIN_STEPS, bucket_batches, bucketed_rows
 from memtune.core.budget import Budget
 from memtune.core.constants import (
-    BLOCK_ROWS,
     BUCKET_INDEX_BYTES_PER_SAMPLE,
-    MIN_BUCKET_STEPS,
     NOISE_FLOOR,
     NOISE_SHARE,
 )
@@ -24,8 +23,6 @@ from memtune.core.pipeline_memory import Mode, pipeline_bytes
 from memtune.core.plan import Bucket, Plan, PlanOptions, _padding_cut
 from memtune.core.refusals import forced_refused, in_memory_refused, nothing_fits
 from memtune.core.units import format_bytes
-
-MIN_STEPS = 16  # a default plan keeps at least this many training steps per epoch
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -118,7 +115,7 @@ def make_plan(
             f"{bound.batch} per replica, global batch {bound.batch * options.replicas}"
         )
     buckets = _buckets(ask, bound, mode, reasons)
-    predicted = _predicted(ask, bound.batch, mode, reasons)
+    predicted = _predicted(ask, bound.batch, mode, reasons, bucketed_rows(buckets, options))
     if options.batch_size is not None and predicted > ask.usable and not options.force:
         raise NothingFits(
             forced_refused(
@@ -329,7 +326,7 @@ def _buckets(ask: _Ask, bound: _Bound, mode: Mode, reasons: list[str]) -> list[B
     o = ask.options
     if not o.buckets or o.batch_size is not None:
         return []
-    buckets = _bucket_batches(bound.batch, bound.fits, mode, ask.num_samples, o)
+    buckets = bucket_batches(bound.batch, bound.fits, mode, ask.num_samples, o)
     sizes = ", ".join(f"{b.length}: {b.batch_size:,}" for b in buckets)
     cut = _padding_cut(buckets, o.pad_length, o.real_tokens)
     if len({b.batch_size for b in buckets}) > 1:
@@ -350,9 +347,12 @@ def _buckets(ask: _Ask, bound: _Bound, mode: Mode, reasons: list[str]) -> list[B
     return buckets
 
 
-def _predicted(ask: _Ask, batch: int, mode: Mode, reasons: list[str]) -> int:
-    """The predicted peak, with its noise (measured) or its word of caution (analytic)."""
-    predicted = ask.curve.peak(batch) + ask.extra(mode)(batch)
+def _predicted(
+    ask: _Ask, batch: int, mode: Mode, reasons: list[str], rows: int | None = None
+) -> int:
+    """The predicted peak, with its noise (measured) or its word of caution (analytic);
+    ``rows``: what the largest bucketed batch holds, in full-length samples."""
+    predicted = ask.curve.peak(min(batch, rows or batch)) + ask.extra(mode)(batch)
     if ask.curve.source == "measured":
         noise = max(NOISE_FLOOR, int(NOISE_SHARE * predicted))
         reasons.append(
@@ -367,33 +367,3 @@ def _predicted(ask: _Ask, batch: int, mode: Mode, reasons: list[str]) -> int:
             f"{format_bytes(predicted - ask.usable)}"
         )
     return predicted
-
-
-def _bucket_batches(
-    batch: int, fits: int, mode: Mode, num_samples: int, options: PlanOptions
-) -> list[Bucket]:
-    """Each bucket's batch: as many of its samples as take the memory the longest bucket's
-    batch may take — the memory bound (``fits`` samples at the full length), the trials'
-    reach and the step floor, each divided by the bucket's memory share — then capped by
-    ``--max-batch-size``, a share of the bucket's samples that makes MIN_BUCKET_STEPS steps
-    and, when streaming, the block a batch is cut from. Never below the longest bucket's
-    batch."""
-    equal = [fits]  # in samples at the full length
-    plain = []  # in samples of the bucket
-    if options.verified_cap is not None:
-        equal.append(options.verified_cap)
-    if options.max_batch_size is not None:
-        plain.append(options.max_batch_size)
-    else:
-        equal.append(max(1, num_samples // MIN_STEPS))
-    if mode == "streaming":
-        plain.append(max(BLOCK_ROWS, batch))
-    out = []
-    for (length, samples), scale in zip(options.buckets, options.bucket_scale, strict=True):
-        share = min(1.0, max(scale, 1e-6))
-        steps = max(1, math.ceil(samples / MIN_BUCKET_STEPS))  # never one giant step
-        limit = [math.floor(e / share) for e in equal] + plain + [steps]
-        out.append(Bucket(length, max(batch, min(limit)), samples))
-    last = out[-1]
-    out[-1] = Bucket(last.length, batch, last.samples)
-    return out

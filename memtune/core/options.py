@@ -67,6 +67,7 @@ class Options:
             force=self.force,
             has_sequences=has_sequences,
             has_tensors=has_tensors,
+            validating=self.validation_split is not None or self.validation_data is not None,
         )
 
 
