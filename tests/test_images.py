@@ -288,3 +288,24 @@ def test_npy_shards_train_through_the_cli(tmp_path: Path, capsys) -> None:
     assert main([*argv, "--epochs", "1", "--no-dashboard"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["plan"]["mode"] == "streaming" and result["peak_bytes"] > 0
+
+
+def test_a_list_column_of_pixels_feeds_an_image_input_reshaped(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = write_factory(tmp_path / "m.py", CONVNET.replace('dtype="uint8", ', ""))
+    x, y = images(20)
+    flat = pa.array([row.ravel().tolist() for row in x], pa.list_(pa.float32()))
+    pq.write_table(pa.table({"image": flat, "label": y}), tmp_path / "0.parquet")
+    (batch, _), *_ = list(
+        memtune.batches(str(tmp_path / "0.parquet"), target="label", batch_size=8, model=model)
+    )
+    assert batch["image"].shape == (8, SIDE, SIDE, 3)
+    assert np.array_equal(batch["image"], x[:8].astype(np.float32))  # no pixel shifted
+    short = pa.array([row.ravel()[: 1 + (i > 0)].tolist() for i, row in enumerate(x)])
+    pq.write_table(pa.table({"image": short, "label": y}), tmp_path / "1.parquet")
+    with pytest.raises(MemtuneError, match=r"column 'image' holds lists of 1 to 2 values; model"):
+        next(
+            memtune.batches(str(tmp_path / "1.parquet"), target="label", batch_size=8, model=model)
+        )

@@ -42,6 +42,12 @@ class Feed:
     def nbytes(self) -> int:
         return math.prod(self.shape) * ITEM_BYTES[self.dtype]
 
+    @property
+    def length(self) -> int:
+        """A sequence feed's values a row: its padded length (a fixed-size list reshaped to
+        an N-D input: all its values)."""
+        return math.prod(self.shape)
+
 
 @dataclass(frozen=True)
 class Footprint:
@@ -152,6 +158,8 @@ def _sequence_feed(
 ) -> Feed:
     dims = spec.shape[1:]
     what = f"model {role if role == 'input' else 'output'} {spec.name!r}"
+    if len(dims) >= 2 and None not in dims and not (len(dims) == 2 and dims[1] == 1):
+        return _reshaped_lists(spec, column, role, info, notes)
     if len(dims) == 0 or len(dims) > 2 or (len(dims) == 2 and dims[1] not in (1, None)):
         raise MemtuneError(
             f"{what} has shape {_shape_text(spec.shape)} but column {column!r} holds sequences "
@@ -166,6 +174,31 @@ def _sequence_feed(
     shape = (length,) if len(dims) == 1 else (length, 1)
     dtype = info.columns[column].dtype
     return Feed(spec.name, role, (column,), shape, dtype, True, flexible=dims[0] is None)
+
+
+def _reshaped_lists(
+    spec: TensorSpec,
+    column: str,
+    role: Literal["input", "target"],
+    info: DataInfo,
+    notes: list[str],
+) -> Feed:
+    """A list column feeding an N-D input (an image, frames): every row must hold exactly
+    as many values as the input, which are reshaped to it (padding would shift pixels)."""
+    shape = tuple(int(d) for d in spec.shape[1:] if d is not None)
+    size, found = math.prod(shape), info.columns[column]
+    shortest = (
+        int(found.lengths.min()) if found.lengths is not None and found.lengths.size else size
+    )
+    if found.max_len != size or shortest != size:
+        held = f"{shortest:,} to {found.max_len:,}" if shortest != found.max_len else ""
+        raise MemtuneError(
+            f"column {column!r} holds lists of {held or f'{found.max_len:,}'} values; model "
+            f"{role} {spec.name!r} of shape {_shape_text(spec.shape)} needs exactly {size:,} "
+            "in each row"
+        )
+    notes.append(f"{column}: lists of {size:,} values reshaped to {shape}")
+    return Feed(spec.name, role, (column,), shape, found.dtype, True)
 
 
 def _scalar_feed(

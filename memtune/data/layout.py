@@ -57,10 +57,10 @@ class Layout:
                     chunk, column, where=block.shard.label, first_row=block.start, sequence=True
                 )
                 assert isinstance(ragged, Ragged)
-                view = target.reshape(n, feed.shape[0])
+                view = target.reshape(n, feed.length)
                 pad(
                     ragged,
-                    feed.shape[0],
+                    feed.length,
                     padding=self.padding,
                     truncating=self.truncating,
                     out=view,

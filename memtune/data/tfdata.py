@@ -236,12 +236,12 @@ class DatasetBatches:
             value = tf.cast(value, tf.as_dtype(feed.dtype))
             if not feed.sequence:
                 return tf.reshape(value, feed.shape)
-            length = feed.shape[0]
+            length = feed.length
             value = tf.reshape(value, (-1,))
             value = value[-length:] if self.truncating == "pre" else value[:length]
             missing = length - tf.shape(value)[0]
             pad = [[missing, 0]] if self.padding == "pre" else [[0, missing]]
-            return tf.ensure_shape(tf.pad(value, pad), feed.shape)
+            return tf.reshape(tf.pad(value, pad), feed.shape)
 
         def normalise(*element: Any) -> Any:
             x, y = element if len(element) == 2 else _pair(element[0], where)
