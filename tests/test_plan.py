@@ -230,6 +230,20 @@ def test_streaming_parquet_row_groups_larger_than_a_batch_are_held_and_decoded_w
     )  # fmt: skip
 
 
+def test_a_stream_of_rows_read_where_they_lie_holds_no_block_cache() -> None:
+    """Memory-mapped arrays, a tf.data pipeline, an image folder: the builders' batches and
+    the one handed over, never a block (a .npy stream was predicted 20 % over its fit)."""
+    from memtune.core.pipeline_memory import pipeline_bytes
+
+    per, n = 20_484, 8_000
+    lying = pipeline_bytes(
+        "streaming", 1170, num_samples=n, per_sample_bytes=per, with_queue=False, blocks=False
+    )
+    assert lying == 3 * 1170 * per
+    assert lying < pipeline_bytes("streaming", 1170, num_samples=n, per_sample_bytes=per,
+                                  with_queue=False)  # fmt: skip
+
+
 def test_a_small_parquet_dataset_is_planned_in_memory_where_decoding_would_cost_more() -> None:
     """The batch is the largest that fits in either mode: with a dataset smaller than three
     row-group decodes, in-memory holds less, so the decode term must not shrink the batch."""

@@ -246,6 +246,8 @@ def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]
             why = "an image folder: images are decoded a batch at a time"
         plan_options = replace(plan_options, mode="streaming", mode_why=why)
     per_sample = fp.per_sample_bytes
+    if info.source.kind in ("arrays", "dataset"):  # rows read where they lie: no block cache
+        plan_options = replace(plan_options, blocks=False)
     if info.source.kind == "arrays" and info.source.shards[0].path is not None:
         why = "memory-mapped .npy shards (rows are read as batches need them)"
         plan_options = replace(plan_options, mode="streaming", mode_why=why)

@@ -67,6 +67,7 @@ class _Ask:
             per_sample_bytes=self.per_sample_bytes,
             with_queue=self.curve.source == "analytic",
             whole_blocks=o.whole_blocks,
+            blocks=o.blocks,
         )
 
     def extra(self, mode: Mode) -> Callable[[int], int]:

@@ -25,6 +25,7 @@ def pipeline_bytes(
     per_sample_bytes: int,
     with_queue: bool,
     whole_blocks: tuple[int, int, int] = (0, 0, 0),
+    blocks: bool = True,
 ) -> int:
     """Host memory the data pipeline holds beside training at this batch.
 
@@ -42,12 +43,17 @@ def pipeline_bytes(
     and a stream holds one such batch beside its cache, the one handed over while the next
     is built (with it, streaming-mlp-8k was predicted within 1.5 % of fit). ``with_queue``
     adds the prefetched batches, which a measured trial already includes and the analytic
-    prior does not.
+    prior does not. ``blocks``: False for a stream that reads rows where they lie (memory-
+    mapped arrays, a tf.data pipeline or an image folder): no cache of padded blocks, only
+    the batches the builders are gathering.
     """
     dataset = num_samples * per_sample_bytes
     queue = STREAM_QUEUE_BATCHES * batch * per_sample_bytes if with_queue else 0
     if mode == "in-memory":
         return dataset + num_samples * INDEX_BYTES_PER_SAMPLE + queue
+    handed = 0 if with_queue else batch * per_sample_bytes
+    if not blocks:
+        return min(dataset, WORKERS * batch * per_sample_bytes) + queue + handed
     smallest, largest, decoded = whole_blocks
     block = largest or max(BLOCK_ROWS, batch)  # a row group, or a block of CSV rows
     cache = (WORKERS * batch + (WORKERS + 1) * block) * per_sample_bytes
@@ -55,5 +61,4 @@ def pipeline_bytes(
         held = (math.ceil(batch / max(smallest, 1)) + 3) * largest * per_sample_bytes
         cache = max(cache, held)
     decoding = (WORKERS + 1) * DECODE_FACTOR * decoded
-    handed = 0 if with_queue else batch * per_sample_bytes
     return min(dataset, cache) + decoding + queue + handed

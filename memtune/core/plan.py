@@ -35,6 +35,7 @@ class PlanOptions:
     has_sequences: bool = False
     has_tensors: bool = False  # some feed is an N-D sample (images, audio frames)
     validating: bool = False  # fit evaluates each epoch, unbucketed at the plan's batch
+    blocks: bool = True  # streaming caches padded blocks (not rows read where they lie)
     verified_cap: int | None = None  # the largest batch the trials support (search.REACH)
     aim: float = 1.0  # choose the largest batch predicted to fit in this share of usable
     local_replicas: int = 1  # replicas this process feeds: its pipeline holds their batches
