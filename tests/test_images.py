@@ -189,11 +189,11 @@ def test_a_tf_data_pipeline_of_images_streams_and_mixed_shapes_are_one_line(
 
 
 @pytest.mark.slow
-def test_an_image_folder_plans_streams_and_learns(tmp_path: Path) -> None:
+def test_an_image_folder_is_decoded_once_or_streamed_and_learns(tmp_path: Path) -> None:
     model = write_factory(tmp_path / "m.py", ANY_SIZE)
     folder = write_folder(tmp_path / "images", {"dark": 40, "mid": 40, "light": 40}, side=16)
     plan = memtune.suggest(model, str(folder), image_size=(SIDE, SIDE), budget="2GiB")
-    assert plan.mode == "streaming" and plan.per_sample_bytes == SIDE * SIDE * 3 + 4
+    assert plan.mode == "in-memory" and plan.per_sample_bytes == SIDE * SIDE * 3 + 4
     assert any("120 images in 3 classes" in r and "(resized)" in r for r in plan.reasons)
     labelled = [
         (float(image.mean()), int(label))
@@ -212,6 +212,10 @@ def test_an_image_folder_plans_streams_and_learns(tmp_path: Path) -> None:
     )  # fmt: skip
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert "val_accuracy" in history.history
+    streamed = memtune.fit(
+        model, str(folder), image_size=(SIDE, SIDE), budget="2GiB", mode="streaming", epochs=1
+    )  # decoded a batch at a time
+    assert streamed.plan.mode == "streaming" and np.isfinite(streamed.history["loss"][0])
 
 
 # ---------------------------------------------------------------- .npy shards

@@ -240,10 +240,8 @@ def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]
         )
     tensors = any(not f.sequence and len(f.shape) > 1 for f in fp.inputs)
     plan_options = options.plan_options(any(f.sequence for f in fp.feeds), tensors)
-    if info.source.kind == "dataset":
+    if info.source.kind == "dataset" and info.source.shards[0].path is None:
         why = f"the {info.source.label[1:-1]} (memtune streams it)"
-        if not info.source.label.startswith("<"):
-            why = "an image folder: images are decoded a batch at a time"
         plan_options = replace(plan_options, mode="streaming", mode_why=why)
     per_sample = fp.per_sample_bytes
     if info.source.kind in ("arrays", "dataset"):  # rows read where they lie: no block cache

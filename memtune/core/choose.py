@@ -300,6 +300,7 @@ def _cap_reasons(
 def _mode(ask: _Ask, batch: int, reasons: list[str]) -> Mode:
     """In memory when the padded dataset plus training fits, else streaming (or forced)."""
     o, dataset = ask.options, ask.dataset
+    padded = "padded " * o.has_sequences
     in_memory_peak = ask.curve.peak(batch) + ask.extra("in-memory")(batch)
     if ask.gpu:
         in_memory_fits = ask.host_extra("in-memory", batch) <= ask.budget.host_available_bytes // 2
@@ -312,11 +313,11 @@ def _mode(ask: _Ask, batch: int, reasons: list[str]) -> Mode:
         return o.mode
     if in_memory_fits:
         reasons.append(
-            f"in-memory: the padded dataset ({format_bytes(dataset)}) plus training fits"
+            f"in-memory: the {padded}dataset ({format_bytes(dataset)}) plus training fits"
         )
         return "in-memory"
     reasons.append(
-        f"streaming: the padded dataset ({format_bytes(dataset)}) plus training would not fit;"
+        f"streaming: the {padded}dataset ({format_bytes(dataset)}) plus training would not fit;"
         " shards are read and padded one batch at a time"
     )
     return "streaming"

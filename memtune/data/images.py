@@ -9,7 +9,7 @@ stay uint8 (1 B a value) until the model casts them, as ``Rescaling`` does.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,8 @@ def read_folder(
     slices = tf.data.Dataset.from_tensor_slices((paths, ids))
     dataset = slices.map(load, num_parallel_calls=DECODERS, deterministic=True)
     where = str(folder.path)
-    source = Source(where, "dataset", (Shard(where, "dataset", dataset=dataset),))
+    shard = Shard(where, "dataset", path=folder.path, dataset=dataset)  # path: a folder's
+    source = Source(where, "dataset", (shard,))
     shape = (height, width, channels)
     columns = {
         input_name: ColumnInfo(input_name, False, True, 1, shape=shape, item="uint8"),
@@ -151,3 +152,26 @@ def _size(
             "model does not fix one; give --image-size H,W"
         )
     return sizes[0]
+
+
+def decode_all(info: DataInfo, fp: Any) -> DataInfo:
+    """The folder decoded once into arrays (an in-memory plan): each feed's array filled a
+    block at a time, so decoding holds the images plus one block."""
+    from memtune.core.constants import BLOCK_ROWS
+    from memtune.data.arrays import arrays_info
+    from memtune.data.tfdata import DatasetBatches
+
+    n = info.num_samples
+    out = {f.columns[0]: np.empty((n, *f.shape), f.dtype) for f in fp.feeds}
+    column = {f.name: f.columns[0] for f in fp.feeds}
+    source = DatasetBatches(
+        info.source.shards[0].dataset, fp, BLOCK_ROWS, num_samples=n, batched=False
+    )
+    at = 0
+    for inputs, targets in source.numpy():
+        rows = len(next(iter(targets.values())))
+        for name, values in {**inputs, **targets}.items():
+            out[column[name]][at : at + rows] = values
+        at += rows
+    decoded = arrays_info(out, allow_nonfinite=True)
+    return replace(decoded, warnings=info.warnings)

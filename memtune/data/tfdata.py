@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from memtune.core.constants import STREAM_QUEUE_BATCHES
+from memtune.core.constants import STREAM_QUEUE_BATCHES, WORKERS
 from memtune.core.errors import MemtuneError
 from memtune.core.options import Options
 from memtune.data.arrays import feed_type
@@ -251,7 +251,9 @@ class DatasetBatches:
             }
             return {k: shape(k, v) for k, v in named.items()}
 
-        return ds.map(normalise).skip(self.position)
+        # In order (a batch change resumes by position), but not one element at a time.
+        shaped = ds.map(normalise, num_parallel_calls=WORKERS, deterministic=True)
+        return shaped.skip(self.position)
 
     def as_dataset(self, pair: Any) -> Any:
         """``(x, y)`` batches for ``model.fit``; ``pair`` arranges a batch as Keras wants."""

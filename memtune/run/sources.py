@@ -17,6 +17,7 @@ from memtune.data.batch_sources import BatchSource, EvenBatches, InMemoryBatches
 from memtune.data.blocks import Block
 from memtune.data.bucketed import Bucketing, bucketed_in_memory, bucketed_streaming
 from memtune.data.footprint import Footprint
+from memtune.data.images import decode_all
 from memtune.data.layout import Layout, layout_for, load_in_memory, row_range
 from memtune.data.scan import DataInfo
 from memtune.data.shares import blocks_of, split_blocks, worker_blocks
@@ -55,6 +56,9 @@ def sources(
     """The sources for this plan. Under a strategy the training source's batch is this
     process's share of the global batch (every local replica's); a multi-worker source
     holds this worker's share of the data only."""
+    if info.source.kind == "dataset" and plan.mode == "in-memory":  # an image folder
+        decoded = decode_all(info, fp)  # once: every epoch then trains from memory
+        return _arrays(plan, options, decoded, fp, val_layout, feed, order, topology)
     if info.source.kind == "dataset":
         if topology.active:
             raise MemtuneError("--strategy with a tf.data pipeline as DATA is not supported yet")
