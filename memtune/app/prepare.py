@@ -240,7 +240,7 @@ def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]
         )
     tensors = any(not f.sequence and len(f.shape) > 1 for f in fp.inputs)
     plan_options = options.plan_options(any(f.sequence for f in fp.feeds), tensors)
-    if info.source.kind == "dataset" and info.source.shards[0].path is None:
+    if info.source.kind == "dataset" and not _image_folder(info):
         why = f"the {info.source.label[1:-1]} (memtune streams it)"
         plan_options = replace(plan_options, mode="streaming", mode_why=why)
     per_sample = fp.per_sample_bytes
@@ -320,7 +320,13 @@ def _setup(got: _Inputs, where: Where) -> Any:  # -> memtune.estimate.runner.Set
         train_samples(got.info, got.options) // where.topology.workers,
         cpu_replicas=cpu_replicas,
         rows=_trial_rows(got.info, got.footprint, got.options),
+        data_loaded_tf=got.loaded is None and _image_folder(got.info),
     )
+
+
+def _image_folder(info: DataInfo) -> bool:
+    """An image folder: a pipeline memtune built, decoding with TensorFlow in this process."""
+    return info.source.kind == "dataset" and info.source.shards[0].path is not None
 
 
 def _forced(setup: Any, planner: Planner, prior: MemoryCurve) -> Estimated:

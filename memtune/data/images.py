@@ -1,5 +1,6 @@
 """A folder of images in class subfolders — the layout ``keras.utils.image_dataset_from_directory``
-reads — as a pipeline memtune streams: one decode per image per epoch, nothing held whole.
+reads — as a pipeline of decoded images: decoded once into memory when they fit beside
+training (:func:`decode_all`), else streamed, one decode per image per epoch.
 
 Every file is decoded once when the folder is read, so a corrupt file, an empty class or
 images of several sizes fail there, in one line naming the file, not mid-training. Images
@@ -103,8 +104,7 @@ def read_folder(
     notes = [
         f"{where}: {len(files):,} images in {len(classes)} classes "
         f"({', '.join(c.name for c in classes[:6])}{', …' if len(classes) > 6 else ''}), "
-        f"decoded per batch as uint8 {height}×{width}×{channels}"
-        + (" (resized)" if resize else ""),
+        f"decoded as uint8 {height}×{width}×{channels}" + (" (resized)" if resize else ""),
     ]
     return DataInfo(source, columns, len(files), (len(files),), notes)
 
