@@ -143,7 +143,10 @@ def two_way_seq() -> Any:
     [
         (5, "data: expected a .csv / .parquet path or folder"),
         ((np.zeros((4, 3)),), "got tuple"),
-        ((np.zeros((4, 3)), np.zeros((4, 2, 2))), "y has shape (4, 2, 2)"),
+        (
+            (np.zeros((4, 3)), np.zeros((4, 2, 2))),  # N-D targets are taken, if they match
+            "model output 'y' has shape (None, 1) but 'y' holds samples of shape (2, 2)",
+        ),
         ((np.array([["a"] * 3] * 4), np.zeros(4)), "x holds <U1 values, not numbers"),
         (({"a": np.zeros((4, 3))}, np.zeros(4)), "model input 'x' has no column"),
     ],
