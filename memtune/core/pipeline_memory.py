@@ -44,16 +44,18 @@ def pipeline_bytes(
     is built (with it, streaming-mlp-8k was predicted within 1.5 % of fit). ``with_queue``
     adds the prefetched batches, which a measured trial already includes and the analytic
     prior does not. ``blocks``: False for a stream that reads rows where they lie (memory-
-    mapped arrays, a tf.data pipeline or an image folder): no cache of padded blocks, only
-    the batches the builders are gathering.
+    mapped arrays, a tf.data pipeline or an image folder): no cache of padded blocks; the
+    batches its builders gather are in a measured trial (which gathers the same way), so
+    only the batch handed over is added (the analytic prior adds the builders' too).
     """
     dataset = num_samples * per_sample_bytes
     queue = STREAM_QUEUE_BATCHES * batch * per_sample_bytes if with_queue else 0
     if mode == "in-memory":
         return dataset + num_samples * INDEX_BYTES_PER_SAMPLE + queue
     handed = 0 if with_queue else batch * per_sample_bytes
-    if not blocks:
-        return min(dataset, WORKERS * batch * per_sample_bytes) + queue + handed
+    if not blocks:  # a trial's builders gather as fit's do: measured, only the hand-over
+        builders = min(dataset, WORKERS * batch * per_sample_bytes) if with_queue else 0
+        return builders + queue + handed
     smallest, largest, decoded = whole_blocks
     block = largest or max(BLOCK_ROWS, batch)  # a row group, or a block of CSV rows
     cache = (WORKERS * batch + (WORKERS + 1) * block) * per_sample_bytes
