@@ -313,3 +313,34 @@ def test_a_list_column_of_pixels_feeds_an_image_input_reshaped(tmp_path: Path) -
         next(
             memtune.batches(str(tmp_path / "1.parquet"), target="label", batch_size=8, model=model)
         )
+
+
+def test_image_sizes_come_from_headers_without_tensorflow(tmp_path: Path) -> None:
+    import struct
+    import subprocess
+    import sys
+
+    from memtune.data.images import header_size
+
+    jpeg = b"\xff\xd8" + b"\xff\xe0\x00\x10" + b"\x00" * 14 + b"\xff\xc2\x00\x11\x08"
+    jpeg += struct.pack(">HH", 7, 5) + b"\x03" + b"\x00" * 9
+    bmp = b"BM" + b"\x00" * 16 + struct.pack("<ii", 5, -7)  # top-down: a negative height
+    for data in (
+        png(np.zeros((7, 5, 3), np.uint8)),
+        b"GIF89a" + struct.pack("<HH", 5, 7),
+        bmp,
+        jpeg,
+    ):
+        assert header_size(data) == (7, 5)
+    for bad, why in ((b"not an image", "no PNG"), (b"\xff\xd8\x00\x00" + b"\x00" * 9, "damaged")):
+        with pytest.raises(ValueError, match=why):
+            header_size(bad)
+    folder = write_folder(tmp_path / "images", {"a": 2, "b": 2})
+    script = (
+        "import sys; from pathlib import Path; from memtune.data.images import *; "
+        f"info = read_folder(ImageFolder(Path({str(folder)!r}), None, None), 'image', "
+        "(None, 12, 12, 3), 'label'); assert info.num_samples == 4; "
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was loaded'"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

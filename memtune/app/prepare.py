@@ -320,12 +320,11 @@ def _setup(got: _Inputs, where: Where) -> Any:  # -> memtune.estimate.runner.Set
         train_samples(got.info, got.options) // where.topology.workers,
         cpu_replicas=cpu_replicas,
         rows=_trial_rows(got.info, got.footprint, got.options),
-        data_loaded_tf=got.loaded is None and _image_folder(got.info),
     )
 
 
 def _image_folder(info: DataInfo) -> bool:
-    """An image folder: a pipeline memtune built, decoding with TensorFlow in this process."""
+    """An image folder: a pipeline memtune builds (not the user's), which may be in memory."""
     return info.source.kind == "dataset" and info.source.shards[0].path is not None
 
 

@@ -2,14 +2,16 @@
 reads — as a pipeline of decoded images: decoded once into memory when they fit beside
 training (:func:`decode_all`), else streamed, one decode per image per epoch.
 
-Every file is decoded once when the folder is read, so a corrupt file, an empty class or
-images of several sizes fail there, in one line naming the file, not mid-training. Images
+Every file's header is read when the folder is read (in Python: no TensorFlow in the
+planning process), so a file that is no image, an empty class or images of several sizes
+fail there, in one line naming the file; a file damaged past its header fails when decoded. Images
 stay uint8 (1 B a value) until the model casts them, as ``Rescaling`` does.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ import numpy as np
 
 from memtune.core.errors import MemtuneError
 from memtune.data.scan import ColumnInfo, DataInfo
-from memtune.data.sources import Shard, Source
+from memtune.data.sources import Shard, Source, shard_dataset
 from memtune.proc import tf as _tf
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}
 DECODERS = 2  # images decoded at once, in order: a core's worth of decoding beside training
 ORDER_SEED = 1337  # the files' fixed, shuffled order: classes mixed in every batch
@@ -76,25 +79,28 @@ def read_folder(
         files.extend(found)
         labels.extend([label] * len(found))
     channels = _channels(folder.color_mode, declared)
-    sizes = _decoded_sizes(files, channels)
+    sizes = _header_sizes(files)
     height, width = _size(folder, declared, files, sizes)
-    tf = _tf.tensorflow()
     order = np.random.default_rng(ORDER_SEED).permutation(len(files))
     paths = [str(files[i]) for i in order]
     ids = np.asarray(labels, np.int32)[order]
     resize = any(s != (height, width) for s in sizes)
 
-    def load(path: Any, label: Any) -> Any:
-        image = tf.io.decode_image(tf.io.read_file(path), channels, expand_animations=False)
-        if resize:
-            image = tf.image.resize(image, (height, width))
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-        return tf.ensure_shape(image, (height, width, channels)), label
+    def build() -> Any:  # TensorFlow is loaded only when the images are read for training
+        tf = _tf.tensorflow()
 
-    slices = tf.data.Dataset.from_tensor_slices((paths, ids))
-    dataset = slices.map(load, num_parallel_calls=DECODERS, deterministic=True)
+        def load(path: Any, label: Any) -> Any:
+            image = tf.io.decode_image(tf.io.read_file(path), channels, expand_animations=False)
+            if resize:
+                image = tf.image.resize(image, (height, width))
+                image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+            return tf.ensure_shape(image, (height, width, channels)), label
+
+        slices = tf.data.Dataset.from_tensor_slices((paths, ids))
+        return slices.map(load, num_parallel_calls=DECODERS, deterministic=True)
+
     where = str(folder.path)
-    shard = Shard(where, "dataset", path=folder.path, dataset=dataset)  # path: a folder's
+    shard = Shard(where, "dataset", path=folder.path, build=build)  # path: a folder's
     source = Source(where, "dataset", (shard,))
     shape = (height, width, channels)
     columns = {
@@ -116,21 +122,47 @@ def _channels(mode: str | None, declared: tuple[int | None, ...]) -> int:
     return last if last in (1, 3, 4) else 3
 
 
-def _decoded_sizes(files: list[Path], channels: int) -> list[tuple[int, int]]:
-    """Each image's (height, width), decoded once; a file TensorFlow cannot decode is
-    named."""
-    tf = _tf.tensorflow()
+def _header_sizes(files: list[Path]) -> list[tuple[int, int]]:
+    """Each image's (height, width) from its header, read in Python: checking a folder
+    loads no TensorFlow into the planning process (its ~250 MiB would sit beside the
+    trials). A file with no PNG, JPEG, BMP or GIF header is named."""
     sizes = []
     for path in files:
         try:
-            image = tf.io.decode_image(
-                tf.io.read_file(str(path)), channels, expand_animations=False
-            )
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
-            why = " ".join(str(getattr(exc, "message", exc)).split())[:120]
-            raise MemtuneError(f"{path}: not a readable image ({why})") from None
-        sizes.append((int(image.shape[0]), int(image.shape[1])))
+            sizes.append(header_size(path.read_bytes()))
+        except (OSError, ValueError, struct.error) as exc:
+            raise MemtuneError(f"{path}: not a readable image ({exc})") from None
     return sizes
+
+
+def header_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of a PNG, JPEG, BMP or GIF from its first bytes."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        width, height = struct.unpack("<HH", data[6:10])
+    elif data[:2] == b"BM":
+        width, height = struct.unpack("<ii", data[18:26])
+    elif data[:2] == b"\xff\xd8":
+        height, width = _jpeg_size(data)
+    else:
+        raise ValueError("no PNG, JPEG, BMP or GIF header")
+    if width == 0 or height == 0:
+        raise ValueError("an image of no pixels")
+    return abs(int(height)), abs(int(width))
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    at = 2
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:
+            raise ValueError("a damaged JPEG header")
+        marker = data[at + 1]
+        if marker in _JPEG_FRAMES:
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            return int(height), int(width)
+        at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+    raise ValueError("a JPEG header without a frame")
 
 
 def _size(
@@ -165,7 +197,7 @@ def decode_all(info: DataInfo, fp: Any) -> DataInfo:
     out = {f.columns[0]: np.empty((n, *f.shape), f.dtype) for f in fp.feeds}
     column = {f.name: f.columns[0] for f in fp.feeds}
     source = DatasetBatches(
-        info.source.shards[0].dataset, fp, BLOCK_ROWS, num_samples=n, batched=False
+        shard_dataset(info.source.shards[0]), fp, BLOCK_ROWS, num_samples=n, batched=False
     )
     at = 0
     for inputs, targets in source.numpy():

@@ -43,6 +43,7 @@ class Shard:
     dataset: Any = None  # a tf.data.Dataset / PyDataset (memtune.data.tfdata reads it)
     batched: bool = False  # whether that pipeline yields batches or single samples
     arrays: Any = None  # the caller's N-D arrays by column (memtune.data.arrays)
+    build: Any = None  # makes ``dataset`` when it is first read (an image folder's pipeline)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class Source:
     label: str
     kind: Kind
     shards: tuple[Shard, ...]
+
+
+def shard_dataset(shard: Shard) -> Any:
+    """A pipeline shard's dataset: as given, or built now (an image folder's)."""
+    return shard.build() if shard.build is not None else shard.dataset
 
 
 def shard_order(paths: Sequence[Path]) -> list[Path]:

@@ -23,7 +23,7 @@ from memtune.data.arrays import feed_type
 from memtune.data.footprint import Footprint
 from memtune.data.python import by_name
 from memtune.data.scan import ColumnInfo, DataInfo
-from memtune.data.sources import Shard, Source
+from memtune.data.sources import Shard, Source, shard_dataset
 from memtune.proc import tf as _tf
 
 SCAN_BATCH = 4096
@@ -287,7 +287,7 @@ def dataset_source(
     """The user's tf.data / PyDataset pipeline as a batch source at ``batch_size``."""
     shard = info.source.shards[0]
     return DatasetBatches(
-        shard.dataset,
+        shard_dataset(shard),
         fp,
         batch_size,
         num_samples=info.num_samples,

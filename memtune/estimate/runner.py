@@ -63,14 +63,11 @@ def setup(
     num_samples: int,
     cpu_replicas: int = 1,
     rows: Callable[[int, Path], Path] | None = None,
-    data_loaded_tf: bool = False,
 ) -> Setup:
     """Trial parameters and the cache keyed by everything that shapes a trial's peak.
 
     On a CPU the limit is the whole tree's: the planning process and the trial child
-    together stay within :func:`trial_limit` (and what the host can give).
-    ``data_loaded_tf``: reading the data (an image folder) loaded TensorFlow here, and what
-    it left is measured against a child with TensorFlow loaded too."""
+    together stay within :func:`trial_limit` (and what the host can give)."""
     accumulation = 2 if options.effective_batch_size else 1  # accumulators cost the same for any k
     validation = options.validation_split is not None or options.validation_data is not None
     feeds = tuple(FeedSpec(f.name, f.role, f.shape, f.dtype) for f in fp.feeds)
@@ -93,10 +90,9 @@ def setup(
         limit = budget.budget_bytes
     cache = TrialCache(key, enabled=not options.no_cache)
     extra = 0
-    loaded = "tensorflow" in sys.modules  # by the caller, or by memtune reading images
-    if budget.device == "cpu" and (not loaded or data_loaded_tf) and not options.analytic:
+    if budget.device == "cpu" and "tensorflow" not in sys.modules and not options.analytic:
         heap.release()  # what this process holds, not what it freed (fit reuses that)
-        extra = max(0, own_held() - bare_child_bytes(tensorflow=loaded))
+        extra = max(0, own_held() - bare_child_bytes())
     return Setup(
         feeds,
         accumulation,

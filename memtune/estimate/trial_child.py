@@ -209,10 +209,6 @@ def _child() -> int:
     _carry_fit_libraries()
     raw = json.loads(sys.stdin.read())
     if raw.get("baseline"):
-        if raw.get("tensorflow"):  # a baseline beside a planning process that loaded it
-            from memtune.proc import tf as _tf
-
-            _tf.tensorflow()
         print(json.dumps({"held": process.held()}))
         return 0
     try:

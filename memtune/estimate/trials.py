@@ -79,14 +79,12 @@ def own_held() -> int:
     return process.held()
 
 
-def bare_child_bytes(tensorflow: bool = False) -> int:
-    """What a trial child holds before it builds a model (``tensorflow``: with TensorFlow
-    loaded, as the planning process has it): what the planning process holds beyond it is
-    held by ``fit``'s process too, beside training."""
+def bare_child_bytes() -> int:
+    """What a trial child holds before it loads TensorFlow: what the planning process holds
+    beyond it is held by ``fit``'s process too, beside training."""
     proc = children.spawn(CHILD)
     try:
-        ask = {"baseline": True, "tensorflow": tensorflow}
-        out, _ = proc.communicate(json.dumps(ask), timeout=120)
+        out, _ = proc.communicate(json.dumps({"baseline": True}), timeout=60)
     finally:
         children.reap(proc)
     answer = children.last_json(out) or {}
