@@ -56,31 +56,45 @@ def sources(
     """The sources for this plan. Under a strategy the training source's batch is this
     process's share of the global batch (every local replica's); a multi-worker source
     holds this worker's share of the data only."""
-    if info.source.kind == "dataset" and plan.mode == "in-memory":  # an image folder
-        decoded = decode_all(info, fp)  # once: every epoch then trains from memory
-        return _arrays(plan, options, decoded, fp, val_layout, feed, order, topology)
+    batch = plan.batch_size * topology.local_replicas
+    split = options.validation_split if val_layout is None else None
+    folder_in_memory = info.source.kind == "dataset" and plan.mode == "in-memory"
+    if info.source.kind == "arrays" or folder_in_memory:
+        if folder_in_memory:  # an image folder, decoded once: every epoch trains from memory
+            info = decode_all(info, fp)
+        train, held = _arrays(info, fp, batch, split, order, topology)
+        return _with_validation(train, held, plan, val_layout, feed, (batch, BLOCK_ROWS))
     if info.source.kind == "dataset":
         if topology.active:
             raise MemtuneError("--strategy with a tf.data pipeline as DATA is not supported yet")
         stream = dataset_source(info, fp, options, plan.batch_size)
         return Sources(stream, _validation(plan, val_layout, feed, plan.batch_size, BLOCK_ROWS))
-    if info.source.kind == "arrays":
-        return _arrays(plan, options, info, fp, val_layout, feed, order, topology)
     layout = layout_for(info, fp, options)
-    batch = plan.batch_size * topology.local_replicas
     bucketing = bucketing_of(plan, fp)
     block_rows = max(batch, BLOCK_ROWS, *(bucketing.sizes if bucketing else ()))
     if topology.workers > 1:
         return Sources(_worker_share(plan, info, layout, batch, block_rows, order, topology), {})
     blocks = blocks_of(info, block_rows)
-    split = options.validation_split if val_layout is None else None
     if plan.mode == "in-memory":
         train, held = _in_memory(layout, blocks, batch, bucketing, split, order)
     else:
         train, held = _streaming(layout, blocks, batch, bucketing, split, order)
+    return _with_validation(train, held, plan, val_layout, feed, (batch, block_rows))
+
+
+def _with_validation(
+    train: BatchSource,
+    held: BatchSource | None,
+    plan: Plan,
+    val_layout: Layout | DatasetBatches | ArrayBatches | None,
+    feed: KerasFeed,
+    sizes: tuple[int, int],
+) -> Sources:
+    """The training source with the held-out split, or ``--validation-data``, beside it;
+    ``sizes``: the batch and the block rows a validation stream is read in."""
     if held is not None:
         return Sources(train, {"validation_data": feed.stream(held)})
-    return Sources(train, _validation(plan, val_layout, feed, batch, block_rows))
+    return Sources(train, _validation(plan, val_layout, feed, *sizes))
 
 
 def _validation(
@@ -101,27 +115,18 @@ def _validation(
 
 
 def _arrays(
-    plan: Plan,
-    options: Options,
     info: DataInfo,
     fp: Footprint,
-    val_layout: Layout | DatasetBatches | ArrayBatches | None,
-    feed: KerasFeed,
+    batch: int,
+    split: float | None,
     order: Order,
     topology: Topology,
-) -> Sources:
-    """The caller's N-D arrays, batched where they are; a split holds out the last rows."""
+) -> tuple[BatchSource, BatchSource | None]:
+    """N-D arrays batched where they are; a split holds out the last rows."""
     if topology.workers > 1:
         raise MemtuneError("--strategy multiworker with in-memory arrays is not supported yet")
-    batch = plan.batch_size * topology.local_replicas
-    split = options.validation_split if val_layout is None else None
     training = int(info.num_samples * (1 - split)) if split else info.num_samples
-    train, held = array_sources(
-        info, fp, batch, training=training, shuffle=order.shuffle, seed=order.seed
-    )
-    if held is not None:
-        return Sources(train, {"validation_data": feed.stream(held)})
-    return Sources(train, _validation(plan, val_layout, feed, batch, BLOCK_ROWS))
+    return array_sources(info, fp, batch, training=training, shuffle=order.shuffle, seed=order.seed)
 
 
 def bucketing_of(plan: Plan, fp: Footprint) -> Bucketing | None:
