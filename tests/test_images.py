@@ -218,6 +218,43 @@ def test_an_image_folder_is_decoded_once_or_streamed_and_learns(tmp_path: Path) 
     assert streamed.plan.mode == "streaming" and np.isfinite(streamed.history["loss"][0])
 
 
+def test_a_streamed_image_folder_is_decoded_once_into_the_cache(tmp_path: Path) -> None:
+    from memtune.core.paths import cache_dir
+
+    model = write_factory(tmp_path / "m.py", CONVNET)
+    folder = write_folder(tmp_path / "images", {"dark": 30, "light": 30})
+    first = memtune.fit(model, str(folder), budget="2GiB", mode="streaming", epochs=2)
+    assert first.plan.mode == "streaming" and len(first.history["loss"]) == 2
+    (entry,) = (cache_dir() / "decoded").iterdir()
+    pixels = np.load(entry / "image.npy", mmap_mode="r")
+    labels = np.load(entry / "label.npy")
+    assert pixels.shape == (60, SIDE, SIDE, 3) and pixels.dtype == np.uint8
+    assert sorted(labels.tolist()) == [0] * 30 + [1] * 30  # every image once
+    assert all(abs(float(x.mean()) - 10 - 85 * y) < 5 for x, y in zip(pixels, labels, strict=True))
+    written = (entry / "image.npy").stat().st_mtime_ns
+    again = memtune.fit(model, str(folder), budget="2GiB", epochs=1, plan=first.plan)
+    assert np.isfinite(again.history["loss"][0])
+    assert (entry / "image.npy").stat().st_mtime_ns == written  # read, not decoded again
+    changed = folder / "dark" / "0.png"
+    changed.write_bytes(png(np.full((SIDE, SIDE, 3), 200, np.uint8)))
+    memtune.fit(model, str(folder), budget="2GiB", epochs=1, plan=first.plan)
+    (renewed,) = (cache_dir() / "decoded").iterdir()  # the old entry is gone
+    assert renewed != entry and np.load(renewed / "image.npy").max() == 200
+
+
+def test_the_decoded_cache_needs_disk_that_is_not_memory(tmp_path: Path) -> None:
+    from memtune.data.decoded import filesystem, has_room
+
+    mounts = "/dev/vda / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\ntmpfs /scratch tmpfs rw 0 0\n"
+    assert filesystem(Path("/scratch/cache/decoded"), mounts) == "tmpfs"
+    assert filesystem(Path("/scratchpad"), mounts) == "ext4"  # a prefix is not a parent
+    assert filesystem(Path("/home/u/.cache"), mounts) == "ext4"
+    here = f"/dev/vda {tmp_path.anchor} ext4 rw 0 0\ntmpfs {tmp_path} tmpfs rw 0 0\n"
+    assert not has_room(tmp_path, 1, here)  # files there are memory
+    assert has_room(tmp_path, 1, here.splitlines()[0])
+    assert not has_room(tmp_path, 1 << 60, here.splitlines()[0])  # no disk that large
+
+
 # ---------------------------------------------------------------- .npy shards
 
 

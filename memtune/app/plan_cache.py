@@ -19,8 +19,9 @@ from memtune.app import plan_file
 from memtune.core.constants import NOISE_FLOOR, NOISE_SHARE
 from memtune.core.curve import MemoryCurve
 from memtune.core.options import Options
+from memtune.core.paths import cache_dir
 from memtune.core.plan import Plan, plan_from_json
-from memtune.estimate.cache import cache_dir, cache_key
+from memtune.estimate.cache import cache_key
 from memtune.model.load import factory_parts
 from memtune.proc.paths import write_text_atomically
 

@@ -1,6 +1,7 @@
 """A folder of images in class subfolders — the layout ``keras.utils.image_dataset_from_directory``
-reads — as a pipeline of decoded images: decoded once into memory when they fit beside
-training (:func:`decode_all`), else streamed, one decode per image per epoch.
+reads — as a pipeline of decoded images, which :mod:`memtune.data.decoded` decodes once
+(into memory, or into memtune's cache on disk), or which streams, one decode per image per
+epoch, where neither is possible.
 
 Every file's header is read when the folder is read (in Python: no TensorFlow in the
 planning process), so a file that is no image, an empty class or images of several sizes
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from memtune.core.errors import MemtuneError
 from memtune.data.scan import ColumnInfo, DataInfo
-from memtune.data.sources import Shard, Source, shard_dataset
+from memtune.data.sources import Shard, Source
 from memtune.proc import tf as _tf
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -46,14 +47,14 @@ def is_image_folder(data: Any) -> bool:
     path = Path(data)
     if any(p.suffix.lower() in (".csv", ".parquet", ".pq") for p in path.iterdir()):
         return False
-    return any(_images(d) for d in _classes(path))
+    return any(image_files(d) for d in class_folders(path))
 
 
-def _classes(path: Path) -> list[Path]:
+def class_folders(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.iterdir()
@@ -66,11 +67,11 @@ def read_folder(
 ) -> DataInfo:
     """Decode every image once (refusing what cannot train) and describe the folder as a
     pipeline of ``(image, class id)``; ``declared``: the model input's shape."""
-    classes = _classes(folder.path)
+    classes = class_folders(folder.path)
     files: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
-        found = _images(cls)
+        found = image_files(cls)
         if not found:
             raise MemtuneError(
                 f"{cls}: class folder holds no images ({' '.join(SUFFIXES)}); remove it or "
@@ -184,26 +185,3 @@ def _size(
             "model does not fix one; give --image-size H,W"
         )
     return sizes[0]
-
-
-def decode_all(info: DataInfo, fp: Any) -> DataInfo:
-    """The folder decoded once into arrays (an in-memory plan): each feed's array filled a
-    block at a time, so decoding holds the images plus one block."""
-    from memtune.core.constants import BLOCK_ROWS
-    from memtune.data.arrays import arrays_info
-    from memtune.data.tfdata import DatasetBatches
-
-    n = info.num_samples
-    out = {f.columns[0]: np.empty((n, *f.shape), f.dtype) for f in fp.feeds}
-    column = {f.name: f.columns[0] for f in fp.feeds}
-    source = DatasetBatches(
-        shard_dataset(info.source.shards[0]), fp, BLOCK_ROWS, num_samples=n, batched=False
-    )
-    at = 0
-    for inputs, targets in source.numpy():
-        rows = len(next(iter(targets.values())))
-        for name, values in {**inputs, **targets}.items():
-            out[column[name]][at : at + rows] = values
-        at += rows
-    decoded = arrays_info(out, allow_nonfinite=True)
-    return replace(decoded, warnings=info.warnings)

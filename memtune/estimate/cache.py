@@ -18,14 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from memtune.core.curve import Trial
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("MEMTUNE_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "memtune"
+from memtune.core.paths import cache_dir
 
 
 def cache_key(parts: dict[str, Any]) -> str:

@@ -16,8 +16,8 @@ from memtune.data.arrays import ArrayBatches, array_sources
 from memtune.data.batch_sources import BatchSource, EvenBatches, InMemoryBatches, StreamingBatches
 from memtune.data.blocks import Block
 from memtune.data.bucketed import Bucketing, bucketed_in_memory, bucketed_streaming
+from memtune.data.decoded import decode_all, decode_to_cache
 from memtune.data.footprint import Footprint
-from memtune.data.images import decode_all
 from memtune.data.layout import Layout, layout_for, load_in_memory, row_range
 from memtune.data.scan import DataInfo
 from memtune.data.shares import blocks_of, split_blocks, worker_blocks
@@ -58,10 +58,9 @@ def sources(
     holds this worker's share of the data only."""
     batch = plan.batch_size * topology.local_replicas
     split = options.validation_split if val_layout is None else None
-    folder_in_memory = info.source.kind == "dataset" and plan.mode == "in-memory"
-    if info.source.kind == "arrays" or folder_in_memory:
-        if folder_in_memory:  # an image folder, decoded once: every epoch trains from memory
-            info = decode_all(info, fp)
+    if info.source.kind == "dataset":  # decoded once: every epoch trains from arrays
+        info = _decoded_once(info, fp, plan, batch)
+    if info.source.kind == "arrays":
         train, held = _arrays(info, fp, batch, split, order, topology)
         return _with_validation(train, held, plan, val_layout, feed, (batch, BLOCK_ROWS))
     if info.source.kind == "dataset":
@@ -80,6 +79,17 @@ def sources(
     else:
         train, held = _streaming(layout, blocks, batch, bucketing, split, order)
     return _with_validation(train, held, plan, val_layout, feed, (batch, block_rows))
+
+
+def _decoded_once(info: DataInfo, fp: Footprint, plan: Plan, batch: int) -> DataInfo:
+    """A pipeline decoded into memory when the plan holds it there; an image folder that
+    streams decoded into memtune's cache and memory-mapped, where the disk has room. Else
+    the pipeline as it is, read a batch at a time every epoch."""
+    if plan.mode == "in-memory":
+        return decode_all(info, fp)
+    if info.source.shards[0].path is not None:  # an image folder, not the caller's pipeline
+        return decode_to_cache(info, fp, batch) or info
+    return info
 
 
 def _with_validation(
