@@ -255,6 +255,34 @@ def test_the_decoded_cache_needs_disk_that_is_not_memory(tmp_path: Path) -> None
     assert not has_room(tmp_path, 1 << 60, here.splitlines()[0])  # no disk that large
 
 
+def test_a_folder_holds_out_a_validation_split_unless_it_streams_undecoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = write_factory(tmp_path / "m.py", CONVNET)
+    folder = write_folder(tmp_path / "images", {"dark": 30, "light": 30})
+    kw = {"budget": "2GiB", "mode": "streaming", "validation_split": 0.25}
+    history = memtune.fit(model, str(folder), epochs=1, **kw)
+    assert np.isfinite(history.history["val_loss"][0])
+    monkeypatch.setattr("memtune.data.decoded.has_room", lambda *a: False)
+    with pytest.raises(MemtuneError, match=r"--validation-split: .*images.* streams undecoded"):
+        memtune.fit(model, str(folder), epochs=1, plan=history.plan, **kw)
+
+
+def test_cache_entries_of_gone_folders_and_killed_runs_are_dropped(tmp_path: Path) -> None:
+    import os
+
+    from memtune.data.decoded import _prune
+
+    root = tmp_path / "decoded"
+    for name, source in (("kept", tmp_path), ("gone", tmp_path / "deleted-folder")):
+        (root / name).mkdir(parents=True)
+        (root / name / "source").write_text(str(source))
+    (root / ".half.999999999").mkdir()  # written by a run that was killed
+    (root / f".writing.{os.getpid()}").mkdir()  # being written by a live run
+    _prune(root)
+    assert sorted(p.name for p in root.iterdir()) == [f".writing.{os.getpid()}", "kept"]
+
+
 # ---------------------------------------------------------------- .npy shards
 
 

@@ -87,11 +87,6 @@ def folder_info(folder: Any, sig: ModelSignature, options: Options) -> DataInfo:
             f"data {str(folder.path)!r}: an image folder feeds a model of one input and one "
             f"output (this one has {len(sig.inputs)} and {len(sig.outputs)})"
         )
-    if options.validation_split:
-        raise MemtuneError(
-            "--validation-split with an image folder is not supported yet; give "
-            "--validation-data FOLDER (the same layout)"
-        )
     target = options.target[0] if options.target else sig.outputs[0].name
     return read_folder(folder, sig.inputs[0].name, sig.inputs[0].shape, target)
 

@@ -135,9 +135,11 @@ def _write(
 ) -> None:
     """Decode into a folder of this process's own, then rename it into place (a killed run
     leaves no half entry), and drop the entries of the folder's older contents."""
+    _prune(entry.parent)
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    (tmp / "source").write_text(str(Path(info.source.shards[0].path or "").resolve()))
     files = {c: open(tmp / f"{c}.npy", "wb") for c in shapes}  # noqa: SIM115
     try:
         for c, f in files.items():
@@ -155,6 +157,32 @@ def _write(
     for old in entry.parent.iterdir():
         if old != entry and old.name.startswith(prefix):
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _prune(root: Path) -> None:
+    """Drop the entries of folders that are gone, and what killed runs left half written."""
+    for old in root.iterdir():
+        if old.name.startswith("."):
+            pid = old.name.rsplit(".", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+            continue
+        try:
+            source = (old / "source").read_text()
+        except OSError:
+            continue
+        if not Path(source).is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _decoded(info: DataInfo, fp: Any, rows: int) -> Iterator[dict[str, np.ndarray]]:

@@ -64,6 +64,11 @@ def sources(
         train, held = _arrays(info, fp, batch, split, order, topology)
         return _with_validation(train, held, plan, val_layout, feed, (batch, BLOCK_ROWS))
     if info.source.kind == "dataset":
+        if split:  # the folder could not be decoded once: its rows have no last ones to hold out
+            raise MemtuneError(
+                f"--validation-split: {info.source.label} streams undecoded (memtune's cache "
+                "has no disk room for its decoded images); give --validation-data FOLDER"
+            )
         if topology.active:
             raise MemtuneError("--strategy with a tf.data pipeline as DATA is not supported yet")
         stream = dataset_source(info, fp, options, plan.batch_size)
