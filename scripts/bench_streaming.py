@@ -200,8 +200,8 @@ def image_rows(count: int, rounds: int, epochs: str) -> dict[str, Any]:
                 rates[kind].append(out["samples_per_s"])
                 ready[kind].append(out["to_first_epoch_s"])
 
-    def versus(kind: str) -> dict[str, float]:
-        ratios = [a / b for a, b in zip(rates[kind], rates["image-arrays"], strict=True)]
+    def versus(kind: str, base: str = "image-arrays") -> dict[str, float]:
+        ratios = [a / b for a, b in zip(rates[kind], rates[base], strict=True)]
         return {
             "median": round(statistics.median(ratios), 3),
             "min": round(min(ratios), 3),
@@ -214,6 +214,9 @@ def image_rows(count: int, rounds: int, epochs: str) -> dict[str, Any]:
         "to_first_epoch_s": {k: [round(v, 1) for v in r] for k, r in ready.items()},
         "image_folder_streaming_vs_in_memory": versus("image-folder"),
         "image_folder_in_memory_vs_arrays": versus("image-folder-in-memory"),
+        "image_folder_streaming_vs_folder_in_memory": versus(
+            "image-folder", "image-folder-in-memory"
+        ),
     }
     names = {
         "image-folder": "images: folder, streaming",
@@ -228,10 +231,11 @@ def image_rows(count: int, rounds: int, epochs: str) -> dict[str, Any]:
     for key, label in (
         ("image_folder_streaming_vs_in_memory", "folder streaming / arrays in memory"),
         ("image_folder_in_memory_vs_arrays", "folder in memory / arrays in memory"),
+        ("image_folder_streaming_vs_folder_in_memory", "folder streaming / folder in memory"),
     ):
         r = out[key]
         print(f"{label}: median {r['median']:.2f} ({r['min']:.2f} … {r['max']:.2f})")
-    print("target: folder streaming / in memory >= 0.90")
+    print("target: folder streaming / in memory (folder or arrays) >= 0.90")
     return out
 
 
