@@ -57,6 +57,8 @@ BAD_INPUTS: list[Case] = [
     Case("validation data lacks a column", "data", _fit("--validation-data", "{tmp}/missing/1.csv"), "has no column 'b'"),
     Case("images of mixed sizes", "data", _suggest("--data", "{tmp}/imgmixed", "--model", "{tmp}/anysize.py:build"), "images differ in size ({tmp}/imgmixed/a/0.png: 8×8, {tmp}/imgmixed/b/0.png: 10×10)"),
     Case("a corrupt image", "data", _suggest("--data", "{tmp}/imgcorrupt", "--model", "{tmp}/img.py:build"), "{tmp}/imgcorrupt/b/1.png: not a readable image"),
+    Case("an image damaged past its header, streamed", "data", _fit("--data", "{tmp}/imgdamaged", "--model", "{tmp}/img.py:build", "--analytic", "--mode", "streaming"), "{tmp}/imgdamaged/b/1.png: not a readable image (Invalid PNG data"),
+    Case("an image damaged past its header, in memory", "data", _fit("--data", "{tmp}/imgdamaged", "--model", "{tmp}/img.py:build", "--analytic", "--mode", "in-memory"), "{tmp}/imgdamaged/b/1.png: not a readable image (Invalid PNG data"),
     Case("an empty class folder", "data", _suggest("--data", "{tmp}/imgempty", "--model", "{tmp}/img.py:build"), "{tmp}/imgempty/b: class folder holds no images"),
     Case("images the model does not take", "model", _suggest("--data", "{tmp}/imgok", "--model", "{tmp}/img.py:build", "--color-mode", "rgba"), "model input 'image' has shape (None, 8, 8, 3) but 'image' holds samples of shape (8, 8, 4)"),
     Case("an image size of one number", "cli", _suggest("--data", "{tmp}/imgok", "--model", "{tmp}/img.py:build", "--image-size", "8"), "--image-size '8': expected H,W"),
@@ -193,6 +195,7 @@ def _image_world(tmp: Path) -> None:
         "imgmixed": {"a/0.png": png(pixels), "b/0.png": png(np.zeros((10, 10, 3), np.uint8))},
         "imgcorrupt": {"a/0.png": png(pixels), "b/1.png": b"not a png"},
         "imgempty": {"a/0.png": png(pixels), "b/notes.txt": b"no image here"},
+        "imgdamaged": {"a/0.png": png(pixels), "b/1.png": png(pixels + 1)[:60]},  # header kept
     }
     for name, files in folders.items():
         for relative, data in files.items():

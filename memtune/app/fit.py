@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,6 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
             prepared = replace(prepared, plan=prepared.plan_at(agreed, prepared.plan.mode))
     val_layout = at_batch(checked[0], prepared.plan.batch_size)
     callbacks = list(extra.get("callbacks") or [])
-    if extra.get("plan_callbacks"):
-        callbacks += list(extra["plan_callbacks"](prepared.plan))
     run = Run(
         epochs,
         store,
@@ -149,8 +148,9 @@ def fit(model: Any, data: Any, *, epochs: int, **options: Any) -> FitResult:
     )
     order = Order(bool(extra.get("shuffle", True)), extra.get("seed"))
     weights = _class_weight(extra.get("class_weight"), prepared)
+    made = extra.get("plan_callbacks")  # the CLI's outputs, opened once the data is ready
     trained = _train(
-        prepared, val_layout, run, order, callbacks, (where.topology, strategy), weights
+        prepared, val_layout, run, order, (callbacks, made), (where.topology, strategy), weights
     )
     _drift(prepared, trained.peak_bytes, (model, data))
     return _finish(prepared, trained, run, save)
@@ -218,11 +218,13 @@ def _train(
     val_layout: Validation | None,
     run: Run,
     order: Order,
-    callbacks: list[Any],
+    callbacks: tuple[list[Any], Callable[[Plan], list[Any]] | None],
     distributed: tuple[Topology, Any],
     class_weight: dict[int, float] | None = None,
 ) -> Trained:
-    """The feed, the sources and the loop."""
+    """The feed, the sources and the loop. ``callbacks``: the caller's, and a maker of the
+    ones that write outputs (trace, logs), called once the sources are built, so data that
+    fails there (an image damaged past its header) leaves no output behind."""
     plan, fp = prepared.plan, prepared.footprint
     flexible = frozenset(f.name for f in fp.inputs if f.flexible) if plan.buckets else frozenset()
     feed = KerasFeed(fp, flexible=flexible, class_weight=class_weight)
@@ -236,7 +238,9 @@ def _train(
         order=order,
         topology=distributed[0],
     )
-    return train(prepared.model, plan, fed, feed, callbacks, run, distributed)
+    given, make = callbacks
+    every = given + (list(make(plan)) if make is not None else [])
+    return train(prepared.model, plan, fed, feed, every, run, distributed)
 
 
 def _finish(prepared: Prepared, trained: Trained, run: Run, save: Path | None) -> FitResult:

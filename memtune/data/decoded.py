@@ -24,13 +24,15 @@ from typing import Any
 import numpy as np
 
 from memtune.core.constants import BLOCK_ROWS
+from memtune.core.errors import MemtuneError
 from memtune.core.paths import cache_dir
 from memtune.data.arrays import arrays_info
-from memtune.data.images import ORDER_SEED, class_folders, image_files
+from memtune.data.images import ORDER_SEED, class_folders, image_files, unreadable
 from memtune.data.npy import MappedRows
 from memtune.data.scan import DataInfo
 from memtune.data.sources import shard_dataset
 from memtune.data.tfdata import DatasetBatches
+from memtune.proc import progress
 
 FORMAT = 1  # the cache entry's layout; a change decodes every folder again
 DISK_RESERVE = 1 << 30  # free disk a decoded cache never takes
@@ -41,6 +43,8 @@ def decode_all(info: DataInfo, fp: Any) -> DataInfo:
     """The folder decoded once into arrays (an in-memory plan): each feed's array filled a
     block at a time, so decoding holds the images plus one block."""
     n = info.num_samples
+    kind = "images" if info.source.shards[0].path is not None else "samples of the pipeline"
+    progress.report("stage", what=f"decoding {n:,} {kind} once into memory")
     out = {f.columns[0]: np.empty((n, *f.shape), f.dtype) for f in fp.feeds}
     at = 0
     for rows in _decoded(info, fp, BLOCK_ROWS):
@@ -64,6 +68,8 @@ def decode_to_cache(info: DataInfo, fp: Any, batch_size: int) -> DataInfo | None
         return None
     entry = root / f"{_digest(str(folder.resolve()))[:12]}-{_key(folder, shapes, types)}"
     if not _complete(entry, shapes, types):
+        what = f"decoding {info.num_samples:,} images once into {root}"
+        progress.report("stage", what=what)
         _write(entry, info, fp, batch_size, shapes, types)
     columns = {c: MappedRows([np.load(entry / f"{c}.npy", mmap_mode="r")]) for c in shapes}
     decoded = arrays_info(columns, allow_nonfinite=True)  # type: ignore[arg-type]
@@ -148,9 +154,15 @@ def _write(
         for rows in _decoded(info, fp, batch_size):
             for c, values in rows.items():
                 files[c].write(np.ascontiguousarray(values, types[c]).tobytes())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         for f in files.values():
             f.close()
+    if _complete(entry, shapes, types):  # another run wrote it meanwhile (and may map it)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)
     prefix = entry.name.split("-")[0] + "-"
@@ -191,5 +203,15 @@ def _decoded(info: DataInfo, fp: Any, rows: int) -> Iterator[dict[str, np.ndarra
     source = DatasetBatches(
         shard_dataset(info.source.shards[0]), fp, rows, num_samples=info.num_samples, batched=False
     )
-    for inputs, targets in source.numpy():
-        yield {column[name]: values for name, values in {**inputs, **targets}.items()}
+    try:
+        for inputs, targets in source.numpy():
+            yield {column[name]: values for name, values in {**inputs, **targets}.items()}
+    except Exception as exc:  # TensorFlow's decode error names the op, not the file
+        bad = unreadable(Path(info.source.shards[0].path or "")) if _is_decode(exc) else None
+        if bad is None:
+            raise
+        raise MemtuneError(f"{bad[0]}: not a readable image ({bad[1]})") from None
+
+
+def _is_decode(exc: BaseException) -> bool:
+    return type(exc).__name__ == "InvalidArgumentError"

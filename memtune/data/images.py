@@ -12,6 +12,7 @@ stay uint8 (1 B a value) until the model casts them, as ``Rescaling`` does.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,20 @@ def read_folder(
         f"decoded as uint8 {height}×{width}×{channels}" + (" (resized)" if resize else ""),
     ]
     return DataInfo(source, columns, len(files), (len(files),), notes)
+
+
+def unreadable(folder: Path) -> tuple[Path, str] | None:
+    """The first image of ``folder`` TensorFlow cannot decode, and why: a file damaged past
+    its header, found after a decode failed (the pipeline's error names no file)."""
+    tf = _tf.tensorflow()
+    for cls in class_folders(folder):
+        for path in image_files(cls):
+            try:
+                tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False)
+            except tf.errors.InvalidArgumentError as exc:
+                why = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\bname:\s*$", "", exc.message).strip()
+                return path, why.splitlines()[0] if why else type(exc).__name__
+    return None
 
 
 def _channels(mode: str | None, declared: tuple[int | None, ...]) -> int:
