@@ -268,6 +268,18 @@ def test_a_folder_holds_out_a_validation_split_unless_it_streams_undecoded(
         memtune.fit(model, str(folder), epochs=1, plan=history.plan, **kw)
 
 
+def test_an_image_damaged_past_its_header_is_named_when_streamed_undecoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = write_factory(tmp_path / "m.py", CONVNET)
+    folder = write_folder(tmp_path / "images", {"dark": 10, "light": 10})
+    whole = (folder / "light" / "4.png").read_bytes()
+    (folder / "light" / "4.png").write_bytes(whole[: len(whole) // 2])  # its header kept
+    monkeypatch.setattr("memtune.data.decoded.has_room", lambda *a: False)  # decoded per batch
+    with pytest.raises(MemtuneError, match=r"light/4\.png: not a readable image \(Invalid PNG"):
+        memtune.fit(model, str(folder), budget="2GiB", mode="streaming", epochs=1, analytic=True)
+
+
 def test_cache_entries_of_gone_folders_and_killed_runs_are_dropped(tmp_path: Path) -> None:
     import os
 

@@ -20,6 +20,7 @@ from memtune.core.errors import MemtuneError
 from memtune.core.options import Options, make_options, rows
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
+from memtune.data.decoded import decode_failure
 from memtune.data.footprint import Footprint
 from memtune.data.scan import DataInfo
 from memtune.model.info import is_spec
@@ -240,7 +241,13 @@ def _train(
     )
     given, make = callbacks
     every = given + (list(make(plan)) if make is not None else [])
-    return train(prepared.model, plan, fed, feed, every, run, distributed)
+    try:
+        return train(prepared.model, plan, fed, feed, every, run, distributed)
+    except Exception as exc:  # an image folder streamed undecoded fails while training
+        named = decode_failure(exc, prepared.info)
+        if named is None:
+            raise
+        raise named from None
 
 
 def _finish(prepared: Prepared, trained: Trained, run: Run, save: Path | None) -> FitResult:

@@ -206,12 +206,23 @@ def _decoded(info: DataInfo, fp: Any, rows: int) -> Iterator[dict[str, np.ndarra
     try:
         for inputs, targets in source.numpy():
             yield {column[name]: values for name, values in {**inputs, **targets}.items()}
-    except Exception as exc:  # TensorFlow's decode error names the op, not the file
-        bad = unreadable(Path(info.source.shards[0].path or "")) if _is_decode(exc) else None
-        if bad is None:
+    except Exception as exc:
+        named = decode_failure(exc, info)
+        if named is None:
             raise
-        raise MemtuneError(f"{bad[0]}: not a readable image ({bad[1]})") from None
+        raise named from None
 
 
-def _is_decode(exc: BaseException) -> bool:
-    return type(exc).__name__ == "InvalidArgumentError"
+def decode_failure(exc: BaseException, info: DataInfo) -> MemtuneError | None:
+    """TensorFlow's decode error, which names the op, as one line naming the image folder's
+    file it could not decode; None for any other error."""
+    folder = info.source.shards[0].path if info.source.kind == "dataset" else None
+    causes: list[BaseException] = []
+    at: BaseException | None = exc
+    while at is not None and at not in causes:  # training wraps it (TrainingFailed)
+        causes.append(at)
+        at = at.__cause__ or at.__context__
+    if folder is None or all(type(c).__name__ != "InvalidArgumentError" for c in causes):
+        return None
+    bad = unreadable(Path(folder))
+    return MemtuneError(f"{bad[0]}: not a readable image ({bad[1]})") if bad else None
