@@ -26,6 +26,7 @@ from memtune.data.arrays import held_bytes
 from memtune.data.blocks import whole_blocks
 from memtune.data.buckets import LengthBuckets
 from memtune.data.footprint import Footprint, footprint
+from memtune.data.images import folder_of
 from memtune.data.layout import layout_for
 from memtune.data.scan import DataInfo, scan
 from memtune.data.values import check_ids, check_values
@@ -240,7 +241,7 @@ def _planner(got: _Inputs, where: Where) -> tuple[Planner, LengthBuckets | None]
         )
     tensors = any(not f.sequence and len(f.shape) > 1 for f in fp.inputs)
     plan_options = options.plan_options(any(f.sequence for f in fp.feeds), tensors)
-    if info.source.kind == "dataset" and not _image_folder(info):
+    if info.source.kind == "dataset" and folder_of(info) is None:
         why = f"the {info.source.label[1:-1]} (memtune streams it)"
         plan_options = replace(plan_options, mode="streaming", mode_why=why)
     per_sample = fp.per_sample_bytes
@@ -321,11 +322,6 @@ def _setup(got: _Inputs, where: Where) -> Any:  # -> memtune.estimate.runner.Set
         cpu_replicas=cpu_replicas,
         rows=_trial_rows(got.info, got.footprint, got.options),
     )
-
-
-def _image_folder(info: DataInfo) -> bool:
-    """An image folder: a pipeline memtune builds (not the user's), which may be in memory."""
-    return info.source.kind == "dataset" and info.source.shards[0].path is not None
 
 
 def _forced(setup: Any, planner: Planner, prior: MemoryCurve) -> Estimated:

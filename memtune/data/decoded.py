@@ -27,7 +27,7 @@ from memtune.core.constants import BLOCK_ROWS
 from memtune.core.errors import MemtuneError
 from memtune.core.paths import cache_dir
 from memtune.data.arrays import arrays_info
-from memtune.data.images import ORDER_SEED, class_folders, image_files, unreadable
+from memtune.data.images import ORDER_SEED, class_folders, folder_of, image_files, unreadable
 from memtune.data.npy import MappedRows
 from memtune.data.scan import DataInfo
 from memtune.data.sources import shard_dataset
@@ -43,7 +43,7 @@ def decode_all(info: DataInfo, fp: Any) -> DataInfo:
     """The folder decoded once into arrays (an in-memory plan): each feed's array filled a
     block at a time, so decoding holds the images plus one block."""
     n = info.num_samples
-    kind = "images" if info.source.shards[0].path is not None else "samples of the pipeline"
+    kind = "images" if folder_of(info) is not None else "samples of the pipeline"
     progress.report("stage", what=f"decoding {n:,} {kind} once into memory")
     out = {f.columns[0]: np.empty((n, *f.shape), f.dtype) for f in fp.feeds}
     at = 0
@@ -58,7 +58,8 @@ def decode_to_cache(info: DataInfo, fp: Any, batch_size: int) -> DataInfo | None
     """The folder as memory-mapped arrays of its decoded images (a streaming plan), decoded
     now unless the cache holds them; ``batch_size`` rows are decoded at a time, as training
     would hold them. None where the cache's disk lacks room or keeps files in memory."""
-    folder = Path(info.source.shards[0].path or "")
+    folder = folder_of(info)
+    assert folder is not None, "decode_to_cache takes an image folder"
     types = {f.columns[0]: _stored_type(info, f) for f in fp.feeds}
     shapes = {f.columns[0]: (info.num_samples, *f.shape) for f in fp.feeds}
     need = sum(int(np.prod(s)) * types[c].itemsize for c, s in shapes.items())
@@ -145,7 +146,7 @@ def _write(
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / "source").write_text(str(Path(info.source.shards[0].path or "").resolve()))
+    (tmp / "source").write_text(str(Path(folder_of(info) or "").resolve()))
     files = {c: open(tmp / f"{c}.npy", "wb") for c in shapes}  # noqa: SIM115
     try:
         for c, f in files.items():
@@ -216,7 +217,7 @@ def _decoded(info: DataInfo, fp: Any, rows: int) -> Iterator[dict[str, np.ndarra
 def decode_failure(exc: BaseException, info: DataInfo) -> MemtuneError | None:
     """TensorFlow's decode error, which names the op, as one line naming the image folder's
     file it could not decode; None for any other error."""
-    folder = info.source.shards[0].path if info.source.kind == "dataset" else None
+    folder = folder_of(info)
     causes: list[BaseException] = []
     at: BaseException | None = exc
     while at is not None and at not in causes:  # training wraps it (TrainingFailed)
@@ -224,5 +225,5 @@ def decode_failure(exc: BaseException, info: DataInfo) -> MemtuneError | None:
         at = at.__cause__ or at.__context__
     if folder is None or all(type(c).__name__ != "InvalidArgumentError" for c in causes):
         return None
-    bad = unreadable(Path(folder))
+    bad = unreadable(folder)
     return MemtuneError(f"{bad[0]}: not a readable image ({bad[1]})") if bad else None

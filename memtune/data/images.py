@@ -66,8 +66,9 @@ def image_files(folder: Path) -> list[Path]:
 def read_folder(
     folder: ImageFolder, input_name: str, declared: tuple[int | None, ...], target: str
 ) -> DataInfo:
-    """Decode every image once (refusing what cannot train) and describe the folder as a
-    pipeline of ``(image, class id)``; ``declared``: the model input's shape."""
+    """Read every image's header (refusing what cannot train) and describe the folder as a
+    pipeline of ``(image, class id)``, built when first read; ``declared``: the model
+    input's shape."""
     classes = class_folders(folder.path)
     files: list[Path] = []
     labels: list[int] = []
@@ -115,6 +116,13 @@ def read_folder(
         f"decoded as uint8 {height}×{width}×{channels}" + (" (resized)" if resize else ""),
     ]
     return DataInfo(source, columns, len(files), (len(files),), notes)
+
+
+def folder_of(info: DataInfo) -> Path | None:
+    """The image folder ``info`` reads (its pipeline memtune builds), or None: any other
+    data, the caller's own pipeline included."""
+    shard = info.source.shards[0]
+    return shard.path if info.source.kind == "dataset" and shard.path is not None else None
 
 
 def unreadable(folder: Path) -> tuple[Path, str] | None:

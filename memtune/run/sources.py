@@ -18,6 +18,7 @@ from memtune.data.blocks import Block
 from memtune.data.bucketed import Bucketing, bucketed_in_memory, bucketed_streaming
 from memtune.data.decoded import decode_all, decode_to_cache
 from memtune.data.footprint import Footprint
+from memtune.data.images import folder_of
 from memtune.data.layout import Layout, layout_for, load_in_memory, row_range
 from memtune.data.scan import DataInfo
 from memtune.data.shares import blocks_of, split_blocks, worker_blocks
@@ -92,7 +93,7 @@ def _decoded_once(info: DataInfo, fp: Footprint, plan: Plan, batch: int) -> Data
     the pipeline as it is, read a batch at a time every epoch."""
     if plan.mode == "in-memory":
         return decode_all(info, fp)
-    if info.source.shards[0].path is not None:  # an image folder, not the caller's pipeline
+    if folder_of(info) is not None:  # an image folder, not the caller's pipeline
         return decode_to_cache(info, fp, batch) or info
     return info
 
