@@ -41,6 +41,16 @@ return model
 """
 
 
+IMAGE_MODEL = """
+image = keras.Input((8, 8, 3), dtype="uint8", name="image")
+x = keras.layers.Conv2D(2, 3)(keras.layers.Rescaling(1 / 255)(image))
+x = keras.layers.GlobalAveragePooling2D()(x)
+m = keras.Model(image, keras.layers.Dense(2, name="label")(x))
+m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+return m
+"""
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -135,6 +145,51 @@ def test_killed_at_each_instant_resumes_to_the_uninterrupted_result(
     kinds = [json.loads(line)["kind"] for line in trace]
     assert kinds.count("resumed") == 1 and kinds[-1] == "end"
     assert _digest(world["user"]) == before
+
+
+DECODE_KILLS = [
+    ("decode-written@0", "decoded images written (one file cut in half), before the rename"),
+    ("decode-landed@0", "the new entry renamed in, before the older one is removed"),
+]
+
+
+@pytest.mark.parametrize(
+    "failpoint", [k[0] for k in DECODE_KILLS], ids=[k[1] for k in DECODE_KILLS]
+)
+def test_a_kill_while_an_image_folder_is_decoded_leaves_a_cache_the_next_run_trusts(
+    tmp_path: Path, failpoint: str
+) -> None:
+    from memtune.app.demo import png
+
+    folder, cache = tmp_path / "images", tmp_path / "cache"
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("dark", "light")):
+        (folder / name).mkdir(parents=True)
+        for i in range(15):
+            pixels = rng.integers(0, 20, (8, 8, 3)) + 200 * k
+            (folder / name / f"{i}.png").write_bytes(png(pixels.astype(np.uint8)))
+    model = write_factory(tmp_path / "img.py", IMAGE_MODEL)
+    env = {k: v for k, v in os.environ.items() if k != ENV} | {"MEMTUNE_CACHE_DIR": str(cache)}
+    argv = [
+        *(sys.executable, "-m", "memtune", "fit", "--model", model, "--data", str(folder)),
+        *("--mode", "streaming", "--analytic", "--batch-size", "8", "--epochs", "1"),
+        *("--no-dashboard", "--json"),
+    ]
+
+    def run(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, env=env | extra, timeout=300)
+
+    assert run().returncode == 0  # an entry of the folder as it was
+    (folder / "dark" / "0.png").write_bytes(png(np.full((8, 8, 3), 9, np.uint8)))
+    killed = run(**{ENV: failpoint})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = run()
+    assert again.returncode == 0, again.stderr
+    assert np.isfinite(json.loads(again.stdout)["history"]["loss"][0])
+    (entry,) = (cache / "decoded").iterdir()  # no half entry, no older one, no leftovers
+    pixels, labels = np.load(entry / "image.npy"), np.load(entry / "label.npy")
+    assert sorted(labels.tolist()) == [0] * 15 + [1] * 15
+    assert (pixels == 9).all(axis=(1, 2, 3)).sum() == 1  # the changed image, decoded anew
 
 
 def test_killed_after_the_last_checkpoint_went_says_the_run_finished(

@@ -32,7 +32,7 @@ from memtune.data.npy import MappedRows
 from memtune.data.scan import DataInfo
 from memtune.data.sources import shard_dataset
 from memtune.data.tfdata import DatasetBatches
-from memtune.proc import progress
+from memtune.proc import failpoints, progress
 
 FORMAT = 1  # the cache entry's layout; a change decodes every folder again
 DISK_RESERVE = 1 << 30  # free disk a decoded cache never takes
@@ -72,6 +72,7 @@ def decode_to_cache(info: DataInfo, fp: Any, batch_size: int) -> DataInfo | None
         what = f"decoding {info.num_samples:,} images once into {root}"
         progress.report("stage", what=what)
         _write(entry, info, fp, batch_size, shapes, types)
+    _drop_older(entry)
     columns = {c: MappedRows([np.load(entry / f"{c}.npy", mmap_mode="r")]) for c in shapes}
     decoded = arrays_info(columns, allow_nonfinite=True)  # type: ignore[arg-type]
     return replace(decoded, warnings=info.warnings)
@@ -141,7 +142,7 @@ def _write(
     types: dict[str, np.dtype],
 ) -> None:
     """Decode into a folder of this process's own, then rename it into place (a killed run
-    leaves no half entry), and drop the entries of the folder's older contents."""
+    leaves no half entry)."""
     _prune(entry.parent)
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -161,11 +162,18 @@ def _write(
     finally:
         for f in files.values():
             f.close()
+    failpoints.hit("decode-written", cut=tmp / f"{next(iter(shapes))}.npy")
     if _complete(entry, shapes, types):  # another run wrote it meanwhile (and may map it)
         shutil.rmtree(tmp, ignore_errors=True)
         return
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)
+    failpoints.hit("decode-landed")
+
+
+def _drop_older(entry: Path) -> None:
+    """The entries of the same folder's earlier contents (a run killed after writing the new
+    one may have left them)."""
     prefix = entry.name.split("-")[0] + "-"
     for old in entry.parent.iterdir():
         if old != entry and old.name.startswith(prefix):
