@@ -19,10 +19,11 @@ PARENT_ENV = "MEMTUNE_TRIAL_PARENT"
 PR_SET_PDEATHSIG = 1
 
 
-def spawn(module: str) -> subprocess.Popen[str]:
+def spawn(module: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start ``python -m module`` with pipes, in its own session, told who its parent is."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra_env or {})
     env[PARENT_ENV] = str(os.getpid())
     return subprocess.Popen(
         [sys.executable, "-m", module],
@@ -38,13 +39,12 @@ def spawn(module: str) -> subprocess.Popen[str]:
 def reap(proc: subprocess.Popen[str]) -> None:
     """Kill the child's process group and wait for it, whatever ended the call (a signal
     turned into an exception included): no child outlives the call."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(proc.pid, 0)
-    proc.returncode = -signal.SIGKILL
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(proc.pid, 0)
+        proc.returncode = -signal.SIGKILL
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
             with contextlib.suppress(OSError):
