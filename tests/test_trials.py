@@ -13,7 +13,7 @@ import pytest
 import memtune
 from memtune.cli import main
 from memtune.estimate.fitting import REACH
-from memtune.estimate.trials import FeedSpec, Spare, TrialSpec, over_limit, run_trial
+from memtune.estimate.trials import FeedSpec, TrialSpec, run_trial
 from memtune.probe import process
 from tests.conftest import write_csv_shards, write_factory
 
@@ -69,80 +69,31 @@ def test_a_trial_for_a_fit_with_validation_evaluates_too(project) -> None:
         assert answer is not None and answer["ok"] and answer["validated"] is validation
 
 
+def test_reaping_a_child_that_already_ended_closes_its_pipes() -> None:
+    """A trial's answer is read and its child waited for by hand (the watcher's way, not
+    ``communicate``); reaping it afterwards still closes its pipes (they leaked before)."""
+    from memtune.proc import children
+
+    proc = children.spawn("memtune.estimate.trial_child")
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write('{"baseline": true}')
+    proc.stdin.close()
+    out = proc.stdout.read()
+    proc.stderr.read()
+    _, status = os.waitpid(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0 and children.last_json(out) is not None
+    assert not proc.stdout.closed
+    children.reap(proc)
+    assert proc.stdout.closed and proc.stderr.closed
+
+
 def test_a_trial_over_its_limit_is_stopped_and_the_parent_lives(project) -> None:
     parent = process.held()
     # The limit covers this process and the child together: 150 MiB beside this process.
     trial = run_trial(spec(project), 32, limit_bytes=parent + 150 * 1024**2)
     assert trial.exceeded
     assert trial.peak_bytes >= 100 * 1024**2  # it had passed its share when it was stopped
-
-
-def _loaded(spare: Spare) -> int:
-    """Wait until the spare has loaded TensorFlow (it then waits for its request)."""
-    import time
-
-    deadline = time.monotonic() + 180
-    while spare.held() < 150 * 1024**2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return spare.held()
-
-
-def test_the_next_trial_runs_in_the_spare_that_loaded_tensorflow_beside_this_one(
-    project, monkeypatch
-) -> None:
-    from memtune.proc import children
-
-    started: list[dict[str, str] | None] = []
-    spawn = children.spawn
-    monkeypatch.setattr(children, "spawn", lambda m, e=None: started.append(e) or spawn(m, e))
-    spare = Spare(True)
-    try:
-        first = run_trial(spec(project), 32, limit_bytes=8 * GiB, spare=spare)
-        assert len(started) == 2 and started[1] is not None  # the trial's child, then a spare
-        assert spare.proc is not None and _loaded(spare) >= 150 * 1024**2
-        waiting = spare.proc.pid
-        second = run_trial(spec(project), 32, limit_bytes=8 * GiB, spare=spare)
-        assert len(started) == 3  # the second trial took the spare: only the next spare began
-        assert not psutil.pid_exists(waiting) or psutil.Process(waiting).status() == "zombie"
-        assert not second.exceeded
-        assert abs(second.peak_bytes - first.peak_bytes) < 0.15 * first.peak_bytes
-        assert spare.proc is not None
-        last = spare.proc.pid
-    finally:
-        spare.close()
-    assert spare.proc is None  # closed with the trials: no child outlives the planning
-    assert not psutil.pid_exists(last) or psutil.Process(last).status() == "zombie"
-
-
-def test_a_spare_is_stopped_not_the_trial_when_the_three_pass_the_limit(project) -> None:
-    """The spare has loaded TensorFlow (~250 MiB); the limit leaves the trial 60 MiB over
-    what it measured alone: the watcher stops the spare and the trial completes."""
-
-    class Kept(Spare):  # the spare stays beside the trial: the trial starts a child of its own
-        def take(self) -> None:
-            return None
-
-        def start(self) -> None:
-            pass
-
-    alone = run_trial(spec(project), 32, limit_bytes=8 * GiB)
-    spare = Kept(True)
-    Spare.start(spare)
-    try:
-        assert _loaded(spare) >= 150 * 1024**2
-        limit = process.held() + alone.peak_bytes + 60 * 1024**2
-        trial = run_trial(spec(project), 32, limit_bytes=limit, spare=spare)
-        assert not trial.exceeded
-        assert spare.proc is None and not spare.enabled  # stopped for good
-    finally:
-        spare.close()
-
-
-def test_the_watcher_stops_the_trial_only_when_it_and_this_process_pass_the_limit() -> None:
-    assert over_limit(700, 200, 0, 1000) is None
-    assert over_limit(700, 200, 150, 1000) == "shed"
-    assert over_limit(850, 200, 0, 1000) == "stop"
-    assert over_limit(850, 200, 150, 1000) == "stop"
 
 
 def test_suggest_measures_then_hits_the_cache(project, capfd) -> None:

@@ -20,14 +20,7 @@ from memtune.core.units import format_bytes
 from memtune.data.footprint import ITEM_BYTES, Footprint
 from memtune.estimate.cache import TrialCache, cache_key
 from memtune.estimate.fitting import trial_noise
-from memtune.estimate.trials import (
-    FeedSpec,
-    Spare,
-    TrialSpec,
-    bare_child_bytes,
-    own_held,
-    run_trial,
-)
+from memtune.estimate.trials import FeedSpec, TrialSpec, bare_child_bytes, own_held, run_trial
 from memtune.model.info import ModelInfo, is_spec
 from memtune.probe import Probe
 from memtune.proc import heap, progress
@@ -144,8 +137,8 @@ class Trials:
     """``trials(batch)``: one trial in a child process — this run's, the cache's, or a new
     one — its peak as ``fit``'s process would reach it."""
 
-    def __init__(self, s: Setup, spec: TrialSpec, folder: Path, spare: Spare | None = None) -> None:
-        self.s, self.spec, self.folder, self.spare = s, spec, folder, spare
+    def __init__(self, s: Setup, spec: TrialSpec, folder: Path) -> None:
+        self.s, self.spec, self.folder = s, spec, folder
         self.fresh: dict[int, Trial] = {}  # measured by this run (the anchor)
         self.extra: list[Trial] = []  # trials at other lengths (buckets), as measured
         self.drifted = False  # the anchor moved or dropped the cache: measure lengths anew
@@ -159,11 +152,7 @@ class Trials:
         if s.rows is not None:
             rows = s.rows(batch * s.cpu_replicas, self.folder / f"rows-{batch}.npz")
             spec = replace(spec, rows=str(rows))
-        # The anchor (keep=False) checks a cache that usually answers the rest: no spare
-        spare = self.spare if keep else None
-        trial = run_trial(
-            spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled(), spare=spare
-        )
+        trial = run_trial(spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled())
         if keep:
             s.cache.put(trial)
         return trial
@@ -224,10 +213,8 @@ class Trials:
 
 
 @contextlib.contextmanager
-def trials(model: Any, s: Setup, *, spares: bool = True) -> Iterator[Trials | None]:
-    """The trial runner for this plan; None when the model cannot be handed to a child.
-    ``spares``: more than one trial may follow (a search), so each starts the next one's
-    child beside it."""
+def trials(model: Any, s: Setup) -> Iterator[Trials | None]:
+    """The trial runner for this plan; None when the model cannot be handed to a child."""
     with contextlib.ExitStack() as stack:
         model_arg = _trial_model(model, stack)
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memtune-rows-")))
@@ -243,17 +230,12 @@ def trials(model: Any, s: Setup, *, spares: bool = True) -> Iterator[Trials | No
             cpu_replicas=s.cpu_replicas,
             validation=s.validation,
         )
-        # The next trial's child loads TensorFlow while one trains (CPU, one replica)
-        spare = Spare(
-            spares and s.device == "cpu" and s.cpu_replicas == 1 and not _tf.debug_enabled()
-        )
-        stack.callback(spare.close)
-        yield Trials(s, spec, folder, spare)
+        yield Trials(s, spec, folder)
 
 
 def one_trial(model: Any, s: Setup, batch: int) -> Trial | None:
     """One trial at ``batch`` (``check``: a configured batch past what the trials support)."""
-    with trials(model, s, spares=False) as measure:
+    with trials(model, s) as measure:
         return None if measure is None else measure(batch)
 
 

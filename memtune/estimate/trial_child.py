@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from typing import Any
 
 from memtune.core.errors import MemtuneError
-from memtune.estimate.trials import MIN_STEPS, PRELOAD_ENV, FeedSpec, decode_feeds
+from memtune.estimate.trials import MIN_STEPS, FeedSpec, decode_feeds
 from memtune.probe import process
 from memtune.proc import children, heap
 
@@ -208,10 +207,6 @@ def _child() -> int:
     children.die_with_parent()
     heap.limit_arenas()  # as fit's process: before any library starts threads
     _carry_fit_libraries()
-    if os.environ.get(PRELOAD_ENV):  # a spare: load TensorFlow while the trial before trains
-        from memtune.proc import tf as _tf
-
-        _tf.tensorflow()
     raw = json.loads(sys.stdin.read())
     if raw.get("baseline"):
         print(json.dumps({"held": process.held()}))

@@ -32,7 +32,6 @@ from memtune.probe.host import oom_kills
 from memtune.proc import children, progress
 
 CHILD = "memtune.estimate.trial_child"
-PRELOAD_ENV = "MEMTUNE_TRIAL_PRELOAD"  # set: the child loads TensorFlow before its request
 MIN_STEPS = 4  # full, partial (when the epoch has one), then two to see the peak hold
 MAX_STEPS = 10
 POLL_SECONDS = 0.005
@@ -92,52 +91,6 @@ def bare_child_bytes() -> int:
     return int(answer.get("held", 0))
 
 
-class Spare:
-    """The next trial's child, started while this trial trains: it loads TensorFlow (~4 s
-    of a trial's ~6) beside it, so the next trial starts with its steps. It counts in the
-    watcher's sum, and when the sum passes the limit it is stopped, not the trial, and no
-    other is started. CPU only (a GPU child picks its device before TensorFlow loads), and
-    not under ``--debug`` (TensorFlow's start-up lines are kept for the request's flag)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.proc: subprocess.Popen[str] | None = None
-        self.lock = threading.Lock()
-
-    def start(self) -> None:
-        with self.lock:
-            if self.enabled and self.proc is None:
-                self.proc = children.spawn(CHILD, {PRELOAD_ENV: "1"})
-
-    def take(self) -> subprocess.Popen[str] | None:
-        """The started child, if it still runs (it then belongs to the caller)."""
-        with self.lock:
-            proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is not None:
-            children.reap(proc)
-            return None
-        return proc
-
-    def held(self) -> int:
-        proc = self.proc
-        reading = process.read(proc.pid) if proc is not None else None
-        return reading.held if reading is not None else 0
-
-    def shed(self) -> None:
-        """Stop it for good: memory is short."""
-        with self.lock:
-            self.enabled = False
-            proc, self.proc = self.proc, None
-        if proc is not None:
-            children.reap(proc)
-
-    def close(self) -> None:
-        with self.lock:
-            proc, self.proc = self.proc, None
-        if proc is not None:
-            children.reap(proc)
-
-
 def run_trial(
     spec: TrialSpec,
     batch_size: int,
@@ -145,15 +98,11 @@ def run_trial(
     limit_bytes: int,
     timeout_s: float = 300.0,
     debug: bool = False,
-    spare: Spare | None = None,
 ) -> Trial:
-    """Measure one trial; stopped when the child plus this process pass ``limit_bytes``
-    (the next trial's ``spare`` beside them is stopped first)."""
+    """Measure one trial; stopped when the child plus this process pass ``limit_bytes``."""
     kills = oom_kills()
-    proc = (spare.take() if spare is not None else None) or children.spawn(CHILD)
-    if spare is not None:
-        spare.start()
-    watch = _Watch(proc, spec, batch_size, limit_bytes, timeout_s, spare)
+    proc = children.spawn(CHILD)
+    watch = _Watch(proc, spec, batch_size, limit_bytes, timeout_s)
     try:
         out, err = watch.run(spec.to_json(batch_size, limit_bytes, debug))
         return watch.trial(out, err)
@@ -165,16 +114,6 @@ def run_trial(
         return Trial(batch_size, limit_bytes, exceeded=True)
     finally:
         children.reap(proc)
-
-
-def over_limit(trial: int, own: int, spare: int, limit: int) -> str | None:
-    """What the watcher does: ``"stop"`` the trial when it and this process pass the
-    limit, ``"shed"`` the spare when only the three together do, else nothing."""
-    if trial + own > limit:
-        return "stop"
-    if trial + own + spare > limit:
-        return "shed"
-    return None
 
 
 def killed_for_memory(returncode: int | None, kills_before: int, kills_after: int) -> bool:
@@ -194,10 +133,9 @@ class _Watch:
         batch: int,
         limit: int,
         timeout_s: float,
-        spare: Spare | None = None,
     ) -> None:
         self.proc, self.spec, self.batch, self.limit = proc, spec, batch, limit
-        self.timeout_s, self.spare = timeout_s, spare
+        self.timeout_s = timeout_s
         self.stopped = threading.Event()
         self.over = threading.Event()  # the watcher stopped the child at its limit
         self.seen = process.PeakTracker()  # what the watcher saw the child hold
@@ -219,14 +157,10 @@ class _Watch:
                 reading = process.read(self.proc.pid)
                 self.seen.add(reading)
                 held = reading.held if reading is not None else 0
-                beside = self.spare.held() if self.spare is not None else 0
-                step = over_limit(held, process.held(), beside, self.limit)
-                if self.spec.device == "cpu" and step == "stop":
+                if self.spec.device == "cpu" and held + process.held() > self.limit:
                     self.over.set()
                     child.kill()
                     return
-                if step is not None and self.spare is not None:
-                    self.spare.shed()
                 if time.monotonic() - told >= PROGRESS_SECONDS:
                     told = time.monotonic()
                     progress.report("trial_peak", batch=self.batch, held=held)

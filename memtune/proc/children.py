@@ -19,11 +19,10 @@ PARENT_ENV = "MEMTUNE_TRIAL_PARENT"
 PR_SET_PDEATHSIG = 1
 
 
-def spawn(module: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def spawn(module: str) -> subprocess.Popen[str]:
     """Start ``python -m module`` with pipes, in its own session, told who its parent is."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.update(extra_env or {})
     env[PARENT_ENV] = str(os.getpid())
     return subprocess.Popen(
         [sys.executable, "-m", module],
