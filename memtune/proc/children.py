@@ -37,7 +37,8 @@ def spawn(module: str) -> subprocess.Popen[str]:
 
 def reap(proc: subprocess.Popen[str]) -> None:
     """Kill the child's process group and wait for it, whatever ended the call (a signal
-    turned into an exception included): no child outlives the call."""
+    turned into an exception included): no child outlives the call. Its pipes are closed
+    even when it had ended and been waited for already (a trial's answer is read so)."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
