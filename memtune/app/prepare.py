@@ -33,7 +33,8 @@ from memtune.data.values import check_ids, check_values
 from memtune.model.info import ModelInfo
 from memtune.model.load import check_spec
 from memtune.probe import Probe
-from memtune.proc import progress
+from memtune.proc import progress, warm
+from memtune.proc import tf as _tf
 
 if TYPE_CHECKING:  # the pipelines import numpy-heavy readers: loaded when batches are made
     pass
@@ -42,6 +43,9 @@ if TYPE_CHECKING:  # the pipelines import numpy-heavy readers: loaded when batch
 # peaks 1-4 % above a few-step trial (bench_estimate), and a verification aimed at the very
 # edge overshoots often, spending a trial to step down.
 MEASURED_AIM = 0.95
+
+
+WARM_PRELOAD = ("memtune.estimate.trial_child:preload",)
 
 
 @dataclass(frozen=True)
@@ -116,8 +120,23 @@ def prepare(
     A model given as a spec is read in a child process (``memtune.model.info``): this process
     loads TensorFlow only when ``fit`` asks for :attr:`Prepared.model`, after planning.
     ``check`` sees the options, footprint and data once they are read, before any trial.
+    On a CPU the model reader and the trials fork from one warm parent (:mod:`memtune.proc.
+    warm`) that loads TensorFlow once, on first use; it is gone before this returns.
     """
     where = where or locate(options)
+    forks = where.device == "cpu" and not options.analytic
+    with warm.scope(WARM_PRELOAD, enabled=forks, debug=_tf.debug_enabled()):
+        return _prepare(model, data, options, where, kept, check)
+
+
+def _prepare(
+    model: Any,
+    data: Any,
+    options: Options,
+    where: Where,
+    kept: KeptPlan | None,
+    check: Callable[[Options, Footprint, DataInfo], None] | None,
+) -> Prepared:
     if kept is None and not options.no_cache:
         cached = plan_cache.lookup(model, data, options, where)
         kept = KeptPlan(_from_cache(cached), plan_cache.LABEL) if cached else None

@@ -203,6 +203,21 @@ def _measure(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def preload() -> None:
+    """What the warm parent (:mod:`memtune.proc.warm`) loads once for every trial and the
+    model reader it forks: what this child loads before its request, then TensorFlow and
+    the modules that build and train."""
+    heap.limit_arenas()
+    _carry_fit_libraries()
+    from memtune.proc import tf as _tf
+
+    _tf.tensorflow()
+    import memtune.model.info
+    import memtune.model.load
+    import memtune.run.callbacks.memory_guard
+    import memtune.run.feed  # noqa: F401
+
+
 def _child() -> int:
     children.die_with_parent()
     heap.limit_arenas()  # as fit's process: before any library starts threads

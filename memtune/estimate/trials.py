@@ -15,9 +15,7 @@ TensorFlow's device peak plus the CUDA context. The child itself is
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +27,7 @@ from memtune.core.curve import Trial
 from memtune.core.errors import MemtuneError
 from memtune.probe import process
 from memtune.probe.host import oom_kills
-from memtune.proc import children, progress
+from memtune.proc import children, progress, warm
 
 CHILD = "memtune.estimate.trial_child"
 MIN_STEPS = 4  # full, partial (when the epoch has one), then two to see the peak hold
@@ -101,7 +99,7 @@ def run_trial(
 ) -> Trial:
     """Measure one trial; stopped when the child plus this process pass ``limit_bytes``."""
     kills = oom_kills()
-    proc = children.spawn(CHILD)
+    proc = warm.spawn(CHILD)
     watch = _Watch(proc, spec, batch_size, limit_bytes, timeout_s)
     try:
         out, err = watch.run(spec.to_json(batch_size, limit_bytes, debug))
@@ -128,7 +126,7 @@ class _Watch:
 
     def __init__(
         self,
-        proc: subprocess.Popen[str],
+        proc: children.Child,
         spec: TrialSpec,
         batch: int,
         limit: int,
@@ -157,7 +155,8 @@ class _Watch:
                 reading = process.read(self.proc.pid)
                 self.seen.add(reading)
                 held = reading.held if reading is not None else 0
-                if self.spec.device == "cpu" and held + process.held() > self.limit:
+                tree = held + process.held() + warm.private_held()
+                if self.spec.device == "cpu" and tree > self.limit:
                     self.over.set()
                     child.kill()
                     return
@@ -187,8 +186,7 @@ class _Watch:
         drain.start()
         out = proc.stdout.read()
         drain.join()
-        _, status, _ = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        children.wait(proc)
         return out, errors[0] if errors else ""
 
     def trial(self, out: str, err: str) -> Trial:

@@ -22,7 +22,7 @@ from typing import Any
 from memtune.core.errors import MemtuneError
 from memtune.core.signatures import ModelSignature, TensorSpec
 from memtune.model.shape import ModelShape
-from memtune.proc import children
+from memtune.proc import children, warm
 
 INSPECT_TIMEOUT_S = 600.0
 
@@ -121,7 +121,7 @@ def read(model: Any, *, debug: bool = False) -> tuple[ModelInfo, Any]:
 
         loaded = load_model(model)
         return of_model(loaded), loaded
-    proc = children.spawn("memtune.model.info")
+    proc = warm.spawn("memtune.model.info")
     try:
         try:
             out, err = proc.communicate(

@@ -127,12 +127,60 @@ def held(pid: int | str = "self", proc: Path = PROC) -> int:
 
 def tree_held(pid: int | None = None, proc: Path = PROC) -> int:
     """What a process and every process below it hold now: memtune's tree when ``pid`` is
-    memtune's own (the default, this process)."""
+    memtune's own (the default, this process). A warm parent (:mod:`memtune.proc.warm`)
+    counts only its own pages: those it shares with its forked children count in them."""
     root = os.getpid() if pid is None else pid
     pids = [root]
     with contextlib.suppress(psutil.Error):
         pids += [child.pid for child in psutil.Process(root).children(recursive=True)]
-    return sum(held(p, proc) for p in pids)
+    return sum(unshared_held(p, proc) if _is_warm(p, proc) else held(p, proc) for p in pids)
+
+
+WARM_NAME = "memtune-warm"  # the warm parent's /proc/PID/comm; its children rename themselves
+_unshared: dict[int, tuple[float, int]] = {}
+UNSHARED_EVERY_S = 0.25  # smaps_rollup walks the page tables (~15 ms): not at every poll
+
+
+def _is_warm(pid: int, proc: Path = PROC) -> bool:
+    try:
+        return (proc / str(pid) / "comm").read_text().strip() == WARM_NAME
+    except OSError:
+        return False
+
+
+def unshared_held(pid: int, proc: Path = PROC) -> int:
+    """What a process holds that no other process shares: its private dirty pages (its
+    anonymous pages and the library pages it wrote) plus its page tables, from
+    ``smaps_rollup``; read again at most every 0.25 s. Falls back to :func:`held`."""
+    import time
+
+    when, value = _unshared.get(pid, (-1.0, 0))
+    if when >= 0 and time.monotonic() - when < UNSHARED_EVERY_S:
+        return value
+    reading = read(pid, proc)
+    try:
+        text = (proc / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return reading.held if reading is not None else 0
+    private = _kib_field(text, "Private_Dirty")
+    if private is None or reading is None:
+        return reading.held if reading is not None else 0
+    value = private + reading.page_tables
+    _unshared[pid] = (time.monotonic(), value)
+    return value
+
+
+def forget_unshared(pid: int) -> None:
+    """The next :func:`unshared_held` of ``pid`` reads afresh (its sharing just changed)."""
+    _unshared.pop(pid, None)
+
+
+def _kib_field(text: str, name: str) -> int | None:
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if sep and key == name and rest.split() and rest.split()[0].isdigit():
+            return int(rest.split()[0]) * 1024
+    return None
 
 
 _own = PeakTracker()  # every reading of this process feeds it (the guard, the sampler)

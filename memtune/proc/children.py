@@ -13,10 +13,28 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn, Protocol
 
 PARENT_ENV = "MEMTUNE_TRIAL_PARENT"
 PR_SET_PDEATHSIG = 1
+
+
+class Child(Protocol):
+    """What memtune uses of a child: a :class:`subprocess.Popen`, or a child forked from the
+    warm parent (:class:`memtune.proc.warm.WarmChild`)."""
+
+    pid: int
+    returncode: int | None
+
+    @property
+    def stdin(self) -> IO[str] | None: ...
+    @property
+    def stdout(self) -> IO[str] | None: ...
+    @property
+    def stderr(self) -> IO[str] | None: ...
+    def kill(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def communicate(self, input: str = ..., timeout: float | None = None) -> tuple[str, str]: ...
 
 
 def spawn(module: str) -> subprocess.Popen[str]:
@@ -35,20 +53,34 @@ def spawn(module: str) -> subprocess.Popen[str]:
     )
 
 
-def reap(proc: subprocess.Popen[str]) -> None:
+def reap(proc: Child) -> None:
     """Kill the child's process group and wait for it, whatever ended the call (a signal
     turned into an exception included): no child outlives the call. Its pipes are closed
     even when it had ended and been waited for already (a trial's answer is read so)."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(proc.pid, 0)
+        if isinstance(proc, subprocess.Popen):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.pid, 0)
+        else:  # a warm parent's child: killed by pid too (it may not lead its group yet)
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
         proc.returncode = -signal.SIGKILL
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
+
+
+def wait(proc: Child) -> int:
+    """Wait for a child that has ended or is ending; its exit code (``-N``: signal N)."""
+    if isinstance(proc, subprocess.Popen):
+        _, status, _ = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode
+    return proc.wait()
 
 
 def die_with_parent() -> None:

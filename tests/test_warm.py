@@ -1,0 +1,212 @@
+"""The warm parent (:mod:`memtune.proc.warm`): children forked from one process that loaded
+the libraries once, measured as the budget counts them (a shared page once), and a fresh
+child whenever the warm parent cannot serve. Real processes throughout; the page counts
+are also checked against fake ``/proc`` files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from memtune.probe import process
+from memtune.proc import children, warm
+
+MiB = 1024**2
+
+# A module the warm parent loads (100 MiB of its own, touched) and one a child runs.
+HELPERS = {
+    "warmload.py": """
+        import numpy as np
+        HELD = None
+        def load():
+            global HELD
+            HELD = np.ones(100 * 2**20 // 8)
+    """,
+    "warmchild.py": """
+        import json, os, sys
+        from memtune.proc import children
+        children.die_with_parent()
+        import warmload
+        loaded = warmload.HELD is not None and float(warmload.HELD.sum()) == 100 * 2**20 / 8
+        print(json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "loaded": loaded,
+                          "comm": open("/proc/self/comm").read().strip()}), flush=True)
+        sys.stdin.read()  # held open until the test is done measuring
+        print(json.dumps({"bye": True}))
+        children.finish(0)
+    """,
+}
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux")
+
+
+@pytest.fixture
+def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    for name, body in HELPERS.items():
+        (tmp_path / name).write_text(textwrap.dedent(body))
+    path = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    monkeypatch.delenv(warm.OFF_ENV, raising=False)
+    yield tmp_path
+
+
+def _first_line(child: children.Child) -> dict[str, object]:
+    assert child.stdout is not None
+    return json.loads(child.stdout.readline())
+
+
+@linux_only
+def test_a_child_forks_from_the_warm_parent_with_what_it_loaded(helpers: Path) -> None:
+    with warm.scope(["warmload:load"]):
+        child = warm.spawn("warmchild")
+        assert isinstance(child, warm.WarmChild)
+        try:
+            hello = _first_line(child)
+            server = warm._current
+            assert server is not None
+            assert hello["loaded"] is True  # loaded once, in the warm parent, before the fork
+            assert hello["ppid"] == server.proc.pid and hello["pid"] == child.pid
+            assert hello["comm"] == "warmchild"  # not the warm parent's name
+            out, _ = child.communicate("", timeout=30)
+        finally:
+            children.reap(child)
+        assert json.loads(out.strip().splitlines()[-1]) == {"bye": True}
+        assert child.returncode == 0
+        second = warm.spawn("warmchild")  # the same warm parent serves the next
+        try:
+            assert _first_line(second)["ppid"] == server.proc.pid
+        finally:
+            children.reap(second)
+        assert second.returncode is not None
+    assert server.proc.poll() is not None  # gone with its scope
+
+
+@linux_only
+def test_the_tree_counts_a_page_shared_with_a_forked_child_once(helpers: Path) -> None:
+    """The warm parent's 100 MiB are shared with its child: the tree's sum counts them in
+    the child alone, not twice (and not zero times)."""
+    with warm.scope(["warmload:load"]):
+        child = warm.spawn("warmchild")
+        try:
+            _first_line(child)
+            server = warm._current
+            assert server is not None
+            process.forget_unshared(server.proc.pid)
+            parent_own = process.unshared_held(server.proc.pid)
+            whole = process.held(server.proc.pid)
+            child_held = process.held(child.pid)
+            tree = process.tree_held(server.proc.pid)
+            assert whole > 100 * MiB and child_held > 100 * MiB  # each maps the array
+            assert parent_own < whole - 90 * MiB  # ... but the parent counts only its own
+            assert abs(tree - (parent_own + child_held)) < 8 * MiB
+            assert warm.private_held() == process.unshared_held(server.proc.pid)
+        finally:
+            children.reap(child)
+
+
+@linux_only
+def test_a_warm_parent_that_cannot_start_leaves_a_fresh_child(helpers: Path) -> None:
+    with warm.scope(["no_such_module_here:load"]):
+        child = warm.spawn("warmchild")
+        try:
+            assert isinstance(child, subprocess.Popen)  # started afresh
+            hello = _first_line(child)
+            assert hello["ppid"] == os.getpid() and hello["loaded"] is False
+        finally:
+            children.reap(child)
+
+
+def test_outside_a_scope_or_switched_off_every_child_starts_afresh(
+    helpers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert warm.fork("warmchild") is None
+    monkeypatch.setenv(warm.OFF_ENV, "0")
+    with warm.scope(["warmload:load"]):
+        assert warm.fork("warmchild") is None
+
+
+@linux_only
+def test_reap_kills_a_forked_child_mid_run_and_learns_its_end(helpers: Path) -> None:
+    with warm.scope(["warmload:load"]):
+        child = warm.spawn("warmchild")
+        _first_line(child)
+        children.reap(child)
+        assert child.returncode == -9
+        assert not Path(f"/proc/{child.pid}").exists() or _zombie_free(child.pid)
+
+
+def _zombie_free(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
+def test_unshared_is_private_dirty_plus_page_tables_from_fake_files(tmp_path: Path) -> None:
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "status").write_text(
+        "Name:\tmemtune-warm\nVmHWM:\t 700000 kB\nVmRSS:\t 650000 kB\nRssAnon:\t 260000 kB\n"
+        "RssFile:\t 390000 kB\nRssShmem:\t 0 kB\nVmPTE:\t 2000 kB\n"
+    )
+    (tmp_path / "77" / "smaps_rollup").write_text(
+        "Rss:             650000 kB\nPss_Anon:        140000 kB\n"
+        "Shared_Dirty:    215000 kB\nPrivate_Dirty:    32000 kB\n"
+    )
+    (tmp_path / "77" / "comm").write_text("memtune-warm\n")
+    process.forget_unshared(77)
+    assert process.unshared_held(77, tmp_path) == (32000 + 2000) * 1024
+    assert process._is_warm(77, tmp_path)
+    (tmp_path / "77" / "smaps_rollup").unlink()  # no smaps_rollup: the whole held counts
+    process.forget_unshared(77)
+    assert process.unshared_held(77, tmp_path) == (260000 + 2000) * 1024
+
+
+@pytest.mark.slow
+@linux_only
+def test_suggest_forks_its_trials_and_model_reader_from_one_warm_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real plan: the trials and the model reader are the warm parent's children, and the
+    plan is the same kind of plan (trials measured, none from a cache)."""
+    import memtune
+
+    seen: list[int] = []
+    real = warm.Server.fork
+
+    def counting(self: warm.Server, module: str) -> warm.WarmChild | None:
+        child = real(self, module)
+        seen.append(0 if child is None else 1)
+        return child
+
+    monkeypatch.setattr(warm.Server, "fork", counting)
+    monkeypatch.setenv("MEMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(warm.OFF_ENV, raising=False)
+    model = tmp_path / "m.py"
+    model.write_text(
+        "import keras\n\ndef build():\n"
+        "    m = keras.Sequential([keras.Input((16,), name='x'), keras.layers.Dense(8),"
+        " keras.layers.Dense(1, name='answer')])\n"
+        "    m.compile('adam', 'mse')\n    return m\n"
+    )
+    import numpy as np
+
+    x = np.ones((200, 16), dtype="float32")
+    y = (np.arange(200) % 2).astype("float32")
+    plan = memtune.suggest(f"{model}:build", (x, y), budget="2GiB", no_cache=True)
+    assert plan.batch_size >= 1
+    assert seen and all(seen)  # every child (trials; the model reader if read in one) forked
+    assert warm._current is None
+
+
+def test_the_child_module_runs_as_python_dash_m(helpers: Path) -> None:
+    """Without a warm parent the same module runs the same way (the fallback's path)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "warmchild"], input="", capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(proc.stdout.splitlines()[0])["loaded"] is False
