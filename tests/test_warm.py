@@ -210,3 +210,30 @@ def test_the_child_module_runs_as_python_dash_m(helpers: Path) -> None:
         [sys.executable, "-m", "warmchild"], input="", capture_output=True, text=True, timeout=60
     )
     assert json.loads(proc.stdout.splitlines()[0])["loaded"] is False
+
+
+def test_a_trial_near_its_limit_runs_alone_the_warm_parent_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside the warm parent only while the trial's extrapolated peak leaves room for the
+    warm parent's own pages; the first trial near the limit stops it for the rest."""
+    from memtune.core.curve import MemoryCurve, Trial
+    from memtune.estimate import runner
+    from memtune.estimate.cache import TrialCache
+    from memtune.estimate.trials import TrialSpec
+
+    monkeypatch.setattr(runner, "own_held", lambda: 100 * MiB)  # the planning process
+    s = runner.Setup((), 1, "cpu", 1000 * MiB, TrialCache("k", enabled=False), 10_000)
+    trials = runner.Trials(s, TrialSpec("m.py:build", ()), tmp_path)  # 900 MiB for a trial
+    monkeypatch.setattr(warm, "_preload", ("x",))
+    assert trials._beside_warm(8) and not trials._beside_warm(100)  # nothing measured yet
+    trials.seen.append(Trial(8, 300 * MiB))
+    assert not trials._beside_warm(100)  # one point and no prior: no slope to go by
+    trials.prior = MemoryCurve(250 * MiB, MiB, "analytic")
+    assert trials._beside_warm(150)  # 300 + 2 x 142 x 1.25 = 655 MiB, 96 MiB spare
+    assert not trials._beside_warm(250)  # 300 + 2 x 242 x 1.25 = 905 MiB
+    trials.seen += [Trial(400, 500 * MiB), Trial(900, 950 * MiB, exceeded=True)]
+    assert trials._beside_warm(600)  # along the measured slope: 500 + 0.51 x 200 x 1.25
+    assert not trials._beside_warm(880)  # 500 + 0.51 x 480 x 1.25 = 806 MiB, + 96 > 900
+    monkeypatch.setattr(warm, "_preload", None)  # stopped: every later trial runs alone
+    assert not trials._beside_warm(8)

@@ -39,6 +39,7 @@ def measured_plan(
                 "no trials: the model could not be saved for a trial process; unverified"
             )
             return planner.plan(prior), prior, planner
+        measure.prior = prior
         anchored = measure.anchor()
         # A trial must run beside this process within the limit, with room for its noise;
         # the choice may then extrapolate a little past it (search.REACH) up to the aim.

@@ -20,12 +20,17 @@ from memtune.core.units import format_bytes
 from memtune.data.footprint import ITEM_BYTES, Footprint
 from memtune.estimate.cache import TrialCache, cache_key
 from memtune.estimate.fitting import trial_noise
+from memtune.estimate.search import FIRST_BATCH
 from memtune.estimate.trials import FeedSpec, TrialSpec, bare_child_bytes, own_held, run_trial
 from memtune.model.info import ModelInfo, is_spec
 from memtune.probe import Probe
-from memtune.proc import heap, progress
+from memtune.proc import heap, progress, warm
 from memtune.proc import tf as _tf
 
+# What the warm parent may hold of its own while a trial runs beside it (pages the child
+# wrote, copied: 20-50 MiB measured), with room to spare; and the extrapolation's margin.
+WARM_ROOM = 96 * 1024**2
+WARM_SLOPE_MARGIN = 1.25
 MEMTUNE_TRIAL_FORMAT = "8"  # bump when what a trial measures changes (8: held memory)
 
 
@@ -143,6 +148,28 @@ class Trials:
         self.extra: list[Trial] = []  # trials at other lengths (buckets), as measured
         self.drifted = False  # the anchor moved or dropped the cache: measure lengths anew
         self.length: int | None = None  # a length bucket's trials: the input's length
+        self.prior: MemoryCurve | None = None  # the search's prior (its slope, before two trials)
+        self.seen: list[Trial] = []  # every trial of this plan, as measured
+
+    def _beside_warm(self, batch: int) -> bool:
+        """Whether a trial may be forked from the warm parent: its peak, extrapolated from
+        the trials that fitted (after one, along the prior's slope doubled), leaves room for
+        what the warm parent holds of its own. A trial near its limit runs alone, the warm
+        parent stopped, as every trial ran before it."""
+        if not warm.active():
+            return False
+        points = sorted({(t.batch_size, t.peak_bytes) for t in self.seen if not t.exceeded})
+        if not points:
+            return batch <= FIRST_BATCH
+        (b0, p0), (b1, p1) = points[-2] if len(points) > 1 else (0, 0), points[-1]
+        if len(points) > 1:
+            slope = max(0, (p1 - p0) // max(1, b1 - b0))
+        elif self.prior is not None:
+            slope = 2 * self.prior.per_sample_bytes
+        else:
+            return False
+        predicted = p1 + int(slope * max(0, batch - b1) * WARM_SLOPE_MARGIN)
+        return predicted + WARM_ROOM <= child_share(self.s)
 
     def run(self, batch: int, *, keep: bool = True) -> Trial:
         """A new trial, bypassing the cache (which it then updates if ``keep``)."""
@@ -152,7 +179,14 @@ class Trials:
         if s.rows is not None:
             rows = s.rows(batch * s.cpu_replicas, self.folder / f"rows-{batch}.npz")
             spec = replace(spec, rows=str(rows))
-        trial = run_trial(spec, batch, limit_bytes=s.limit_bytes, debug=_tf.debug_enabled())
+        trial = run_trial(
+            spec,
+            batch,
+            limit_bytes=s.limit_bytes,
+            debug=_tf.debug_enabled(),
+            alone=not self._beside_warm(batch),
+        )
+        self.seen.append(trial)
         if keep:
             s.cache.put(trial)
         return trial
@@ -163,6 +197,8 @@ class Trials:
         cached = trial is not None and batch not in self.fresh
         if trial is None:
             trial = self.run(batch)
+        elif cached:
+            self.seen.append(trial)
         progress.report(
             "trial_done",
             batch=batch,

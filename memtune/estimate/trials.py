@@ -96,10 +96,12 @@ def run_trial(
     limit_bytes: int,
     timeout_s: float = 300.0,
     debug: bool = False,
+    alone: bool = False,
 ) -> Trial:
-    """Measure one trial; stopped when the child plus this process pass ``limit_bytes``."""
+    """Measure one trial; stopped when the child plus this process pass ``limit_bytes``.
+    The child is forked from the warm parent when there is one, unless ``alone``."""
     kills = oom_kills()
-    proc = warm.spawn(CHILD)
+    proc = warm.spawn(CHILD, fresh=alone)
     watch = _Watch(proc, spec, batch_size, limit_bytes, timeout_s)
     try:
         out, err = watch.run(spec.to_json(batch_size, limit_bytes, debug))

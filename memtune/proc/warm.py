@@ -215,7 +215,7 @@ _debug = False
 def scope(preload: Sequence[str], *, enabled: bool = True, debug: bool = False) -> Iterator[None]:
     """While the block runs, :func:`fork` may start a warm parent (on first use) that loads
     ``preload`` ("module:function" each) once; it is stopped as the block ends."""
-    global _current, _preload, _debug
+    global _preload, _debug
     if not enabled or os.environ.get(OFF_ENV) == "0" or _preload is not None:
         yield
         return
@@ -223,9 +223,21 @@ def scope(preload: Sequence[str], *, enabled: bool = True, debug: bool = False) 
     try:
         yield
     finally:
-        server, _current, _preload = _current, None, None
-        if server is not None:
-            server.close()
+        release()
+
+
+def release() -> None:
+    """Stop this scope's warm parent for good: alone, its pages are all its own, and a
+    trial near its limit needs the room (:func:`spawn` starts fresh children from now)."""
+    global _current, _preload
+    server, _current, _preload = _current, None, None
+    if server is not None:
+        server.close()
+
+
+def active() -> bool:
+    """Whether a child may still be forked in this scope."""
+    return _preload is not None
 
 
 def fork(module: str) -> WarmChild | None:
@@ -242,9 +254,11 @@ def fork(module: str) -> WarmChild | None:
     return _current.fork(module)
 
 
-def spawn(module: str) -> children.Child:
-    """``python -m module`` forked from the warm parent when a scope holds one, else started
-    afresh (:func:`memtune.proc.children.spawn`)."""
+def spawn(module: str, *, fresh: bool = False) -> children.Child:
+    """``python -m module`` forked from the warm parent when a scope holds one, else (or
+    when ``fresh``: the warm parent is stopped first) started afresh."""
+    if fresh:
+        release()
     return fork(module) or children.spawn(module)
 
 
