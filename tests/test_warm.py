@@ -229,11 +229,13 @@ def test_a_trial_near_its_limit_runs_alone_the_warm_parent_stopped(
     assert trials._beside_warm(8) and not trials._beside_warm(100)  # nothing measured yet
     trials.seen.append(Trial(8, 300 * MiB))
     assert not trials._beside_warm(100)  # one point and no prior: no slope to go by
-    trials.prior = MemoryCurve(250 * MiB, MiB, "analytic")
+    trials.prior = MemoryCurve(250 * MiB, 2 * MiB, "analytic")
     assert trials._beside_warm(150)  # 300 + 2 x 142 x 1.25 = 655 MiB, 96 MiB spare
     assert not trials._beside_warm(250)  # 300 + 2 x 242 x 1.25 = 905 MiB
-    trials.seen += [Trial(400, 500 * MiB), Trial(900, 950 * MiB, exceeded=True)]
+    trials.seen.append(Trial(400, 500 * MiB))
     assert trials._beside_warm(600)  # along the measured slope: 500 + 0.51 x 200 x 1.25
     assert not trials._beside_warm(880)  # 500 + 0.51 x 480 x 1.25 = 806 MiB, + 96 > 900
+    trials.seen.append(Trial(900, 950 * MiB, exceeded=True))
+    assert not trials._beside_warm(420)  # a trial was stopped: the rest run alone
     monkeypatch.setattr(warm, "_preload", None)  # stopped: every later trial runs alone
     assert not trials._beside_warm(8)

@@ -152,11 +152,11 @@ class Trials:
         self.seen: list[Trial] = []  # every trial of this plan, as measured
 
     def _beside_warm(self, batch: int) -> bool:
-        """Whether a trial may be forked from the warm parent: its peak, extrapolated from
-        the trials that fitted (after one, along the prior's slope doubled), leaves room for
-        what the warm parent holds of its own. A trial near its limit runs alone, the warm
-        parent stopped, as every trial ran before it."""
-        if not warm.active():
+        """Whether a trial may be forked from the warm parent: no trial was stopped yet and
+        its peak, extrapolated from the trials that fitted (after one, along the prior's
+        slope), leaves room for what the warm parent holds of its own. A trial near its
+        limit runs alone, the warm parent stopped, as every trial ran before it."""
+        if not warm.active() or any(t.exceeded for t in self.seen):
             return False
         points = sorted({(t.batch_size, t.peak_bytes) for t in self.seen if not t.exceeded})
         if not points:
@@ -165,7 +165,7 @@ class Trials:
         if len(points) > 1:
             slope = max(0, (p1 - p0) // max(1, b1 - b0))
         elif self.prior is not None:
-            slope = 2 * self.prior.per_sample_bytes
+            slope = self.prior.per_sample_bytes
         else:
             return False
         predicted = p1 + int(slope * max(0, batch - b1) * WARM_SLOPE_MARGIN)
