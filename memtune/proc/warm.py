@@ -216,7 +216,8 @@ def scope(preload: Sequence[str], *, enabled: bool = True, debug: bool = False) 
     """While the block runs, :func:`fork` may start a warm parent (on first use) that loads
     ``preload`` ("module:function" each) once; it is stopped as the block ends."""
     global _preload, _debug
-    if not enabled or os.environ.get(OFF_ENV) == "0" or _preload is not None:
+    linux = sys.platform.startswith("linux")  # fork beside loaded libraries: tested there only
+    if not enabled or not linux or os.environ.get(OFF_ENV) == "0" or _preload is not None:
         yield
         return
     _preload, _debug = tuple(preload), debug
