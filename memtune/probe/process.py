@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,16 +74,22 @@ class PeakTracker:
         return max(self.held, self._high_water - self._file + self._page_tables)
 
 
-def parse_status(text: str) -> ProcessMemory | None:
-    """A ``/proc/PID/status`` text as a reading; None without the memory fields (a kernel
-    thread, a zombie, or no such file format)."""
+def kib_fields(text: str, names: tuple[str, ...] | frozenset[str]) -> dict[str, int]:
+    """``Name: N kB`` lines of a ``/proc`` file (``status``, ``smaps_rollup``), in bytes."""
     found: dict[str, int] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key in _FIELDS:
+        if sep and key in names:
             parts = value.split()
             if parts and parts[0].isdigit():
                 found[key] = int(parts[0]) * 1024  # the file says kB, meaning KiB
+    return found
+
+
+def parse_status(text: str) -> ProcessMemory | None:
+    """A ``/proc/PID/status`` text as a reading; None without the memory fields (a kernel
+    thread, a zombie, or no such file format)."""
+    found = kib_fields(text, _FIELDS)
     if "VmRSS" not in found or "RssAnon" not in found:
         return None
     return ProcessMemory(
@@ -152,8 +159,6 @@ def unshared_held(pid: int, proc: Path = PROC) -> int:
     """What a process holds that no other process shares: its private dirty pages (its
     anonymous pages and the library pages it wrote) plus its page tables, from
     ``smaps_rollup``; read again at most every 0.25 s. Falls back to :func:`held`."""
-    import time
-
     when, value = _unshared.get(pid, (-1.0, 0))
     if when >= 0 and time.monotonic() - when < UNSHARED_EVERY_S:
         return value
@@ -162,7 +167,7 @@ def unshared_held(pid: int, proc: Path = PROC) -> int:
         text = (proc / str(pid) / "smaps_rollup").read_text()
     except OSError:
         return reading.held if reading is not None else 0
-    private = _kib_field(text, "Private_Dirty")
+    private = kib_fields(text, ("Private_Dirty",)).get("Private_Dirty")
     if private is None or reading is None:
         return reading.held if reading is not None else 0
     value = private + reading.page_tables
@@ -173,14 +178,6 @@ def unshared_held(pid: int, proc: Path = PROC) -> int:
 def forget_unshared(pid: int) -> None:
     """The next :func:`unshared_held` of ``pid`` reads afresh (its sharing just changed)."""
     _unshared.pop(pid, None)
-
-
-def _kib_field(text: str, name: str) -> int | None:
-    for line in text.splitlines():
-        key, sep, rest = line.partition(":")
-        if sep and key == name and rest.split() and rest.split()[0].isdigit():
-            return int(rest.split()[0]) * 1024
-    return None
 
 
 _own = PeakTracker()  # every reading of this process feeds it (the guard, the sampler)
