@@ -297,8 +297,9 @@ def test_a_signalled_suggest_leaves_no_trial_child(world: dict[str, Any], signum
     children: list[psutil.Process] = []
     # Signal once a trial has loaded TensorFlow (past its start-up check that the parent is
     # alive): from then on only the kernel's parent-death signal or memtune's reaping can
-    # stop it. Bounded: the parent ends by itself.
-    while parent.poll() is None and not any(_rss(c) > 150 * 2**20 for c in children):
+    # stop it. A trial forked from the warm parent counts too (the chain trial -> warm
+    # parent -> memtune is then what stops it). Bounded: the parent ends by itself.
+    while parent.poll() is None and not any(_trial(c) and _rss(c) > 150 * 2**20 for c in children):
         children = me.children(recursive=True)
         time.sleep(0.01)
     assert children, "suggest ended before a trial started"
@@ -309,6 +310,14 @@ def test_a_signalled_suggest_leaves_no_trial_child(world: dict[str, Any], signum
     if signum != signal.SIGKILL:
         assert parent.returncode == 128 + signum
         assert err.count("\n") == 1 and ("interrupted" in err or "stopped by" in err), err
+
+
+def _trial(process: psutil.Process) -> bool:
+    """A trial child: started afresh (its command line) or forked (its name)."""
+    try:
+        return process.name() == "trial_child" or any("trial_child" in a for a in process.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _rss(process: psutil.Process) -> int:
