@@ -167,6 +167,22 @@ def test_unshared_is_private_dirty_plus_page_tables_from_fake_files(tmp_path: Pa
     assert process.unshared_held(77, tmp_path) == (260000 + 2000) * 1024
 
 
+def test_unshared_reads_afresh_when_the_warm_parents_family_changes(tmp_path: Path) -> None:
+    """A poll from outside (the benches) is told of no fork: a reading cached from before
+    one would count the pages the parent now shares a second time, in its new child."""
+    (tmp_path / "78").mkdir()
+    (tmp_path / "78" / "status").write_text(
+        "Name:\tmemtune-warm\nVmHWM:\t 700000 kB\nVmRSS:\t 650000 kB\nRssAnon:\t 260000 kB\n"
+        "RssFile:\t 390000 kB\nRssShmem:\t 0 kB\nVmPTE:\t 2000 kB\n"
+    )
+    rollup = tmp_path / "78" / "smaps_rollup"
+    rollup.write_text("Private_Dirty:   258000 kB\n")
+    process.forget_unshared(78)
+    assert process.unshared_held(78, tmp_path, (78,)) == (258000 + 2000) * 1024
+    rollup.write_text("Private_Dirty:     4000 kB\n")  # forked: its pages are shared now
+    assert process.unshared_held(78, tmp_path, (78, 79)) == (4000 + 2000) * 1024
+
+
 @pytest.mark.slow
 @linux_only
 def test_suggest_forks_its_trials_and_model_reader_from_one_warm_parent(

@@ -140,11 +140,14 @@ def tree_held(pid: int | None = None, proc: Path = PROC) -> int:
     pids = [root]
     with contextlib.suppress(psutil.Error):
         pids += [child.pid for child in psutil.Process(root).children(recursive=True)]
-    return sum(unshared_held(p, proc) if _is_warm(p, proc) else held(p, proc) for p in pids)
+    family = tuple(sorted(pids))
+    return sum(
+        unshared_held(p, proc, family) if _is_warm(p, proc) else held(p, proc) for p in pids
+    )
 
 
 WARM_NAME = "memtune-warm"  # the warm parent's /proc/PID/comm; its children rename themselves
-_unshared: dict[int, tuple[float, int]] = {}
+_unshared: dict[int, tuple[float, tuple[int, ...], int]] = {}
 UNSHARED_EVERY_S = 0.25  # smaps_rollup walks the page tables (~15 ms): not at every poll
 
 
@@ -155,12 +158,15 @@ def _is_warm(pid: int, proc: Path = PROC) -> bool:
         return False
 
 
-def unshared_held(pid: int, proc: Path = PROC) -> int:
+def unshared_held(pid: int, proc: Path = PROC, family: tuple[int, ...] = ()) -> int:
     """What a process holds that no other process shares: its private dirty pages (its
     anonymous pages and the library pages it wrote) plus its page tables, from
-    ``smaps_rollup``; read again at most every 0.25 s. Falls back to :func:`held`."""
-    when, value = _unshared.get(pid, (-1.0, 0))
-    if when >= 0 and time.monotonic() - when < UNSHARED_EVERY_S:
+    ``smaps_rollup``; read again at most every 0.25 s, and at once when ``family`` (the
+    processes around it) changed: a fork shares what was private, an exit gives it back,
+    and a reading from before a fork would count the shared pages twice. Falls back to
+    :func:`held`."""
+    when, seen, value = _unshared.get(pid, (-1.0, (), 0))
+    if when >= 0 and seen == family and time.monotonic() - when < UNSHARED_EVERY_S:
         return value
     reading = read(pid, proc)
     try:
@@ -171,7 +177,7 @@ def unshared_held(pid: int, proc: Path = PROC) -> int:
     if private is None or reading is None:
         return reading.held if reading is not None else 0
     value = private + reading.page_tables
-    _unshared[pid] = (time.monotonic(), value)
+    _unshared[pid] = (time.monotonic(), family, value)
     return value
 
 
