@@ -141,9 +141,7 @@ def tree_held(pid: int | None = None, proc: Path = PROC) -> int:
     with contextlib.suppress(psutil.Error):
         pids += [child.pid for child in psutil.Process(root).children(recursive=True)]
     family = tuple(sorted(pids))
-    return sum(
-        unshared_held(p, proc, family) if _is_warm(p, proc) else held(p, proc) for p in pids
-    )
+    return sum(unshared_held(p, proc, family) if _is_warm(p, proc) else held(p, proc) for p in pids)
 
 
 WARM_NAME = "memtune-warm"  # the warm parent's /proc/PID/comm; its children rename themselves
