@@ -547,7 +547,12 @@ def cgroup_rows(tmp: Path, rng: np.random.Generator) -> list[dict[str, Any]]:
                     "page_cache": "fresh" if fresh else "warm",
                     "budget": plan["budget_bytes"],
                     "batch_size": plan["batch_size"],
-                    "capped_by_dataset": plan["batch_size"] >= plan["num_samples"],
+                    # a bucketed plan whose batch holds every bucket's rows at once can
+                    # hold no more: a larger batch trains the same steps
+                    "capped_by_dataset": plan["batch_size"]
+                    >= max(
+                        [b["samples"] for b in plan.get("buckets") or []] or [plan["num_samples"]]
+                    ),
                     "predicted_over_budget": round(
                         plan["predicted_peak_bytes"] / plan["budget_bytes"], 3
                     ),
