@@ -88,6 +88,51 @@ def test_a_child_forks_from_the_warm_parent_with_what_it_loaded(helpers: Path) -
 
 
 @linux_only
+def test_the_warm_parent_becomes_a_child_that_must_share_no_page(helpers: Path) -> None:
+    """A fresh child asked for while a warm parent is up: the warm parent itself runs it,
+    after its forked child ended (no second import of what it loaded), memtune's own
+    child, with nothing left shared; then the scope forks no more."""
+    with warm.scope(["warmload:load"]):
+        forked = warm.spawn("warmchild")
+        server = warm._current
+        assert server is not None
+        _first_line(forked)
+        forked.communicate("", timeout=30)
+        children.reap(forked)
+        became = warm.spawn("warmchild", fresh=True)
+        try:
+            assert isinstance(became, warm.Became) and became.pid == server.proc.pid
+            hello = _first_line(became)
+            assert hello["pid"] == server.proc.pid and hello["ppid"] == os.getpid()
+            assert hello["loaded"] is True and hello["comm"] == "warmchild"
+            assert not warm.active() and warm.private_held() == 0
+            # counted once, as a process of its own: its pages are all its own now
+            assert abs(process.tree_held(became.pid) - process.held(became.pid)) < 4 * MiB
+            assert process.held(became.pid) > 100 * MiB
+            out, _ = became.communicate("", timeout=30)
+        finally:
+            children.reap(became)
+        assert json.loads(out.strip().splitlines()[-1]) == {"bye": True}
+        assert became.returncode == 0
+        after = warm.spawn("warmchild")
+        try:
+            assert isinstance(after, subprocess.Popen)  # started afresh from now on
+        finally:
+            children.reap(after)
+
+
+@linux_only
+def test_a_became_child_killed_mid_run_reads_as_killed(helpers: Path) -> None:
+    with warm.scope(["warmload:load"]):
+        warm.spawn("warmchild").communicate("", timeout=30)  # starts the warm parent
+        became = warm.spawn("warmchild", fresh=True)
+        assert isinstance(became, warm.Became)
+        _first_line(became)
+        children.reap(became)
+        assert became.returncode == -9
+
+
+@linux_only
 def test_the_tree_counts_a_page_shared_with_a_forked_child_once(helpers: Path) -> None:
     """The warm parent's 100 MiB are shared with its child: the tree's sum counts them in
     the child alone, not twice (and not zero times)."""
@@ -228,11 +273,12 @@ def test_the_child_module_runs_as_python_dash_m(helpers: Path) -> None:
     assert json.loads(proc.stdout.splitlines()[0])["loaded"] is False
 
 
-def test_a_trial_near_its_limit_runs_alone_the_warm_parent_stopped(
+def test_a_trial_near_its_limit_runs_alone_in_a_process_of_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Beside the warm parent only while the trial's extrapolated peak leaves room for the
-    warm parent's own pages; the first trial near the limit stops it for the rest."""
+    warm parent's own pages; the first trial near the limit is the warm parent itself (or
+    a fresh child), and no trial is forked after it."""
     from memtune.core.curve import MemoryCurve, Trial
     from memtune.estimate import runner
     from memtune.estimate.cache import TrialCache

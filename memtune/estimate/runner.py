@@ -155,7 +155,8 @@ class Trials:
         """Whether a trial may be forked from the warm parent: no trial was stopped yet and
         its peak, extrapolated from the trials that fitted (after one, along the prior's
         slope), leaves room for what the warm parent holds of its own. A trial near its
-        limit runs alone, the warm parent stopped, as every trial ran before it."""
+        limit runs alone, sharing no page: the warm parent becomes it (or a fresh child
+        does), and the trials after it start afresh."""
         if not warm.active() or any(t.exceeded for t in self.seen):
             return False
         points = sorted({(t.batch_size, t.peak_bytes) for t in self.seen if not t.exceeded})

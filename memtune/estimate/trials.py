@@ -99,7 +99,8 @@ def run_trial(
     alone: bool = False,
 ) -> Trial:
     """Measure one trial; stopped when the child plus this process pass ``limit_bytes``.
-    The child is forked from the warm parent when there is one, unless ``alone``."""
+    The child is forked from the warm parent when there is one; ``alone``: it shares no
+    page (the warm parent becomes it, :func:`memtune.proc.warm.spawn`)."""
     kills = oom_kills()
     proc = warm.spawn(CHILD, fresh=alone)
     watch = _Watch(proc, spec, batch_size, limit_bytes, timeout_s)

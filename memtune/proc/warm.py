@@ -2,7 +2,7 @@
 
 Every trial and the model reader used to start Python and import TensorFlow anew (~4.5 s
 each on the benchmark machine, most of a first plan). While a plan is made, one *warm*
-process (``python -m memtune.proc.warm``) imports what those children import, freezes its
+process (``python -m memtune.proc.warm_parent``) imports what those children import, freezes its
 Python objects (``gc.freeze``: a child's garbage collector then leaves their pages shared)
 and forks a child for each request; the child runs its module as ``python -m`` would, on
 pipes its requester passed over a Unix socket (``SCM_RIGHTS``).
@@ -12,6 +12,10 @@ them writes them, and the child's ``RssAnon`` counts the shared ones, as a fresh
 would count its own. The warm parent therefore counts only what is its own
 (:func:`memtune.probe.process.unshared_held`), so a page is counted once.
 
+A child that must share no page (a trial near its limit: while a forked child writes, the
+warm parent keeps the originals, 20-50 MiB) is the warm parent itself: it *becomes* that
+child once its forked children have ended, and the plan forks no more.
+
 The warm parent forks only on a CPU plan (no CUDA state may cross a fork) and dies with
 memtune; its children die with it. Anything that goes wrong here falls back to a fresh
 child: the warm parent makes planning faster, never different.
@@ -20,32 +24,24 @@ child: the warm parent makes planning faster, never different.
 from __future__ import annotations
 
 import contextlib
-import gc
-import importlib
 import json
 import os
-import runpy
-import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import traceback
-import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 from memtune.probe import process
-from memtune.proc import children, heap
+from memtune.proc import children
+from memtune.proc.warm_parent import FD_ENV, MAX_MESSAGE
 
-MODULE = "memtune.proc.warm"
-FD_ENV = "MEMTUNE_WARM_FD"
+MODULE = "memtune.proc.warm_parent"
 OFF_ENV = "MEMTUNE_WARM"  # "0": every child starts afresh
 READY_TIMEOUT_S = 120.0
-_MAX_MESSAGE = 65536
 
 
 class WarmChild:
@@ -97,6 +93,19 @@ class WarmChild:
         return got.get("out", ""), got.get("err", "")
 
 
+class Became(WarmChild):
+    """The warm parent itself, turned into the child (:meth:`Server.become`): memtune's own
+    child, so its exit code is the process's."""
+
+    def poll(self) -> int | None:
+        self.returncode = self.server.proc.poll()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.returncode = self.server.proc.wait(timeout)
+        return self.returncode
+
+
 class Server:
     """The client's side of one warm parent: start it, fork children from it, stop it."""
 
@@ -132,7 +141,7 @@ class Server:
     def _listen(self) -> None:
         while True:
             try:
-                packet = self.sock.recv(_MAX_MESSAGE)
+                packet = self.sock.recv(MAX_MESSAGE)
             except OSError:
                 packet = b""
             with self._changed:
@@ -176,6 +185,38 @@ class Server:
         return WarmChild(
             self,
             int(reply["pid"]),
+            os.fdopen(pipes[0][1], "w"),
+            os.fdopen(pipes[1][0]),
+            os.fdopen(pipes[2][0]),
+        )
+
+    def become(self, module: str) -> Became | None:
+        """The warm parent itself runs ``python -m module``'s code, once its forked children
+        have ended: a fresh child's start-up saved, and no page shared, so the trial near
+        its limit holds what a fresh child would. No fork follows. None if it cannot."""
+        with self._lock:
+            if self.broken or self.proc.poll() is not None:
+                return None
+            pipes = [os.pipe() for _ in range(3)]
+            theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+            try:
+                self._send({"module": module, "become": True}, theirs)
+                reply = self._reply(READY_TIMEOUT_S)
+            except OSError:
+                reply = None
+            finally:
+                for fd in theirs:
+                    os.close(fd)
+            if reply is None or reply.get("pid") != self.proc.pid:
+                for fd in (pipes[0][1], pipes[1][0], pipes[2][0]):
+                    os.close(fd)
+                return None
+            self.broken = True  # no fork from here on
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        return Became(
+            self,
+            self.proc.pid,
             os.fdopen(pipes[0][1], "w"),
             os.fdopen(pipes[1][0]),
             os.fdopen(pipes[2][0]),
@@ -256,10 +297,17 @@ def fork(module: str) -> WarmChild | None:
 
 
 def spawn(module: str, *, fresh: bool = False) -> children.Child:
-    """``python -m module`` forked from the warm parent when a scope holds one, else (or
-    when ``fresh``: the warm parent is stopped first) started afresh."""
+    """``python -m module`` forked from the warm parent when a scope holds one, else started
+    afresh. ``fresh``: a child that shares no page; the warm parent, when there is one,
+    becomes it (:meth:`Server.become`) and this scope forks no more."""
     if fresh:
-        release()
+        global _current, _preload
+        server, _current, _preload = _current, None, None
+        became = server.become(module) if server is not None else None
+        if became is not None:
+            return became
+        if server is not None:
+            server.close()
     return fork(module) or children.spawn(module)
 
 
@@ -267,101 +315,3 @@ def private_held() -> int:
     """What the warm parent holds of its own (0 without one): the tree's sum adds it."""
     server = _current
     return server.private_held() if server is not None and not server.broken else 0
-
-
-# --- the warm parent itself --------------------------------------------------------------
-
-
-def _load(preload: Sequence[str]) -> None:
-    for name in preload:
-        module, _, function = name.partition(":")
-        loaded = importlib.import_module(module)
-        if function:
-            getattr(loaded, function)()
-
-
-def _run_child(module: str, fds: list[int], sock: socket.socket) -> None:
-    """In the forked child: become ``python -m module`` on the passed pipes."""
-    code = 1
-    try:
-        sock.close()
-        for target, fd in zip((0, 1, 2), fds, strict=True):
-            os.dup2(fd, target)
-            os.close(fd)
-        os.setsid()
-        _name(module.rsplit(".", 1)[-1][:15])
-        os.environ[children.PARENT_ENV] = str(os.getppid())
-        # runpy's note that the module was imported before (the warm parent loaded it)
-        warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        children.finish(code)
-
-
-def _reap(sock: socket.socket, alive: set[int]) -> None:
-    for pid in list(alive):
-        with contextlib.suppress(ChildProcessError):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                alive.discard(pid)
-                code = os.waitstatus_to_exitcode(status)
-                sock.send(json.dumps({"exit": pid, "code": code}).encode())
-
-
-def _serve(sock: socket.socket) -> int:
-    """Load, then fork one child per request until memtune closes the socket."""
-    first = json.loads(sock.recv(_MAX_MESSAGE))
-    _load(first["preload"])
-    gc.collect()
-    gc.freeze()  # the children's collections leave these objects' pages shared
-    heap.trim()  # free heap pages go back: a child's allocations land on new pages, not copies
-    alive: set[int] = set()
-    try:
-        while True:
-            ready, _, _ = select.select([sock], [], [], 0.02)
-            _reap(sock, alive)
-            if not ready:
-                continue
-            data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
-            if not data:
-                return 0
-            request = json.loads(data)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                _run_child(str(request["module"]), fds, sock)
-            for fd in fds:
-                os.close(fd)
-            alive.add(pid)
-            sock.send(json.dumps({"pid": pid}).encode())
-    finally:
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-
-
-def _name(name: str) -> None:
-    """This process's name in ``/proc/PID/comm``: the tree's measure tells the warm parent
-    from its children (which inherit its command line) by it."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/comm").write_text(name)
-
-
-def main() -> int:
-    children.die_with_parent()
-    _name(process.WARM_NAME)
-    sock = socket.socket(fileno=int(os.environ.pop(FD_ENV)))
-    try:
-        return _serve(sock)
-    except (OSError, ValueError, ImportError):
-        return 1
-
-
-if __name__ == "__main__":
-    children.finish(main())
