@@ -213,7 +213,8 @@ class Server:
                 return None
             self.broken = True  # no fork from here on
             with contextlib.suppress(OSError):
-                self.sock.close()
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the listening thread
+            self.sock.close()
         return Became(
             self,
             self.proc.pid,
