@@ -59,7 +59,8 @@ def check(result, true_peak, usable: int) -> None:
     measured_fit = [t.batch_size for t in result.trials if not t.exceeded]
     assert plan.batch_size <= REACH * max(measured_fit)  # near a batch measured to fit
     assert all(plan.batch_size < t.batch_size for t in result.trials if t.exceeded)
-    assert len(result.trials) <= MAX_TRIALS
+    fifth = len(result.trials) == MAX_TRIALS + 1 and result.trials[MAX_TRIALS - 1].exceeded
+    assert len(result.trials) <= MAX_TRIALS or fifth  # a fifth only after a late stop
 
 
 def test_linear_truth_finds_near_best_batch() -> None:
@@ -107,6 +108,40 @@ def test_step_in_the_curve_is_followed() -> None:
     result = search(MemoryCurve(600 * MiB, 200_000), measure, planner(2 * GiB))
     check(result, truth, usable)
     assert result.plan.batch_size > 1000  # past the step, still safe
+
+
+@pytest.mark.parametrize("step_at", [500, 700, 900])
+def test_a_late_stop_far_above_the_largest_fit_is_bisected(step_at: int) -> None:
+    """An allocator's step somewhere between the largest batch that fitted and the stops:
+    four trials leave the plan at 240 (a quarter of what fits); a fifth, halfway in log
+    between 240 and the smallest stop, lands the plan there, measured and safe."""
+
+    def truth(b: int) -> int:
+        return 300 * MiB + int(0.4 * MiB * b) + (250 * MiB if b > step_at else 0)
+
+    usable = int(GiB * 0.9)
+    measure, calls = machine(truth, usable)
+    result = search(MemoryCurve(280 * MiB, int(0.2 * MiB)), measure, planner(GiB))
+    check(result, truth, usable)
+    assert len(calls) == MAX_TRIALS + 1 and result.trials[-2].exceeded
+    assert calls[-1] == int((240 * 1157) ** 0.5)  # the gap's middle, in log
+    assert result.plan.batch_size >= calls[-1]  # was 240
+
+
+def test_a_fifth_trial_only_after_a_fourth_stopped_far_above_the_largest_fit() -> None:
+    from memtune.estimate.search import _Search
+
+    run = _Search(MemoryCurve(280 * MiB, MiB), machine(lambda b: 0, GiB)[0],
+                  planner(GiB), planner(GiB), None, None)  # fmt: skip
+    run.good = [8, 600]
+    run.trials = [Trial(8, 300 * MiB), Trial(600, 700 * MiB), Trial(1500, GiB, exceeded=True)]
+    assert run.bisect() is None  # a trial is left: the search goes on as it did
+    run.trials.append(Trial(800, GiB, exceeded=True))
+    assert run.bisect() is None  # 800 / 600: the plan already sits near the stop
+    run.trials[-1] = Trial(1200, GiB, exceeded=True)
+    assert run.bisect() == int((600 * 1200) ** 0.5)
+    run.trials[-1] = Trial(1000, 800 * MiB)
+    assert run.bisect() is None  # the fourth fitted
 
 
 def test_noise_does_not_break_safety() -> None:
