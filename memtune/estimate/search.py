@@ -44,9 +44,8 @@ AFTER_STOP_GEO = 2 / 3
 SPREAD = 1.0
 # When the fourth trial was stopped, a fifth goes halfway (in log) between the largest
 # batch that fitted and the smallest stopped, if that gap is wider than this: a step in
-# the curve (an allocator's) lies somewhere in it. Without it
-# gru at 1 GiB planned 387-392 in two runs of three, its trials at 1,101-1,340 stopped, where
-# batches past 480 fit; the third run, which met no step, planned 1,491.
+# the curve (an allocator's) lies somewhere in it, and the plan would otherwise stay at
+# the batch under it (how-memtune-decides.md, "A late stop").
 BISECT_GAP = 1.5
 
 Measure = Callable[[int], Trial]

@@ -161,34 +161,38 @@ class Server:
             self._changed.wait_for(lambda: self._replies or self.broken, timeout)
             return self._replies.pop(0) if self._replies else None
 
+    def _ask(self, message: dict[str, Any]) -> tuple[dict[str, Any] | None, list[int]]:
+        """Send a request with three new pipes' far ends; the reply (None if none came) and
+        the near ends (stdin's write end, stdout's and stderr's read ends)."""
+        pipes = [os.pipe() for _ in range(3)]
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+        try:
+            self._send(message, theirs)
+            reply = self._reply(READY_TIMEOUT_S)
+        except OSError:
+            reply = None
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        return reply, [pipes[0][1], pipes[1][0], pipes[2][0]]
+
+    @staticmethod
+    def _streams(ours: list[int]) -> tuple[IO[str], IO[str], IO[str]]:
+        return os.fdopen(ours[0], "w"), os.fdopen(ours[1]), os.fdopen(ours[2])
+
     def fork(self, module: str) -> WarmChild | None:
         """A child running ``python -m module``'s code; None if the warm parent cannot."""
         with self._lock:
             if self.broken or self.proc.poll() is not None:
                 return None
-            pipes = [os.pipe() for _ in range(3)]
-            theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
-            try:
-                self._send({"module": module}, theirs)
-                reply = self._reply(READY_TIMEOUT_S)
-            except OSError:
-                reply = None
-            finally:
-                for fd in theirs:
-                    os.close(fd)
+            reply, ours = self._ask({"module": module})
             process.forget_unshared(self.proc.pid)  # a fork shares what was the parent's
             if reply is None or "pid" not in reply:
                 self.broken = True
-                for fd in (pipes[0][1], pipes[1][0], pipes[2][0]):
+                for fd in ours:
                     os.close(fd)
                 return None
-        return WarmChild(
-            self,
-            int(reply["pid"]),
-            os.fdopen(pipes[0][1], "w"),
-            os.fdopen(pipes[1][0]),
-            os.fdopen(pipes[2][0]),
-        )
+        return WarmChild(self, int(reply["pid"]), *self._streams(ours))
 
     def become(self, module: str) -> Became | None:
         """The warm parent itself runs ``python -m module``'s code, once its forked children
@@ -197,31 +201,16 @@ class Server:
         with self._lock:
             if self.broken or self.proc.poll() is not None:
                 return None
-            pipes = [os.pipe() for _ in range(3)]
-            theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
-            try:
-                self._send({"module": module, "become": True}, theirs)
-                reply = self._reply(READY_TIMEOUT_S)
-            except OSError:
-                reply = None
-            finally:
-                for fd in theirs:
-                    os.close(fd)
+            reply, ours = self._ask({"module": module, "become": True})
             if reply is None or reply.get("pid") != self.proc.pid:
-                for fd in (pipes[0][1], pipes[1][0], pipes[2][0]):
+                for fd in ours:
                     os.close(fd)
                 return None
             self.broken = True  # no fork from here on
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)  # wakes the listening thread
             self.sock.close()
-        return Became(
-            self,
-            self.proc.pid,
-            os.fdopen(pipes[0][1], "w"),
-            os.fdopen(pipes[1][0]),
-            os.fdopen(pipes[2][0]),
-        )
+        return Became(self, self.proc.pid, *self._streams(ours))
 
     def exit_code(self, pid: int) -> int | None:
         with self._changed:
@@ -301,8 +290,8 @@ def spawn(module: str, *, fresh: bool = False) -> children.Child:
     """``python -m module`` forked from the warm parent when a scope holds one, else started
     afresh. ``fresh``: a child that shares no page; the warm parent, when there is one,
     becomes it (:meth:`Server.become`) and this scope forks no more."""
+    global _current, _preload
     if fresh:
-        global _current, _preload
         server, _current, _preload = _current, None, None
         became = server.become(module) if server is not None else None
         if became is not None:
