@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from memtune.proc import children, warm
 
 MiB = 1024**2
 
-# A module the warm parent loads (100 MiB of its own, touched) and one a child runs.
+# A module the warm parent loads (100 MiB of its own, touched) and two a child runs.
 HELPERS = {
     "warmload.py": """
         import numpy as np
@@ -40,6 +41,12 @@ HELPERS = {
         sys.stdin.read()  # held open until the test is done measuring
         print(json.dumps({"bye": True}))
         children.finish(0)
+    """,
+    # a child that ends only when killed: its stdin closing does not end it
+    "warmsleep.py": """
+        import json, os, time
+        print(json.dumps({"pid": os.getpid(), "ppid": os.getppid()}), flush=True)
+        time.sleep(120)
     """,
 }
 
@@ -184,6 +191,40 @@ def test_reap_kills_a_forked_child_mid_run_and_learns_its_end(helpers: Path) -> 
         children.reap(child)
         assert child.returncode == -9
         assert not Path(f"/proc/{child.pid}").exists() or _zombie_free(child.pid)
+
+
+@linux_only
+def test_a_became_child_dies_with_memtune_killed_by_sigkill(helpers: Path) -> None:
+    """memtune SIGKILLed while the warm parent runs a child as itself: nothing is left (the
+    warm parent asked the kernel to kill it with memtune, and becoming keeps that)."""
+    script = (
+        "import json, sys\n"
+        "from memtune.proc import warm\n"
+        "with warm.scope(['warmload:load']):\n"
+        "    warm.spawn('warmchild').communicate('', timeout=60)\n"
+        "    became = warm.spawn('warmsleep', fresh=True)\n"
+        "    print(json.dumps({'became': isinstance(became, warm.Became),"
+        " 'hello': json.loads(became.stdout.readline())}), flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    memtune = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert memtune.stdout is not None
+        told = json.loads(memtune.stdout.readline())
+        assert told["became"] is True and told["hello"]["ppid"] == memtune.pid
+        pid = int(told["hello"]["pid"])
+        assert _zombie_free(pid) and Path(f"/proc/{pid}").exists()  # running
+        memtune.kill()
+        memtune.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and _zombie_free(pid):
+            assert time.monotonic() < deadline, "the became child outlived memtune"
+            time.sleep(0.05)
+    finally:
+        memtune.kill()
+        memtune.wait(timeout=30)
 
 
 def _zombie_free(pid: int) -> bool:
