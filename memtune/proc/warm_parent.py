@@ -84,7 +84,8 @@ def _settle(sock: socket.socket, alive: set[int], timeout_s: float = 10.0) -> bo
 
 
 def _serve(sock: socket.socket) -> int:
-    """Load, then fork one child per request until memtune closes the socket."""
+    """Load, then fork one child per request (or, asked to become one, run it in this
+    process once the forked children have ended) until memtune closes the socket."""
     first = json.loads(sock.recv(MAX_MESSAGE))
     _load(first["preload"])
     gc.collect()
