@@ -231,6 +231,45 @@ def test_out_of_memory_halves_the_batch_and_sees_every_sample_once(
     assert len(result.history["loss"]) == 2
 
 
+def test_growth_near_the_budget_after_a_halving_stops_the_run_at_its_batch(
+    tmp_path: Path,
+) -> None:
+    """The watchdog's final overrun (near the budget, growth after a halving) ends the run at
+    the batch it reached, halving no further: each new batch shape would add memory."""
+    import keras
+
+    from memtune.core.errors import TrainingFailed
+    from memtune.core.watchdog import MemoryOverrun
+
+    class NearTheBudget(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            NearTheBudget.steps += 1
+            if NearTheBudget.steps == 2:  # past usable: halved
+                raise MemoryOverrun("memtune holds 969 MiB", "over budget")
+            if NearTheBudget.steps == 4:  # grew after the halving, near the budget
+                raise MemoryOverrun("memtune holds 995 MiB", "over budget", final=True)
+
+    folder = id_shards(tmp_path / "d")
+    with pytest.raises(TrainingFailed) as info:
+        fit(
+            recording_model([]),
+            folder,
+            epochs=1,
+            batch_size=8,
+            mode="streaming",
+            verbose=0,
+            target="answer",
+            callbacks=[NearTheBudget()],
+        )
+    assert info.value.exit_code == 1
+    assert str(info.value) == (
+        "over budget (memtune holds 995 MiB); stopped before the budget at batch 4 (after "
+        "halving from 8): a fresh run at --batch-size 4 starts without what this one kept"
+    )
+
+
 def test_out_of_memory_at_batch_one_stops_with_exit_1(tmp_path: Path) -> None:
     from memtune.core.errors import TrainingFailed
 

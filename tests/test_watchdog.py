@@ -122,19 +122,47 @@ def test_a_dip_under_the_limit_does_not_rearm_the_trigger() -> None:
         watch.check(Reading(held=1850 * MiB, available=20 * GiB))
 
 
-def test_growth_near_the_budget_halves_again_however_small() -> None:
+def test_growth_near_the_budget_after_a_halving_ends_the_run() -> None:
+    """resnet at 1 GiB, batch 935 (usable 922 MiB): 969 MiB after its first step, halved;
+    the new batch shape added ~25 MiB, and each halving after it ~30 MiB more, to 1.15 GiB at
+    batch 1. Near the budget, growth after a halving ends the run instead."""
+    watch = dog(GiB, 922 * MiB)  # step 64 MiB: near the budget from 992 MiB
+    watch.check(Reading(held=375 * MiB, available=20 * GiB))
+    with pytest.raises(MemoryOverrun) as first:
+        watch.check(Reading(held=969 * MiB, available=20 * GiB))
+    assert not first.value.final  # the first excess halves
+    with pytest.raises(MemoryOverrun) as info:
+        watch.check(Reading(held=995 * MiB, available=20 * GiB))
+    assert info.value.final and info.value.reason == "over budget"
+    assert str(info.value) == (
+        "memtune holds 995 MiB of its 1.00 GiB budget and grew by 26.0 MiB since the last "
+        "halving: TensorFlow keeps the memory it freed, and each new batch shape adds to it"
+    )
+
+
+def test_growth_near_the_budget_is_judged_however_small() -> None:
     """Memory that grows whatever the batch (Arrow's system pool on a 2 GiB stream reached
-    2.14 GiB, a step of growth per trigger): near the budget, a quarter step triggers."""
+    2.14 GiB, a step of growth per trigger): near the budget, a quarter step counts."""
     watch = dog(2 * GiB, int(1.8 * GiB))  # step 102 MiB
     watch.check(Reading(held=1 * GiB, available=20 * GiB))
     with pytest.raises(MemoryOverrun):
         watch.check(Reading(held=1960 * MiB, available=20 * GiB))  # past the usable budget
     assert watch.check(Reading(held=1970 * MiB, available=20 * GiB)) is not None  # freed nothing
-    with pytest.raises(MemoryOverrun):
+    assert watch.check(Reading(held=1980 * MiB, available=20 * GiB)) is None  # under a quarter
+    with pytest.raises(MemoryOverrun) as info:
         watch.check(Reading(held=2000 * MiB, available=20 * GiB))  # 40 MiB more, near 2 GiB
-    watch.check(Reading(held=2010 * MiB, available=20 * GiB))  # under a quarter step: held
+    assert info.value.final
+
+
+def test_a_new_excess_after_memory_came_back_halves_again_even_near_the_budget() -> None:
+    watch = dog(GiB, 922 * MiB)
+    watch.check(Reading(held=375 * MiB, available=20 * GiB))
     with pytest.raises(MemoryOverrun):
-        watch.check(Reading(held=2030 * MiB, available=20 * GiB))
+        watch.check(Reading(held=969 * MiB, available=20 * GiB))
+    assert watch.check(Reading(held=800 * MiB, available=20 * GiB)) is None  # a step under
+    with pytest.raises(MemoryOverrun) as info:
+        watch.check(Reading(held=1000 * MiB, available=20 * GiB))
+    assert not info.value.final  # a new excess, not growth after the halving
 
 
 def test_the_hosts_ordinary_fluctuation_does_not_shrink_the_batch() -> None:
@@ -162,6 +190,7 @@ class _Overrun:
         (_Overrun(), 2, False, "halve"),
         (MemoryOverrun("m", "memory pressure"), 1, False, "wait"),  # the host is short
         (MemoryOverrun("m", "over budget"), 1, False, "fail"),  # memtune itself is too big
+        (MemoryOverrun("m", "over budget", final=True), 467, False, "fail"),  # halving adds
         (_Overrun(), 1, False, "fail"),
         (MemoryOverrun("m", "memory pressure"), 8, True, "fail"),  # one worker cannot change
     ],

@@ -16,10 +16,13 @@ After a trigger the next one needs the excess to grow by a step, so allocator sl
 rarely falls after a batch change) does not halve the batch all the way down to 1; once back
 under the limit by a step, the next excess triggers. (Back under it at all was not enough:
 a stream's memory swings ±70 MiB between steps, and each dip re-armed the trigger — a 2 GiB
-stream halved 40,423 → 2,526.) Within half a step of the budget itself, growth of a quarter
-step since the last trigger triggers again: memory that grows whatever the batch must stop
-before the budget, at batch 1 if need be. When the reading after a halving is still over
-the limit and no lower, the halving freed nothing, and :meth:`Watchdog.check` says so once.
+stream halved 40,423 → 2,526.) When the reading after a halving is still over the limit and
+no lower, the halving freed nothing, and :meth:`Watchdog.check` says so once.
+
+Within half a step of the budget itself, growth of a quarter step since the last halving
+ends the run (``final``) rather than halving again: TensorFlow keeps the memory it freed and
+each new batch shape adds to it, so halving on toward batch 1 carried a run past the budget
+it is meant to keep (docs/benchmarks.md, "Halving near the budget").
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ class MemoryOverrun(Exception):
     """The process is about to run out of memory: recover before the kernel kills it.
 
     ``reason``: ``"over budget"`` or ``"memory pressure"``; ``others``: what other processes
-    took since training started (bytes, for the words)."""
+    took since training started (bytes, for the words); ``final``: halving cannot help, the
+    run must stop before the budget."""
 
-    def __init__(self, message: str, reason: str, others: int = 0) -> None:
+    def __init__(self, message: str, reason: str, others: int = 0, *, final: bool = False):
         super().__init__(message)
         self.reason = reason
         self.others = others
+        self.final = final
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,10 @@ class Watchdog:
         if excess <= 0:
             if excess <= -self.step:  # clearly back under: the next excess triggers
                 self._threshold = 0
+                self._last = 0  # and is a new one, not growth after the last halving
             return None
-        # Near the budget itself, growth since the last trigger halves again however small
-        # the step: memory that grows whatever the batch must stop before the budget.
+        # Near the budget itself, growth since the last trigger counts however small: memory
+        # that grows whatever the batch must stop before the budget (below: the run ends).
         nearing = (
             now.held >= self.budget - self.step // 2 and now.held >= self._last + self.step // 4
         )
@@ -107,6 +113,7 @@ class Watchdog:
                     f"{format_bytes(self.step)}"
                 )
             return None
+        last = self._last
         self._threshold = excess + self.step
         self._halved_at = self._last = now.held
         others = self.others(now)
@@ -118,6 +125,15 @@ class Watchdog:
                 f"{format_bytes(now.held)}",
                 reason="memory pressure",
                 others=others,
+            )
+        if nearing and last:
+            raise MemoryOverrun(
+                f"memtune holds {format_bytes(now.held)} of its {format_bytes(self.budget)} "
+                f"budget and grew by {format_bytes(now.held - last)} since the last halving: "
+                "TensorFlow keeps the memory it freed, and each new batch shape adds to it",
+                reason="over budget",
+                others=others,
+                final=True,
             )
         raise MemoryOverrun(
             f"memtune holds {format_bytes(now.held)}, past the usable budget "

@@ -43,8 +43,9 @@ def is_oom_error(exc: BaseException) -> bool:
 def recovery_action(exc: BaseException, batch: int, multiworker: bool) -> str:
     """What recovery does after an out-of-memory at ``batch`` (per replica): ``"halve"``
     the batch, ``"wait"`` for memory (batch 1 under host pressure: the host, not memtune,
-    is short), or ``"fail"``. Pure: tested on made-up errors."""
-    if multiworker:
+    is short), or ``"fail"`` (batch 1, or a ``final`` overrun: near the budget, halving
+    again would add memory). Pure: tested on made-up errors."""
+    if multiworker or (isinstance(exc, MemoryOverrun) and exc.final):
         return "fail"
     if batch > 1:
         return "halve"
@@ -113,10 +114,8 @@ def recover(
             f"its batch on one worker; restart every worker with --batch-size {max(1, batch // 2)}"
         ) from exc
     if action == "fail":
-        raise TrainingFailed(
-            f"{what} even at batch 1 (after halving from {planned}); "
-            "try a smaller --maxlen, mixed precision or more memory"
-        ) from exc
+        context = f"after halving from {planned}"
+        raise TrainingFailed(_gave_up(what, exc, batch, "", context)) from exc
     epoch, done = progress.epoch, train.position + progress.steps * train.batch_size
     if _epoch_trained(train, progress):  # the guard raised at its end: go on from the next
         epoch, done = epoch + 1, 0
@@ -126,6 +125,19 @@ def recover(
     train.resize(to * local, epoch=epoch, start=done)
     reason = getattr(exc, "reason", "out of memory")
     return BatchChange(epoch, done, batch, to, accumulation, reason, waited_seconds=waited)
+
+
+def _gave_up(what: str, exc: BaseException, batch: int, where: str, context: str) -> str:
+    """Why the run stops, and what to try: a fresh process holds none of what this one kept."""
+    if isinstance(exc, MemoryOverrun) and exc.final:
+        return (
+            f"{what}; stopped before the budget at batch {batch}{where} ({context}): a fresh "
+            f"run at --batch-size {batch} starts without what this one kept"
+        )
+    return (
+        f"{what} even at batch 1{where} ({context}); "
+        "try a smaller --maxlen, mixed precision or more memory"
+    )
 
 
 def _continue_at(
@@ -164,10 +176,8 @@ def _recover_bucket(
     length = train.bucketing.lengths[bucket]
     action = recovery_action(exc, batch, False)
     if action == "fail":
-        raise TrainingFailed(
-            f"{what} even at batch 1 in the length-{length} bucket (planned {planned} for the "
-            "longest); try a smaller --maxlen, mixed precision or more memory"
-        ) from exc
+        where, context = f" in the length-{length} bucket", f"planned {planned} for the longest"
+        raise TrainingFailed(_gave_up(what, exc, batch, where, context)) from exc
     epoch, steps = progress.epoch, progress.steps
     if _epoch_trained(train, progress):  # the guard raised at its end: go on from the next
         epoch, steps = epoch + 1, 0
