@@ -41,7 +41,7 @@ class MemoryOverrun(Exception):
     took since training started (bytes, for the words); ``final``: halving cannot help, the
     run must stop before the budget."""
 
-    def __init__(self, message: str, reason: str, others: int = 0, *, final: bool = False):
+    def __init__(self, message: str, reason: str, others: int = 0, *, final: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.others = others
