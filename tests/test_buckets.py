@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -21,7 +22,7 @@ from memtune.core.curve import MemoryCurve
 from memtune.core.errors import MemtuneError
 from memtune.core.options import make_options
 from memtune.core.pipeline_memory import pipeline_bytes
-from memtune.core.plan import PlanOptions
+from memtune.core.plan import Plan, PlanOptions
 from memtune.core.signatures import ModelSignature, TensorSpec
 from memtune.data.bucketed import Bucketing, bucketed_streaming
 from memtune.data.buckets import BucketOrder, LengthBuckets, choose_boundaries
@@ -31,6 +32,7 @@ from memtune.data.scan import scan
 from memtune.data.shares import blocks_of
 
 MiB = 1024**2
+GiB = 1024**3
 
 
 def padded_tokens(lengths: np.ndarray, bounds: list[int]) -> int:
@@ -304,6 +306,62 @@ def test_a_bucketed_prediction_is_the_largest_batch_a_bucket_can_hold() -> None:
     assert saved == curve.peak(400) - curve.peak(int(np.ceil(worst))) > 0
 
 
+def test_a_bucketed_prediction_is_never_under_the_buckets_measured_together() -> None:
+    """fit trains every bucket shape in one process, and each adds memory TensorFlow keeps
+    (bench_buckets: fit 5 % over the worst bucket measured alone): a trial of them all
+    together raises the prediction when it reads more, with the reason; never lowers it."""
+    budget = Budget("cpu", 2048 * MiB, "--budget", 20 * 1024 * MiB)
+    curve = CURVES[0]
+    options = PlanOptions(
+        max_batch_size=400,
+        buckets=((50, 3_000), (100, 3_000), (500, 150)),
+        bucket_scale=(0.1, 0.2, 1.0),
+        pad_length=500,
+        real_tokens=1_000_000,
+    )
+
+    def plan(o: PlanOptions) -> Plan:
+        return make_plan(budget, curve, num_samples=6_150, per_sample_bytes=2004, options=o)
+
+    alone = plan(options)
+    worst = max(
+        min(b.batch_size, b.samples) * s
+        for b, s in zip(alone.buckets, options.bucket_scale, strict=True)
+    )
+    pipeline = alone.predicted_peak_bytes - curve.peak(int(np.ceil(worst)))  # the data's
+    higher = curve.peak(int(np.ceil(worst))) + 40 * MiB
+    raised = plan(replace(options, buckets_together=higher))
+    assert raised.predicted_peak_bytes == higher + pipeline
+    assert raised.batch_size == alone.batch_size
+    assert any("trained one after another in one trial process" in r for r in raised.reasons)
+    lower = plan(replace(options, buckets_together=alone.predicted_peak_bytes // 2))
+    assert lower.predicted_peak_bytes == alone.predicted_peak_bytes
+    validating = replace(options, validating=True)
+    assert (
+        plan(replace(validating, buckets_together=10 * GiB)).predicted_peak_bytes
+        == plan(validating).predicted_peak_bytes
+    )
+
+
+def test_the_trial_of_buckets_together_serves_their_shapes_in_order(tmp_path: Path) -> None:
+    from memtune.estimate.trial_child import _BucketSteps
+    from memtune.estimate.trials import FeedSpec
+
+    feeds = (FeedSpec("seq", "input", (9,), "int32"), FeedSpec("answer", "target", (1,), "float32"))
+    rows = tmp_path / "rows.npz"
+    ids = np.arange(4 * 9, dtype=np.int32).reshape(4, 9)
+    np.savez(rows, **{"in:seq": ids, "out:answer": np.arange(4, dtype=np.float32)[:, None]})
+    shapes = ((4, 9), (3, 9), (6, 5), (2, 3))
+    source = _BucketSteps(feeds, shapes, "seq", str(rows))
+    assert len(source) == 4 and source.weighted
+    for i, (count, length) in enumerate(shapes):
+        inputs, targets = source[i]
+        assert inputs["seq"].shape == (count, length) and targets["answer"].shape == (count, 1)
+        assert source.row_weights(i).shape == (count,)
+        for row, answer in zip(inputs["seq"], targets["answer"][:, 0], strict=True):
+            assert row.tolist() == ids[int(answer), 9 - length :].tolist()  # the row's end
+
+
 def test_no_buckets_no_key() -> None:
     budget = Budget("cpu", 2048 * MiB, "--budget", 20 * 1024 * MiB)
     plan = make_plan(
@@ -342,6 +400,9 @@ def test_suggest_buckets_a_text_model_and_off_turns_it_off(tmp_path: Path) -> No
     assert buckets[-1]["batch_size"] == plan["batch_size"]
     assert any(t.get("length") == buckets[0]["length"] for t in plan["trials"])
     assert any("of the memory of one of" in r for r in plan["reasons"])
+    # and one trial of every bucket's shapes together, as fit trains them (cached apart)
+    cached = json.loads((Path(os.environ["MEMTUNE_CACHE_DIR"]) / "trials.json").read_text())
+    assert sum("/together" in key for key in cached) == 1
     off = subprocess.run([*base, "--buckets", "off"], capture_output=True, text=True, timeout=280)
     assert off.returncode == 0, off.stderr
     assert "buckets" not in json.loads(off.stdout)

@@ -354,7 +354,16 @@ def _predicted(
 ) -> int:
     """The predicted peak, with its noise (measured) or its word of caution (analytic);
     ``rows``: what the largest bucketed batch holds, in full-length samples."""
-    predicted = ask.curve.peak(min(batch, rows or batch)) + ask.extra(mode)(batch)
+    alone = ask.curve.peak(min(batch, rows or batch))
+    together = ask.options.buckets_together if rows else 0
+    if together > alone:
+        reasons.append(
+            f"buckets: every bucket's batches trained one after another in one trial process "
+            f"peaked at {format_bytes(together)}, over the {format_bytes(alone)} of the worst "
+            "bucket alone (each new batch shape adds memory TensorFlow keeps): the prediction "
+            "uses it"
+        )
+    predicted = max(alone, together) + ask.extra(mode)(batch)
     if ask.curve.source == "measured":
         noise = max(NOISE_FLOOR, int(NOISE_SHARE * predicted))
         reasons.append(

@@ -54,6 +54,9 @@ class PlanOptions:
     bucket_scale: tuple[float, ...] = ()
     pad_length: int = 0  # what every row is padded to without buckets
     real_tokens: int = 0  # the bucketed input's tokens that are not padding, per epoch
+    # Measured: every bucket's batch shapes trained one after another in one process, as
+    # fit runs them (each adds memory TensorFlow keeps); the prediction is never under it.
+    buckets_together: int = 0
 
 
 @dataclass(frozen=True)

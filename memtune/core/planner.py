@@ -45,16 +45,18 @@ class Planner:
         notes: list[str] | None = None,
         within: int | None = None,
         scale: tuple[float, ...] | None = None,
+        together: int = 0,
     ) -> Plan:
         """The plan on ``curve``. ``verified``: the largest batch the trials support;
         ``within``: a tighter bound (bytes) for a measured choice; ``scale``: the buckets'
-        measured memory shares; ``notes``: reasons in place of the planner's own."""
+        measured memory shares; ``together``: every bucket's shapes measured in one process;
+        ``notes``: reasons in place of the planner's own."""
         aim = MEASURED_AIM if curve.source == "measured" else 1.0
         if within is not None and curve.source == "measured":
             aim = min(aim, within / self.usable_bytes)
         chosen = replace(self.options, verified_cap=verified, aim=aim)
         if scale is not None:
-            chosen = replace(chosen, bucket_scale=scale)
+            chosen = replace(chosen, bucket_scale=scale, buckets_together=together)
         return make_plan(
             self.budget,
             curve,

@@ -4,12 +4,14 @@ shrink (:func:`bucket_scale`)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from memtune.core.curve import MemoryCurve, Trial
+from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
 from memtune.estimate.cache import TrialCache
 from memtune.estimate.fitting import trial_noise
@@ -72,6 +74,37 @@ def bucket_scale(
         f"{lt.pad_length} (read on the full-length curve, noise included)"
     )
     return interpolated(measured, lt)
+
+
+def together(measure: Trials, s: Setup, lt: LengthTrial, plan: Plan, notes: list[str]) -> int:
+    """The peak of every bucket's batch shapes trained one after another in one trial
+    process, as ``fit`` trains them (each new shape adds memory TensorFlow keeps; a trial
+    per length does not see it): the longest bucket first, each bucket's full batch then
+    its epoch's partial one. 0 when there is nothing to add (one bucket, or a trial that
+    passed its limit: noted, and the plan's buckets stay as measured one by one)."""
+    steps: list[tuple[int, int]] = []
+    for b in reversed(plan.buckets):
+        steps.append((min(b.batch_size, b.samples), b.length))
+        if b.samples > b.batch_size and b.samples % b.batch_size:
+            steps.append((b.samples % b.batch_size, b.length))
+    if len(plan.buckets) < 2 or not steps:
+        return 0
+    digest = hashlib.sha256(repr(steps).encode()).hexdigest()[:12]
+    cache = TrialCache(
+        f"{s.cache.key}/together{digest}", enabled=s.cache.enabled, directory=s.cache.path.parent
+    )
+    if measure.drifted:
+        cache.clear()
+    spec = replace(measure.spec, bucket_steps=tuple(steps), bucket_feed=lt.feed, num_samples=None)
+    runner = Trials(replace(s, cache=cache), spec, measure.folder)
+    trial = runner(max(count for count, _ in steps))
+    if trial.exceeded:
+        notes.append(
+            f"buckets: their {len(steps)} batch shapes trained together passed the trial's "
+            f"limit at {format_bytes(trial.peak_bytes)}; the prediction is the worst bucket's"
+        )
+        return 0
+    return trial.peak_bytes
 
 
 def interpolated(measured: float, lt: LengthTrial) -> tuple[float, ...]:

@@ -12,7 +12,7 @@ from memtune.core.plan import Plan
 from memtune.core.planner import Planner
 from memtune.core.units import format_bytes
 from memtune.estimate.fitting import trial_noise
-from memtune.estimate.lengths import LengthTrial, bucket_scale
+from memtune.estimate.lengths import LengthTrial, bucket_scale, together
 from memtune.estimate.runner import Setup, _trial_model, child_share, trials
 from memtune.estimate.search import SearchResult, search
 from memtune.estimate.trials import (
@@ -54,14 +54,17 @@ def measured_plan(
             s.num_samples,
             noise=trial_noise,
         )
-        scale = None
+        scale, both = None, 0
         if lengths is not None:
             reach = planner.plan(result.curve, result.cap, within=within).largest_safe_batch_size
             if result.cap is not None:
                 reach = min(reach, result.cap)
             scale = bucket_scale(measure, s, lengths, result.curve, reach, result.notes)
+            if s.device == "cpu" and not s.validation:
+                first = planner.plan(result.curve, result.cap, scale=scale)
+                both = together(measure, s, lengths, first, result.notes)
     planner = planner.noted(*result.notes, _summary(s, result), *([anchored] if anchored else []))
-    plan = planner.plan(result.curve, result.cap, scale=scale)
+    plan = planner.plan(result.curve, result.cap, scale=scale, together=both)
     # The plan lists what each trial measured; the curve adds this process's share.
     measured = [replace(t, peak_bytes=t.peak_bytes - s.parent_extra) for t in result.trials]
     return replace(plan, trials=measured + measure.extra), result.curve, planner

@@ -90,6 +90,42 @@ class _RepeatBatch:
         raise NotImplementedError("a trial measures one batch size")
 
 
+class _BucketSteps(_RepeatBatch):
+    """Every bucket's batch shapes, one step each in the order given: ``fit`` trains them
+    all in one process, and each new shape adds memory TensorFlow keeps. The trial's rows
+    (tiled to a step's count), the bucketed input cut to the step's length, and row weights
+    beside them, as fit's bucketed batches carry."""
+
+    weighted = True
+
+    def __init__(
+        self,
+        feeds: tuple[FeedSpec, ...],
+        shapes: tuple[tuple[int, int], ...],
+        feed: str,
+        rows: str | None,
+    ) -> None:
+        super().__init__(feeds, max(count for count, _ in shapes), len(shapes), 0, rows)
+        self.shapes = shapes
+        self.feed = feed
+
+    def __getitem__(self, i: int) -> Any:
+        import numpy as np
+
+        count, length = self.shapes[i]
+        held = len(next(iter(self.inputs.values())))
+        take = np.resize(np.random.default_rng(i).permutation(held), count)
+        inputs = {
+            k: v[take, -length:] if k == self.feed else v[take] for k, v in self.inputs.items()
+        }
+        return inputs, {k: v[take] for k, v in self.targets.items()}
+
+    def row_weights(self, i: int) -> Any:
+        import numpy as np
+
+        return np.ones(self.shapes[i][0], np.float32)
+
+
 def _carry_fit_libraries() -> None:
     """Load the libraries ``fit``'s process holds beside TensorFlow (its data readers and its
     screen), so a trial's resident memory holds them as fit's will: measured, code pages and
@@ -138,7 +174,11 @@ def _footprint(feeds: tuple[FeedSpec, ...]) -> Any:
 def _sources(raw: dict[str, Any], feeds: tuple[FeedSpec, ...]) -> tuple[_RepeatBatch, int]:
     """The training source, in epochs as long as fit's (a pipeline prefetches within an
     epoch, so one whole-dataset batch holds one batch in flight where ten steps hold five),
-    and the epochs to run: later epochs go on, a short epoch does not shorten the trial."""
+    and the epochs to run: later epochs go on, a short epoch does not shorten the trial.
+    Buckets measured together: their steps, one epoch."""
+    if raw.get("bucket_steps"):
+        shapes = tuple((int(count), int(length)) for count, length in raw["bucket_steps"])
+        return _BucketSteps(feeds, shapes, str(raw["bucket_feed"]), raw.get("rows")), 1
     replicas = int(raw.get("cpu_replicas") or 1)
     batch, total = int(raw["batch_size"]) * replicas, int(raw.get("num_samples") or 0)
     last = total % batch if total > batch else 0
@@ -159,8 +199,9 @@ def _train(model: Any, raw: dict[str, Any], feeds: tuple[FeedSpec, ...]) -> dict
     from memtune.run.feed import KerasFeed
 
     source, epochs = _sources(raw, feeds)
-    feed = KerasFeed(_footprint(feeds))
-    flat = FlatPeak(MIN_STEPS)
+    bucketed = source.feed if isinstance(source, _BucketSteps) else None
+    feed = KerasFeed(_footprint(feeds), flexible=frozenset([bucketed] if bucketed else []))
+    flat = FlatPeak(len(source) if bucketed else MIN_STEPS)  # every bucket shape runs
     guard = MemoryGuard(2**62, 2**62, cpu=True, reserve_bytes=0)
     extra: dict[str, Any] = {}
     if raw.get("validation"):

@@ -65,6 +65,11 @@ class TrialSpec:
     # fit validates each epoch: the trial's epochs end with an evaluation (two batches of
     # the same rows), so the evaluation's graph and pipeline are measured too.
     validation: bool = False
+    # Length buckets measured together: every step's (rows, length), in order, the input
+    # ``bucket_feed`` cut to that length — fit's bucket shapes, full and partial, trained in
+    # one process (each new shape adds memory TensorFlow keeps). Empty: one batch shape.
+    bucket_steps: tuple[tuple[int, int], ...] = ()
+    bucket_feed: str | None = None
 
     def to_json(self, batch_size: int, limit_bytes: int, debug: bool) -> str:
         out = asdict(self)
