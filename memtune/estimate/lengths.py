@@ -97,6 +97,7 @@ def together(measure: Trials, s: Setup, lt: LengthTrial, plan: Plan, notes: list
         cache.clear()
     spec = replace(measure.spec, bucket_steps=tuple(steps), bucket_feed=lt.feed, num_samples=None)
     runner = Trials(replace(s, cache=cache), spec, measure.folder)
+    runner.beside(measure)
     trial = runner(max(count for count, _ in steps))
     if trial.exceeded:
         notes.append(
@@ -139,6 +140,7 @@ class _Shares:
             measure.folder,
         )
         self.trials.length = short
+        self.trials.beside(measure)
 
     def __call__(self, batch: int) -> tuple[Trial, float]:
         trial = self.trials(batch)

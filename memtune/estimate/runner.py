@@ -172,6 +172,12 @@ class Trials:
         predicted = p1 + int(slope * max(0, batch - b1) * WARM_SLOPE_MARGIN)
         return predicted + WARM_ROOM <= child_share(self.s)
 
+    def beside(self, full: Trials) -> None:
+        """Trials of other shapes (a length bucket's, the buckets together) judge room
+        beside the warm parent by the full-length trials: a bound on theirs, for rows no
+        longer; their own points stay apart, or the full-length slope would flatten."""
+        self.seen, self.prior = list(full.seen), full.prior
+
     def run(self, batch: int, *, keep: bool = True) -> Trial:
         """A new trial, bypassing the cache (which it then updates if ``keep``)."""
         s = self.s
