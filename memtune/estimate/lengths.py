@@ -13,7 +13,6 @@ from pathlib import Path
 from memtune.core.curve import MemoryCurve, Trial
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
-from memtune.estimate.cache import TrialCache
 from memtune.estimate.fitting import trial_noise
 from memtune.estimate.runner import Setup, Trials
 
@@ -90,15 +89,8 @@ def together(measure: Trials, s: Setup, lt: LengthTrial, plan: Plan, notes: list
     if len(plan.buckets) < 2 or not steps:
         return 0
     digest = hashlib.sha256(repr(steps).encode()).hexdigest()[:12]
-    cache = TrialCache(
-        f"{s.cache.key}/together{digest}", enabled=s.cache.enabled, directory=s.cache.path.parent
-    )
-    if measure.drifted:
-        cache.clear()
     spec = replace(measure.spec, bucket_steps=tuple(steps), bucket_feed=lt.feed, num_samples=None)
-    runner = Trials(replace(s, cache=cache), spec, measure.folder)
-    runner.beside(measure)
-    trial = runner(max(count for count, _ in steps))
+    trial = measure.apart(f"together{digest}", s, spec)(max(count for count, _ in steps))
     if trial.exceeded:
         notes.append(
             f"buckets: their {len(steps)} batch shapes trained together passed the trial's "
@@ -129,18 +121,12 @@ class _Shares:
         feeds = tuple(
             replace(f, shape=(short, *f.shape[1:])) if f.name == lt.feed else f for f in s.feeds
         )
-        cache = TrialCache(
-            f"{s.cache.key}/length{short}", enabled=s.cache.enabled, directory=s.cache.path.parent
-        )
-        if measure.drifted:  # its trials were measured in another period: measure anew
-            cache.clear()
-        self.trials = Trials(
-            replace(s, feeds=feeds, cache=cache, rows=lt.rows),
+        self.trials = measure.apart(
+            f"length{short}",
+            replace(s, feeds=feeds, rows=lt.rows),
             replace(measure.spec, feeds=feeds, num_samples=None),
-            measure.folder,
         )
         self.trials.length = short
-        self.trials.beside(measure)
 
     def __call__(self, batch: int) -> tuple[Trial, float]:
         trial = self.trials(batch)

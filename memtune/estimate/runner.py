@@ -172,11 +172,21 @@ class Trials:
         predicted = p1 + int(slope * max(0, batch - b1) * WARM_SLOPE_MARGIN)
         return predicted + WARM_ROOM <= child_share(self.s)
 
-    def beside(self, full: Trials) -> None:
-        """Trials of other shapes (a length bucket's, the buckets together) judge room
-        beside the warm parent by the full-length trials: a bound on theirs, for rows no
-        longer; their own points stay apart, or the full-length slope would flatten."""
-        self.seen, self.prior = list(full.seen), full.prior
+    def apart(self, suffix: str, s: Setup, spec: TrialSpec) -> Trials:
+        """Trials of another shape (a length bucket's, the buckets together), cached apart
+        under ``suffix`` (measured anew when the anchor drifted). They judge room beside the
+        warm parent by these full-length trials: a bound on theirs, for rows no longer;
+        their own points stay apart, or the full-length slope would flatten."""
+        cache = TrialCache(
+            f"{self.s.cache.key}/{suffix}",
+            enabled=self.s.cache.enabled,
+            directory=self.s.cache.path.parent,
+        )
+        if self.drifted:  # measured in another period
+            cache.clear()
+        other = Trials(replace(s, cache=cache), spec, self.folder)
+        other.seen, other.prior = list(self.seen), self.prior
+        return other
 
     def run(self, batch: int, *, keep: bool = True) -> Trial:
         """A new trial, bypassing the cache (which it then updates if ``keep``)."""
