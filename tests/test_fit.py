@@ -231,6 +231,24 @@ def test_out_of_memory_halves_the_batch_and_sees_every_sample_once(
     assert len(result.history["loss"]) == 2
 
 
+def _failed_fit(tmp_path: Path, batch_size: int, callback: Any) -> Any:
+    """The error a one-epoch streaming fit of the id shards ends with (it must fail)."""
+    from memtune.core.errors import TrainingFailed
+
+    with pytest.raises(TrainingFailed) as info:
+        fit(
+            recording_model([]),
+            id_shards(tmp_path / "d"),
+            epochs=1,
+            batch_size=batch_size,
+            mode="streaming",
+            verbose=0,
+            target="answer",
+            callbacks=[callback],
+        )
+    return info.value
+
+
 def test_growth_near_the_budget_after_a_halving_stops_the_run_at_its_batch(
     tmp_path: Path,
 ) -> None:
@@ -238,7 +256,6 @@ def test_growth_near_the_budget_after_a_halving_stops_the_run_at_its_batch(
     the batch it reached, halving no further: each new batch shape would add memory."""
     import keras
 
-    from memtune.core.errors import TrainingFailed
     from memtune.core.watchdog import MemoryOverrun
 
     class NearTheBudget(keras.callbacks.Callback):
@@ -251,41 +268,18 @@ def test_growth_near_the_budget_after_a_halving_stops_the_run_at_its_batch(
             if NearTheBudget.steps == 4:  # grew after the halving, near the budget
                 raise MemoryOverrun("memtune holds 995 MiB", "over budget", final=True)
 
-    folder = id_shards(tmp_path / "d")
-    with pytest.raises(TrainingFailed) as info:
-        fit(
-            recording_model([]),
-            folder,
-            epochs=1,
-            batch_size=8,
-            mode="streaming",
-            verbose=0,
-            target="answer",
-            callbacks=[NearTheBudget()],
-        )
-    assert info.value.exit_code == 1
-    assert str(info.value) == (
+    failed = _failed_fit(tmp_path, 8, NearTheBudget())
+    assert failed.exit_code == 1
+    assert str(failed) == (
         "over budget (memtune holds 995 MiB); stopped before the budget at batch 4 (after "
         "halving from 8): a fresh run at --batch-size 4 starts without what this one kept"
     )
 
 
 def test_out_of_memory_at_batch_one_stops_with_exit_1(tmp_path: Path) -> None:
-    from memtune.core.errors import TrainingFailed
-
-    folder = id_shards(tmp_path / "d")
-    with pytest.raises(TrainingFailed, match="even at batch 1") as info:
-        fit(
-            recording_model([]),
-            folder,
-            epochs=1,
-            batch_size=2,
-            mode="streaming",
-            verbose=0,
-            target="answer",
-            callbacks=[exhaust_at(None)],
-        )
-    assert info.value.exit_code == 1
+    failed = _failed_fit(tmp_path, 2, exhaust_at(None))
+    assert "even at batch 1" in str(failed)
+    assert failed.exit_code == 1
 
 
 def test_holding_more_than_a_tight_budget_shrinks_the_batch(tmp_path: Path) -> None:
