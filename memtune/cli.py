@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code once its output is flushed, without the interpreter's teardown, where TensorFlow's
     and pyarrow's thread pools can hang (:func:`memtune.proc.children.finish`)."""
     if argv is None:  # the process is memtune's: glibc's arenas are set before any thread
-        heap.limit_arenas()
+        heap.configure()
     code = _run(argv)
     if argv is None:
         children.finish(code)

@@ -1,4 +1,5 @@
-"""glibc's allocator as memtune sets it: few arenas, freed memory handed back each epoch.
+"""glibc's allocator as memtune sets it: few arenas, a fixed mmap threshold, freed memory
+handed back each epoch.
 
 Each case runs in a fresh Python, since an arena limit only holds for arenas made later.
 """
@@ -53,13 +54,55 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def test_threads_share_the_limited_arenas() -> None:
     assert arenas("", clean_env()) > heap.ARENAS  # glibc alone: an arena per thread
-    limited = "from memtune.proc import heap\nheap.limit_arenas()\n"
+    limited = "from memtune.proc import heap\nheap.configure()\n"
     assert arenas(limited, clean_env()) == heap.ARENAS
 
 
 def test_a_users_malloc_arena_max_wins() -> None:
-    limited = "from memtune.proc import heap\nheap.limit_arenas()\n"
+    limited = "from memtune.proc import heap\nheap.configure()\n"
     assert arenas(limited, clean_env(MALLOC_ARENA_MAX="4")) == 4
+
+
+# A 4 MiB block freed (mapped: past glibc's starting threshold, which then moves up to it),
+# then a 2 MiB block taken: the number of mapped blocks it added.
+MAPPED = """
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(4 * 1024**2))
+before = libc.mallinfo2().hblks
+block = libc.malloc(2 * 1024**2)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+def mapped(setup: str, env: dict[str, str]) -> int:
+    code = textwrap.dedent(setup) + MAPPED
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.split()[-1])
+
+
+def test_a_fixed_mmap_threshold_maps_large_blocks_on_their_own() -> None:
+    """glibc alone moves its threshold up to the largest block freed, so the next large block
+    lands in the heap (whose holes only grow); configured, it is mapped and given back."""
+    assert mapped("", clean_env()) == 0
+    configured = "from memtune.proc import heap\nheap.configure()\n"
+    assert mapped(configured, clean_env()) == 1
+
+
+def test_a_users_mmap_threshold_wins() -> None:
+    configured = "from memtune.proc import heap\nheap.configure()\n"
+    assert mapped(configured, clean_env(MALLOC_MMAP_THRESHOLD_=str(8 * 1024**2))) == 0
+    tunables = clean_env(GLIBC_TUNABLES=f"glibc.malloc.mmap_threshold={8 * 1024**2}")
+    assert mapped(configured, tunables) == 0
 
 
 def test_trim_heap_hands_freed_memory_back_as_an_epoch_begins() -> None:

@@ -28,7 +28,7 @@ from memtune.proc.paths import write_text_atomically
 if TYPE_CHECKING:
     from memtune.app.where import Where
 
-FORMAT = 1
+FORMAT = 2  # 2: plans measured under a fixed mmap threshold (proc.heap)
 LABEL = "the plan cache"  # how a line names it
 
 

@@ -31,7 +31,7 @@ from memtune.proc import tf as _tf
 # wrote, copied: 20-50 MiB measured), with room to spare; and the extrapolation's margin.
 WARM_ROOM = 96 * 1024**2
 WARM_SLOPE_MARGIN = 1.25
-MEMTUNE_TRIAL_FORMAT = "8"  # bump when what a trial measures changes (8: held memory)
+MEMTUNE_TRIAL_FORMAT = "9"  # bump when what a trial measures changes (9: fixed mmap threshold)
 
 
 @dataclass(frozen=True)

@@ -248,7 +248,7 @@ def preload() -> None:
     """What the warm parent (:mod:`memtune.proc.warm`) loads once for every trial and the
     model reader it forks: what this child loads before its request, then TensorFlow and
     the modules that build and train."""
-    heap.limit_arenas()
+    heap.configure()
     _carry_fit_libraries()
     from memtune.proc import tf as _tf
 
@@ -261,7 +261,7 @@ def preload() -> None:
 
 def _child() -> int:
     children.die_with_parent()
-    heap.limit_arenas()  # as fit's process: before any library starts threads
+    heap.configure()  # as fit's process: before any library starts threads
     _carry_fit_libraries()
     raw = json.loads(sys.stdin.read())
     if raw.get("baseline"):

@@ -53,7 +53,7 @@ def native_stderr_quiet() -> Iterator[None]:
 
 def tensorflow() -> ModuleType:
     """``import tensorflow`` (and Keras) with its start-up noise kept off memtune's stderr."""
-    heap.limit_arenas()  # before TensorFlow's threads take arenas of their own, if it can
+    heap.configure()  # before TensorFlow's threads take arenas of their own, if it can
     if "tensorflow" in sys.modules and "keras" in sys.modules:
         return sys.modules["tensorflow"]
     if "tensorflow" not in sys.modules:
