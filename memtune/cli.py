@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``argv``, as tests do). As the script itself (no ``argv``) the process ends with that
     code once its output is flushed, without the interpreter's teardown, where TensorFlow's
     and pyarrow's thread pools can hang (:func:`memtune.proc.children.finish`)."""
-    if argv is None:  # the process is memtune's: glibc's arenas are set before any thread
+    if argv is None:  # the process is memtune's: glibc's malloc is set before any thread
         heap.configure()
     code = _run(argv)
     if argv is None:

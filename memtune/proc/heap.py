@@ -37,7 +37,7 @@ def configure() -> None:
 
     Arena limits hold for arenas made later (glibc stops listening once nine exist), so
     this runs before TensorFlow starts its threads where memtune can. The figures are in
-    docs/benchmarks.md ("glibc's heap")."""
+    docs/how-memtune-decides.md ("Memory across epochs", "Memory within an epoch")."""
     global _configured
     if _configured:
         return

@@ -16,7 +16,7 @@ class TrimHeap(keras.callbacks.Callback):  # type: ignore[name-defined]
     Each epoch's ``tf.data`` iterator runs on new threads; what the last one's threads freed
     stays cached in glibc's arenas, and the new epoch's batches land beside it. Both ``fit``
     and a trial run it, so a trial's peak is the one ``fit`` keeps (see
-    :func:`heap.configure` for the measurements)."""
+    :func:`heap.configure`; the measurements are in docs/how-memtune-decides.md)."""
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         heap.trim()
