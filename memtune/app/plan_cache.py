@@ -28,7 +28,7 @@ from memtune.proc.paths import write_text_atomically
 if TYPE_CHECKING:
     from memtune.app.where import Where
 
-FORMAT = 2  # 2: plans measured under a fixed mmap threshold (proc.heap)
+FORMAT = 3  # 3: a measured stream of rows read where they lie adds no hand-over
 LABEL = "the plan cache"  # how a line names it
 
 
