@@ -20,7 +20,8 @@ A plan under 0.85 of the usable budget that the dataset does not cap is checked 
 model's own curve: ``fit`` runs at larger batches, 5 % apart (at most four), until one
 reads more than the usable budget. If none landed between 0.85 and 1.00 of it, the curve
 caps the batch (a measured cliff, e.g. oneDNN's cost of a small last batch); if one did,
-the plan left that memory unused and the row misses.
+the plan left that memory unused and the row misses. A ``fit`` its watchdog stops is a
+row too (its tree's peak until then, its last line), not the end of the run.
 
     python scripts/bench_estimate.py [--json] [--only NAME] [--budget GIB] [--extras]
 """
@@ -330,6 +331,14 @@ class NothingFits(Exception):
     """memtune refused: even batch 1 would pass the budget (exit 3)."""
 
 
+class RunFailed(Exception):
+    """memtune exited 1 (a ``fit`` its watchdog stopped): its last line and its tree's peak."""
+
+    def __init__(self, line: str, peak: int) -> None:
+        super().__init__(line)
+        self.peak = peak
+
+
 def run_measured(
     *args: str, cache: str, preexec_fn: Callable[[], None] | None = None
 ) -> tuple[dict[str, Any], int]:
@@ -352,6 +361,8 @@ def run_measured(
     sampler.join()
     if proc.returncode == 3:  # the contract's "nothing fits": a result, not a failure
         raise NothingFits(err.strip().splitlines()[-1])
+    if proc.returncode == 1 and args[0] == "fit":  # a row's result: the run stopped
+        raise RunFailed((err.strip().splitlines() or [""])[-1], peak[0])
     if proc.returncode != 0:
         raise SystemExit(
             f"memtune {' '.join(args)} failed ({proc.returncode}): {err.strip()[-500:]}"
@@ -654,14 +665,19 @@ def main() -> None:
                 )
                 steps = -(-plan["num_samples"] // plan["batch_size"])
                 epochs = str(epochs_for(steps))
-                fitted, measured = run_measured(
-                    "fit", *common, *forced, "--epochs", epochs, "--json", cache=cache
-                )
+                failed = None
+                try:
+                    fitted, measured = run_measured(
+                        "fit", *common, *forced, "--epochs", epochs, "--json", cache=cache
+                    )
+                except RunFailed as halted:  # a miss to report, not the end of the bench
+                    failed, measured = str(halted), halted.peak
+                    fitted = {"batch_size_changes": [failed]}
                 fit_tree = measured  # fit starts no process: its tree is its own
                 pred = plan["predicted_peak_bytes"]
                 capped = "dataset" if plan["batch_size"] >= plan["num_samples"] else None
                 checks: list[dict[str, Any]] = []
-                if capped is None and measured < FULL * plan["usable_bytes"]:
+                if capped is None and not failed and measured < FULL * plan["usable_bytes"]:
                     capped, checks = curve_check(
                         functools.partial(fit_peak, inputs, plan, cache), plan, plan["usable_bytes"]
                     )
@@ -686,9 +702,12 @@ def main() -> None:
                         "over_budget": max(fit_tree, planning_tree) > plan["budget_bytes"],
                         "suggest_s": round(suggest_s, 1),
                         "batch_changes": len(fitted["batch_size_changes"]),
+                        "fit_failed": failed,  # the line a stopped fit ended with
                     }
                 )
                 r = rows[-1]
+                if failed:
+                    print(f"    FIT STOPPED: {failed}", flush=True)
                 print(
                     f"{name:<14} {r['budget_gib']:>4.2f} GiB  batch {r['batch_size']:>6} {r['mode']:<9} "
                     f"pred {pred / MiB:6.0f}  fit {measured / MiB:6.0f} MiB  "
@@ -754,6 +773,7 @@ def main() -> None:
         "median_suggest_s": statistics.median(r["suggest_s"] for r in rows),
         "nothing_fits": refusals,
         "fit_batch_changes": sum(r["batch_changes"] for r in rows),
+        "fits_stopped": [f"{r['model']} {r['budget_gib']}" for r in rows if r["fit_failed"]],
         **_conv_summary(rows),
         **extras,
     }
@@ -765,7 +785,8 @@ def main() -> None:
         f"{', '.join(curve_capped) or 'none'}); "
         f"fit tree/budget max {summary['fit_tree_over_budget_max']}, planning tree/budget max "
         f"{summary['planning_tree_over_budget_max']} (<= 1.00); rows over budget {summary['over_budget']}; "
-        f"trials <= {summary['max_trials']}"
+        f"trials <= {summary['max_trials']}; fits stopped: "
+        f"{', '.join(summary['fits_stopped']) or 'none'}"
     )
     if args.json:
         print(json.dumps({**summary, "rows": rows}))
