@@ -706,8 +706,6 @@ def main() -> None:
                     }
                 )
                 r = rows[-1]
-                if failed:
-                    print(f"    FIT STOPPED: {failed}", flush=True)
                 print(
                     f"{name:<14} {r['budget_gib']:>4.2f} GiB  batch {r['batch_size']:>6} {r['mode']:<9} "
                     f"pred {pred / MiB:6.0f}  fit {measured / MiB:6.0f} MiB  "
@@ -718,6 +716,8 @@ def main() -> None:
                     f"{r['suggest_s']:.0f} s",
                     flush=True,
                 )
+                if failed:
+                    print(f"    FIT STOPPED: {failed}", flush=True)
                 for c in checks:
                     print(
                         f"    curve check: fit at batch {c['batch_size']:>6} read "
