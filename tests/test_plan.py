@@ -241,6 +241,8 @@ def test_a_stream_of_rows_read_where_they_lie_holds_no_block_cache() -> None:
         "streaming", 1170, num_samples=n, per_sample_bytes=per, with_queue=False, blocks=False
     )
     assert measured == 0
+    assert measured < pipeline_bytes("streaming", 1170, num_samples=n, per_sample_bytes=per,
+                                     with_queue=False)  # fmt: skip
     prior = pipeline_bytes(
         "streaming", 1170, num_samples=n, per_sample_bytes=per, with_queue=True, blocks=False
     )
