@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -14,6 +15,7 @@ from memtune.core.errors import NothingFits
 from memtune.core.plan import Plan, PlanOptions
 from memtune.core.planner import MEASURED_AIM as AIM
 from memtune.estimate.fitting import REACH, fitted, reach, trial_noise
+from memtune.estimate.last_batch import unmeasured_risk
 from memtune.estimate.runner import trial_limit
 from memtune.estimate.search import MAX_TRIALS, _within_noise, search
 
@@ -326,26 +328,75 @@ def test_a_stop_under_a_batch_that_fitted_leaves_the_plan_on_a_measured_batch() 
     check(result, truth, usable)
 
 
+def test_a_plan_steps_down_to_a_batch_that_divides_the_epoch_instead_of_a_trial() -> None:
+    """A third trial read over the line, so the plan lies under it, at a batch whose epoch
+    ends in a partial batch no trial ran (text-cnn at 1 GiB: 626 under a trial at 648; its
+    own trial drew a higher level of oneDNN's pool and the plan fell to 316). On 6,000 rows
+    600 divides the epoch, within 5 % of the plan: one shape, the line's, and no fourth
+    trial. On 6,007 rows no batch near it does, and the plan is measured itself as before."""
+
+    def truth(b: int) -> int:
+        return 340 * MiB + int(0.6 * MiB) * b + int(0.0004 * MiB * b * b)  # bends upward
+
+    usable = int(GiB * 0.9)
+    prior = MemoryCurve(300 * MiB, int(0.5 * MiB))
+    runs = {}
+    for n in (6000, 6007):
+        measure, calls = machine(truth, int(GiB * 0.95))
+        result = search(prior, measure, planner(GiB, n=n, max_batch_size=10**9), None, n)
+        check(result, truth, usable)
+        runs[n] = (calls, result)
+    calls, even = runs[6000]
+    assert calls == [8, 538, 655] and even.plan.batch_size == 600 and even.cap == 600
+    assert any("batch 600 divides the 6,000 training samples" in r for r in even.notes)
+    assert not unmeasured_risk(even.plan, even.curve, even.trials)
+    # Batches that are not one shape an epoch keep the risk: replicas, length buckets.
+    assert unmeasured_risk(replace(even.plan, replicas=2), even.curve, even.trials)
+    calls, odd = runs[6007]
+    assert calls == [8, 538, 655, 627] and odd.plan.batch_size == 627  # the plan's own trial
+
+
+def test_trials_aim_at_batches_that_divide_the_epoch() -> None:
+    """A trial at a batch that divides the epoch runs one shape, the line's, with no partial
+    batch's cost on it: on 6,300 rows the trials aimed at 538 and 655 run 525 and 630
+    (within 5 % under), on 6,301 rows, which nothing near divides, they run as aimed."""
+
+    def truth(b: int) -> int:
+        return 340 * MiB + int(0.6 * MiB) * b + int(0.0004 * MiB * b * b)
+
+    for n, aimed in ((6300, [525, 630]), (6301, [538, 655])):
+        measure, calls = machine(truth, int(GiB * 0.95))
+        result = search(MemoryCurve(300 * MiB, int(0.5 * MiB)), measure,
+                        planner(GiB, n=n, max_batch_size=10**9), None, n)  # fmt: skip
+        assert calls[1:3] == aimed
+        check(result, truth, int(GiB * 0.9))
+
+
 def test_with_no_trial_left_between_trials_that_are_no_line_the_plan_is_hedged() -> None:
     """gru at 1 GiB: 394 fitted, 1,389 fitted at 0.96 of usable (past the aim), the plan's
     own 1,342 was stopped (its epoch's last batch of 516 rows costs more). The largest batch
-    measured to fit under the aim was 394: 0.50 of usable. Here, made up: 3,200 rows whose
+    measured to fit under the aim was 394: 0.50 of usable. Here, made up: 3,203 rows whose
     last batch of 500-560 rows costs 120 MiB more; the plan is the largest batch that fits
-    even if its own last batch costs its rows' growth again, not batch 8."""
-    n = 3200
+    even if its own last batch costs its rows' growth again, not batch 8. On 3,200 rows it
+    is 800, which divides the epoch under the batch that fitted: one shape, no bump."""
+    for n, planned, why in (
+        (3203, 673, "fits even if its epoch's last batch costs"),  # its own last batch: 508 rows
+        (3200, 800, "under a batch measured to fit that divides the epoch"),
+    ):
 
-    def truth(b: int) -> int:
-        bump = 120 * MiB if 500 < n % b < 560 else 0
-        return 296 * MiB + int(0.43 * MiB) * b + bump
+        def truth(b: int, n: int = n) -> int:
+            bump = 120 * MiB if 500 < n % b < 560 else 0
+            return 296 * MiB + int(0.43 * MiB) * b + bump
 
-    usable = int(GiB * 0.9)
-    measure, calls = machine(truth, int(GiB * 0.95))
-    plan_for = planner(GiB, n=n, max_batch_size=10**9)
-    result = search(MemoryCurve(300 * MiB, int(0.2 * MiB)), measure, plan_for, None, n)
-    assert calls == [8, 1447, 1346] and result.trials[-1].exceeded
-    assert result.plan.batch_size == 673  # its own last batch (508 rows) is in the bump
-    assert truth(673) + result.plan.predicted_peak_bytes - result.curve.peak(673) <= usable
-    assert any("fits even if its epoch's last batch costs" in r for r in result.notes)
+        usable = int(GiB * 0.9)
+        measure, calls = machine(truth, int(GiB * 0.95))
+        plan_for = planner(GiB, n=n, max_batch_size=10**9)
+        result = search(MemoryCurve(300 * MiB, int(0.2 * MiB)), measure, plan_for, None, n)
+        assert calls == [8, 1447, 1346] and result.trials[-1].exceeded
+        assert result.plan.batch_size == planned
+        b = result.plan.batch_size
+        assert truth(b) + result.plan.predicted_peak_bytes - result.curve.peak(b) <= usable
+        assert any(why in r for r in result.notes)
 
 
 def test_trials_may_use_half_the_safety_margin() -> None:

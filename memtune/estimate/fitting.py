@@ -16,7 +16,7 @@ REACH = 1.0
 # A larger completed trial reading more than the line below the plan's trial, this many
 # times as steep, predicts marks a jump between them (a convex bend reads ~1.5x): the plan
 # is not interpolated into it. embedding-lstm on 3,200 rows: 2,100 read 1,469 MiB, 2,200
-# 1,845 MiB (its last batch of 1,000 rows costs oneDNN more: search._unmeasured_risk).
+# 1,845 MiB (its last batch of 1,000 rows costs oneDNN more: last_batch.unmeasured_risk).
 JUMP = 2.0
 
 

@@ -14,6 +14,14 @@ from memtune.core.errors import NothingFits
 from memtune.core.plan import Plan
 from memtune.core.units import format_bytes
 from memtune.estimate.fitting import fitted, reach
+from memtune.estimate.last_batch import (
+    PlanFor,
+    even_below,
+    even_under,
+    evened,
+    hedged,
+    unmeasured_risk,
+)
 
 MAX_TRIALS = 4
 FIRST_BATCH = 8
@@ -49,7 +57,6 @@ SPREAD = 1.0
 BISECT_GAP = 1.5
 
 Measure = Callable[[int], Trial]
-PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ def search(
     regime of its own). The final batch lies at most ``REACH`` past the largest batch that
     fitted, or between it and a larger completed trial, and never at or past a stopped one.
     While trials remain, a plan near the budget that no trial ran is measured itself
-    (:func:`_unmeasured_risk`). ``noise`` gives how far a trial reading a peak may be off
+    (:func:`unmeasured_risk`). ``noise`` gives how far a trial reading a peak may be off
     (None: trials are exact); the last trial, which a stop would waste, goes only as far
     as the slope allows at that noise (:func:`_within_noise`).
     """
@@ -90,8 +97,8 @@ def search(
     run.start()
     while len(run.trials) < MAX_TRIALS:
         if len(run.trials) == MAX_TRIALS - 1:
-            plan, _ = _final(run.curve, run.trials, run.good, run.choose, run.n)
-            if _unmeasured_risk(plan, run.curve, run.trials):
+            plan, _ = run.final()
+            if unmeasured_risk(plan, run.curve, run.trials):
                 break  # the last trial measures the plan itself (below)
         b = run.aim()
         if b is None:
@@ -102,6 +109,12 @@ def search(
     if b is not None:
         run.measure_at(b)
         plan, cap = run.measure_the_plan()
+    if run.stepped is not None and run.stepped[0] == plan.batch_size:
+        run.notes.append(
+            f"batch {plan.batch_size:,} divides the {plan.num_samples:,} training samples "
+            f"evenly: planned instead of {run.stepped[1]:,}, whose epoch would end in a "
+            "partial batch of a shape no trial ran"
+        )
     return SearchResult(plan, run.curve, run.trials, run.notes, cap)
 
 
@@ -125,6 +138,7 @@ class _Search:
         self.notes: list[str] = []
         self.good: list[int] = []
         self.curve = prior
+        self.stepped: tuple[int, int] | None = None  # the last final plan's (even, from)
 
     def record(self, t: Trial) -> None:
         self.trials.append(t)
@@ -168,7 +182,12 @@ class _Search:
             b = top + int((b - top) * AFTER_STOP)
         if self.noise is not None and measured and len(trials) == MAX_TRIALS - 1:
             b = _within_noise(curve, trials, top, b, self.noise, self.n, self.plan_for)
-        whole = b >= (self.n or aimed.num_samples) > top  # its own regime: one step, a view
+        n = self.n or aimed.num_samples
+        whole = b >= n > top  # its own regime: one step, a view
+        # A batch that divides the epoch runs one shape: the line itself, with no partial
+        # batch's cost on it that a batch beside it would not pay (text-cnn at 1 GiB on 6,000
+        # rows: third trials with a last batch of 80-555 rows were stopped, 598-599 read ~815).
+        b = even_below(b, n) or b
         if b <= top + max(1, top // 20) and not whole:
             return None
         return b
@@ -184,6 +203,18 @@ class _Search:
         if bound is None or bound <= BISECT_GAP * top:
             return None
         return int((top * bound) ** 0.5)
+
+    def final(self) -> tuple[Plan, int]:
+        """The plan on the trials so far (:func:`_final`), stepped down to an even batch
+        when its own epoch's last batch is an unmeasured risk and one lies near
+        (:func:`evened`)."""
+        plan, cap = _final(self.curve, self.trials, self.good, self.choose, self.n)
+        even = evened(plan, self.curve, self.trials, self.choose)
+        if even is None:
+            self.stepped = None
+            return plan, cap
+        self.stepped = (even.batch_size, plan.batch_size)
+        return even, even.batch_size  # the cap too: a plan made on it stays even
 
     def measure_at(self, b: int) -> None:
         """A trial at ``b``, noted when it lies off the line the earlier trials drew."""
@@ -202,10 +233,10 @@ class _Search:
     def measure_the_plan(self) -> tuple[Plan, int]:
         """The plan's own epoch, measured while trials remain: its last, partial batch has
         shapes no trial may have run, and their memory is not the line's
-        (:func:`_unmeasured_risk`); with none left between trials that are no line, the
+        (:func:`unmeasured_risk`); with none left between trials that are no line, the
         largest batch measured to fit."""
-        plan, cap = _final(self.curve, self.trials, self.good, self.choose, self.n)
-        while len(self.trials) < MAX_TRIALS and _unmeasured_risk(plan, self.curve, self.trials):
+        plan, cap = self.final()
+        while len(self.trials) < MAX_TRIALS and unmeasured_risk(plan, self.curve, self.trials):
             b = plan.batch_size
             if any(t.exceeded and t.batch_size == b for t in self.trials):
                 break  # stopped already, under a batch that fitted: the curve is no line here
@@ -213,38 +244,44 @@ class _Search:
             if b in self.good:  # measured to fit: the plan goes no further on the line
                 plan, cap = self.choose(self.curve, b), b
             else:
-                plan, cap = _final(self.curve, self.trials, self.good, self.choose, self.n)
+                plan, cap = self.final()
                 t = self.trials[-1]
                 what = "passed its limit at" if t.exceeded else "measured"
                 self.notes.append(
                     f"the plan's own batch {b} {what} {format_bytes(t.peak_bytes)} (its epoch's "
                     "last batch included), over the usable budget: the plan is smaller"
                 )
-        risky = _unmeasured_risk(plan, self.curve, self.trials)
+        risky = unmeasured_risk(plan, self.curve, self.trials)
         if risky and _not_monotone(self.trials, self.n):  # no trial left
             return self._fallback(plan, cap)
         return plan, cap
 
     def _fallback(self, plan: Plan, cap: int) -> tuple[Plan, int]:
-        """No trial left for a plan between trials that are no line: the larger of the
-        largest batch measured to fit and the largest its epoch's last batch could not push
-        past the budget (:func:`_hedged`). The measured one alone put gru at 1 GiB on 394,
+        """No trial left for a plan between trials that are no line: the largest of the
+        largest batch measured to fit, the largest its epoch's last batch could not push past
+        the budget (:func:`hedged`), and the largest that divides the epoch under a batch
+        measured to fit (:func:`even_under`). The measured one alone put gru at 1 GiB on 394,
         0.50 of usable, between 394 and a stop at 1,342."""
-        measured = _largest_measured(self.curve, self.good, self.choose)
-        hedged = _hedged(self.curve, self.choose, plan.batch_size - 1)
+        completed = fitted(self.prior, [t for t in self.trials if not t.exceeded], self.n)
+        options = [
+            (_largest_measured(self.curve, self.good, self.choose), "the largest measured to fit"),
+            (
+                hedged(self.curve, self.choose, plan.batch_size - 1),
+                "the largest that fits even if its epoch's last batch costs its rows' growth again",
+            ),
+            (
+                even_under(max(self.good), plan.num_samples, completed, self.choose),
+                "the largest under a batch measured to fit that divides the epoch (one shape, "
+                "held within what that batch's trial held)",
+            ),
+        ]
+        found = [(p, why) for p, why in options if p is not None]
+        if not found:
+            return plan, cap
+        best, why = max(found, key=lambda found: found[0].batch_size)  # ties: the first
         said = f"batch {plan.batch_size} lies between trials and none is left to measure it"
-        if hedged is not None and (measured is None or hedged.batch_size > measured.batch_size):
-            self.notes.append(
-                f"{said}: the plan is batch {hedged.batch_size}, the largest that fits even if its "
-                "epoch's last batch costs its rows' growth again"
-            )
-            return hedged, hedged.batch_size
-        if measured is not None:
-            self.notes.append(
-                f"{said}: the plan is batch {measured.batch_size}, the largest measured to fit"
-            )
-            return measured, measured.batch_size
-        return plan, cap
+        self.notes.append(f"{said}: the plan is batch {best.batch_size}, {why}")
+        return best, best.batch_size
 
 
 def _refuse(prior: MemoryCurve, last: Trial, choose: PlanFor) -> None:
@@ -319,21 +356,6 @@ def _not_monotone(trials: list[Trial], whole_from: int | None) -> bool:
     return any(t.exceeded and t.batch_size < max(done, default=0) for t in trials)
 
 
-def _hedged(curve: MemoryCurve, choose: PlanFor, cap: int) -> Plan | None:
-    """The plan at the largest batch up to ``cap`` that :func:`_unmeasured_risk` clears:
-    it fits even if its epoch's last batch costs its rows' growth again (chosen on the
-    curve with every point's growth doubled, then planned on the curve itself)."""
-    if cap < 1:
-        return None
-    base = curve.peak(1)
-    steep = curve.with_points([(b, 2 * p - base) for b, p in curve.points])
-    b = choose(steep, cap).batch_size
-    plan = choose(curve, b)
-    if plan.batch_size != b or _unmeasured_risk(plan, curve, []):
-        return None
-    return plan
-
-
 def _largest_measured(curve: MemoryCurve, good: list[int], choose: PlanFor) -> Plan | None:
     """The plan at the largest batch a trial showed to fit that the choice keeps whole."""
     for b in sorted(set(good), reverse=True):
@@ -355,18 +377,3 @@ def _final(
         cap = reach(max((b for b in good if b < n), default=top), trials, n)
         plan = choose(curve, cap)
     return plan, cap
-
-
-def _unmeasured_risk(plan: Plan, curve: MemoryCurve, trials: list[Trial]) -> bool:
-    """A plan no trial ran whose epoch's last batch could pass the usable budget.
-
-    An epoch of n rows at batch b ends with a batch of n mod b rows, and a new batch shape
-    can cost up to its rows' growth again: under about 1,024 rows TensorFlow's oneDNN
-    kernels hold more (gone with ``TF_ENABLE_ONEDNN_OPTS=0``). embedding-lstm on 3,200
-    rows: batch 2,150 (a last batch of 1,050) peaked 1,501 MiB, batch 2,180 (1,020) 1,870.
-    Only a trial of that batch, its last one included, measures it."""
-    b = plan.batch_size
-    if any(t.batch_size == b and not t.exceeded for t in trials):
-        return False
-    growth = curve.peak(b) - curve.peak(1)
-    return plan.predicted_peak_bytes + growth > plan.usable_bytes

@@ -1,0 +1,91 @@
+"""An epoch's last, partial batch: a shape of its own that no trial may have run, what it
+may cost, and the plans that avoid the risk (pure, like the search that uses them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from memtune.core.curve import MemoryCurve, Trial
+from memtune.core.plan import Plan
+
+PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
+
+# A plan whose epoch's last batch no trial ran may step down this share of its batch to one
+# that divides the epoch evenly: with no partial batch it runs no shape of its own, so the
+# line between trials holds it and no trial need measure it (a trial spent there can also
+# draw a higher level of oneDNN's pool and leave the plan at half its size).
+EVEN_SHARE = 0.05
+
+
+def unmeasured_risk(plan: Plan, curve: MemoryCurve, trials: list[Trial]) -> bool:
+    """A plan no trial ran whose epoch's last batch could pass the usable budget.
+
+    An epoch of n rows at batch b ends with a batch of n mod b rows, and a new batch shape
+    can cost up to its rows' growth again: under about 1,024 rows TensorFlow's oneDNN
+    kernels hold more (gone with ``TF_ENABLE_ONEDNN_OPTS=0``). embedding-lstm on 3,200
+    rows: batch 2,150 (a last batch of 1,050) peaked 1,501 MiB, batch 2,180 (1,020) 1,870.
+    Only a trial of that batch, its last one included, measures it. An epoch with no partial
+    batch has no such shape: the line between trials, each with its own partial batch, holds
+    it."""
+    b = plan.batch_size
+    if divides(plan) or any(t.batch_size == b and not t.exceeded for t in trials):
+        return False
+    growth = curve.peak(b) - curve.peak(1)
+    return plan.predicted_peak_bytes + growth > plan.usable_bytes
+
+
+def divides(plan: Plan) -> bool:
+    """Every batch of ``plan``'s epoch is its batch: no partial last batch, one shape."""
+    b, n = plan.batch_size, plan.num_samples
+    return not plan.buckets and plan.replicas == 1 and b < n and n % b == 0
+
+
+def evened(plan: Plan, curve: MemoryCurve, trials: list[Trial], choose: PlanFor) -> Plan | None:
+    """The plan at the largest batch up to :data:`EVEN_SHARE` under ``plan``'s that divides
+    its training samples, when ``plan``'s own epoch ends in a batch no trial ran that could
+    pass the usable budget (:func:`unmeasured_risk`); None when there is none, or when
+    batches are not one shape an epoch (length buckets, replicas)."""
+    b, n = plan.batch_size, plan.num_samples
+    if plan.buckets or plan.replicas != 1 or b >= n or not unmeasured_risk(plan, curve, trials):
+        return None
+    even = even_below(b, n)
+    if even is None:
+        return None
+    stepped = choose(curve, even)
+    return stepped if stepped.batch_size == even else None
+
+
+def even_below(b: int, n: int) -> int | None:
+    """The largest batch from ``b`` down to :data:`EVEN_SHARE` under it that divides ``n``
+    rows evenly, or None."""
+    if b >= n:
+        return None
+    return next((e for e in range(b, int(b * (1 - EVEN_SHARE)) - 1, -1) if e and n % e == 0), None)
+
+
+def hedged(curve: MemoryCurve, choose: PlanFor, cap: int) -> Plan | None:
+    """The plan at the largest batch up to ``cap`` that :func:`unmeasured_risk` clears:
+    it fits even if its epoch's last batch costs its rows' growth again (chosen on the
+    curve with every point's growth doubled, then planned on the curve itself)."""
+    if cap < 1:
+        return None
+    base = curve.peak(1)
+    steep = curve.with_points([(b, 2 * p - base) for b, p in curve.points])
+    b = choose(steep, cap).batch_size
+    plan = choose(curve, b)
+    if plan.batch_size != b or unmeasured_risk(plan, curve, []):
+        return None
+    return plan
+
+
+def even_under(top: int, n: int, completed: MemoryCurve, choose: PlanFor) -> Plan | None:
+    """The plan at the largest batch up to ``top`` (a batch measured to fit) that divides
+    ``n`` rows, on the curve through the trials that completed: one shape, so it holds no
+    more than ``top``'s trial did with its own last batch beside it, whatever a trial
+    stopped between them read (its own partial batch's cost). None when the curve's choice
+    there is smaller."""
+    even = next((e for e in range(min(top, n - 1), 0, -1) if n % e == 0), None)
+    if even is None:
+        return None
+    plan = choose(completed, even)
+    return plan if plan.batch_size == even and divides(plan) else None
