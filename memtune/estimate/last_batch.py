@@ -10,10 +10,9 @@ from memtune.core.plan import Plan
 
 PlanFor = Callable[[MemoryCurve, "int | None"], Plan]  # (curve, batch cap) -> plan
 
-# A plan whose epoch's last batch no trial ran may step down this share of its batch to one
-# that divides the epoch evenly: with no partial batch it runs no shape of its own, so the
-# line between trials holds it and no trial need measure it (a trial spent there can also
-# draw a higher level of oneDNN's pool and leave the plan at half its size).
+# A trial, and a plan whose epoch's last batch no trial ran, may step down this share of
+# the batch to one that divides the epoch: with no partial batch it runs one shape, so a
+# trial reads the line itself and the line between trials holds the plan, unmeasured.
 EVEN_SHARE = 0.05
 
 

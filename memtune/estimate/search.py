@@ -185,8 +185,8 @@ class _Search:
         n = self.n or aimed.num_samples
         whole = b >= n > top  # its own regime: one step, a view
         # A batch that divides the epoch runs one shape: the line itself, with no partial
-        # batch's cost on it that a batch beside it would not pay (text-cnn at 1 GiB on 6,000
-        # rows: third trials with a last batch of 80-555 rows were stopped, 598-599 read ~815).
+        # batch's cost on it that a batch beside it would not pay (benchmarks.md, "Even
+        # batches").
         b = even_below(b, n) or b
         if b <= top + max(1, top // 20) and not whole:
             return None
@@ -256,6 +256,11 @@ class _Search:
             return self._fallback(plan, cap)
         return plan, cap
 
+    def _top_under_whole(self) -> int:
+        """The largest batch measured to fit short of the whole dataset (a regime of its
+        own, served as a view: no bound on a smaller batch's copies)."""
+        return max((b for b in self.good if self.n is None or b < self.n), default=0)
+
     def _fallback(self, plan: Plan, cap: int) -> tuple[Plan, int]:
         """No trial left for a plan between trials that are no line: the largest of the
         largest batch measured to fit, the largest its epoch's last batch could not push past
@@ -270,7 +275,7 @@ class _Search:
                 "the largest that fits even if its epoch's last batch costs its rows' growth again",
             ),
             (
-                even_under(max(self.good), plan.num_samples, completed, self.choose),
+                even_under(self._top_under_whole(), plan.num_samples, completed, self.choose),
                 "the largest under a batch measured to fit that divides the epoch (one shape, "
                 "held within what that batch's trial held)",
             ),
