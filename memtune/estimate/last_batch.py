@@ -33,10 +33,15 @@ def unmeasured_risk(plan: Plan, curve: MemoryCurve, trials: list[Trial]) -> bool
     return plan.predicted_peak_bytes + growth > plan.usable_bytes
 
 
+def one_shape(plan: Plan) -> bool:
+    """``plan``'s epoch is batches of its batch size and one last batch (no length buckets,
+    one replica, less than the whole dataset): an even batch leaves it one shape."""
+    return not plan.buckets and plan.replicas == 1 and plan.batch_size < plan.num_samples
+
+
 def divides(plan: Plan) -> bool:
     """Every batch of ``plan``'s epoch is its batch: no partial last batch, one shape."""
-    b, n = plan.batch_size, plan.num_samples
-    return not plan.buckets and plan.replicas == 1 and b < n and n % b == 0
+    return one_shape(plan) and plan.num_samples % plan.batch_size == 0
 
 
 def evened(plan: Plan, curve: MemoryCurve, trials: list[Trial], choose: PlanFor) -> Plan | None:
@@ -44,10 +49,9 @@ def evened(plan: Plan, curve: MemoryCurve, trials: list[Trial], choose: PlanFor)
     its training samples, when ``plan``'s own epoch ends in a batch no trial ran that could
     pass the usable budget (:func:`unmeasured_risk`); None when there is none, or when
     batches are not one shape an epoch (length buckets, replicas)."""
-    b, n = plan.batch_size, plan.num_samples
-    if plan.buckets or plan.replicas != 1 or b >= n or not unmeasured_risk(plan, curve, trials):
+    if not one_shape(plan) or not unmeasured_risk(plan, curve, trials):
         return None
-    even = even_below(b, n)
+    even = even_below(plan.batch_size, plan.num_samples)
     if even is None:
         return None
     stepped = choose(curve, even)
@@ -57,9 +61,13 @@ def evened(plan: Plan, curve: MemoryCurve, trials: list[Trial], choose: PlanFor)
 def even_below(b: int, n: int) -> int | None:
     """The largest batch from ``b`` down to :data:`EVEN_SHARE` under it that divides ``n``
     rows evenly, or None."""
-    if b >= n:
-        return None
-    return next((e for e in range(b, int(b * (1 - EVEN_SHARE)) - 1, -1) if e and n % e == 0), None)
+    return _divisor(n, b, int(b * (1 - EVEN_SHARE)))
+
+
+def _divisor(n: int, most: int, least: int = 1) -> int | None:
+    """The largest batch from ``most`` down to ``least`` that divides ``n`` rows, short of
+    all of them, or None."""
+    return next((e for e in range(min(most, n - 1), max(least, 1) - 1, -1) if n % e == 0), None)
 
 
 def hedged(curve: MemoryCurve, choose: PlanFor, cap: int) -> Plan | None:
@@ -83,7 +91,7 @@ def even_under(top: int, n: int, completed: MemoryCurve, choose: PlanFor) -> Pla
     more than ``top``'s trial did with its own last batch beside it, whatever a trial
     stopped between them read (its own partial batch's cost). None when the curve's choice
     there is smaller."""
-    even = next((e for e in range(min(top, n - 1), 0, -1) if n % e == 0), None)
+    even = _divisor(n, top)
     if even is None:
         return None
     plan = choose(completed, even)
