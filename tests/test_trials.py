@@ -88,6 +88,23 @@ def test_reaping_a_child_that_already_ended_closes_its_pipes() -> None:
     assert proc.stdout.closed and proc.stderr.closed
 
 
+def test_a_bare_child_is_measured_once_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a trial child holds before TensorFlow depends on nothing a call changes: the
+    second plan in a process (the Python API's fit after suggest) starts no child for it."""
+    from memtune.estimate import trials
+    from memtune.proc import children
+
+    monkeypatch.setattr(trials, "_bare", {})
+    held = trials.bare_child_bytes()
+    assert 10 * 2**20 < held < 500 * 2**20  # Python and memtune's readers, not TensorFlow
+
+    def no_child(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a second bare child was started")
+
+    monkeypatch.setattr(children, "spawn", no_child)
+    assert trials.bare_child_bytes() == held
+
+
 def test_a_trial_over_its_limit_is_stopped_and_the_parent_lives(project) -> None:
     parent = process.held()
     # The limit covers this process and the child together: 150 MiB beside this process.

@@ -43,6 +43,12 @@ HELPERS = {
         print(json.dumps({"bye": True}))
         children.finish(0)
     """,
+    # a warm parent's load that never ends: only a kill ends its process
+    "warmstuck.py": """
+        import time
+        def load():
+            time.sleep(600)
+    """,
     # a child that ends only when killed: its stdin closing does not end it
     "warmsleep.py": """
         import json, os, time
@@ -93,6 +99,45 @@ def test_a_child_forks_from_the_warm_parent_with_what_it_loaded(helpers: Path) -
             children.reap(second)
         assert second.returncode is not None
     assert server.proc.poll() is not None  # gone with its scope
+
+
+@linux_only
+def test_a_warm_parent_started_early_serves_the_first_fork(helpers: Path) -> None:
+    """``start`` loads the warm parent before any child is asked for (its imports run beside
+    the data scan); the first fork comes from that same process, once it has loaded."""
+    with warm.scope(["warmload:load"]):
+        warm.start()
+        server = warm._current
+        assert server is not None and server.proc.poll() is None
+        warm.start()  # a second call starts no second warm parent
+        assert warm._current is server
+        child = warm.spawn("warmchild")
+        try:
+            hello = _first_line(child)
+            assert hello["ppid"] == server.proc.pid and hello["loaded"] is True
+            assert server.loaded
+        finally:
+            children.reap(child)
+    assert server.proc.poll() is not None
+
+
+@linux_only
+def test_a_scope_ended_while_its_warm_parent_loads_kills_it(helpers: Path) -> None:
+    """Started early and never needed (bad data fails the scan): the scope's end does not
+    wait for the imports to finish, it kills the warm parent, which leaves no process."""
+    with warm.scope(["warmstuck:load"]):
+        warm.start()
+        server = warm._current
+        assert server is not None
+        # the warm parent is in its load (its name set, the sleep begun) before the scope ends
+        deadline = 200
+        while process.WARM_NAME not in Path(f"/proc/{server.proc.pid}/comm").read_text():
+            deadline -= 1
+            assert deadline, "the warm parent never started"
+            select.select([], [], [], 0.05)
+    assert not server.loaded
+    assert server.proc.returncode == -signal.SIGKILL
+    assert not Path(f"/proc/{server.proc.pid}").exists()
 
 
 @linux_only
@@ -347,3 +392,30 @@ def test_a_trial_near_its_limit_runs_alone_in_a_process_of_its_own(
     assert not trials._beside_warm(420)  # a trial was stopped: the rest run alone
     monkeypatch.setattr(warm, "_preload", None)  # stopped: every later trial runs alone
     assert not trials._beside_warm(8)
+
+
+@linux_only
+def test_a_plan_starts_its_warm_parent_before_the_scan_only_for_small_data(
+    helpers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``start_early``: data files up to ``EARLY_SCAN_BYTES`` are scanned beside the warm
+    parent's imports; larger ones first (their scan holds memory of its own)."""
+    from memtune.app import early
+
+    monkeypatch.setattr(early, "measure_bare_child_soon", lambda: None)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # as in memtune's CLI
+    data = helpers / "data"
+    data.mkdir()
+    (data / "0.csv").write_text("a,answer\n1,2\n")
+    monkeypatch.setattr(early, "EARLY_SCAN_BYTES", 1024)
+    early.start_early(data)  # outside a scope: nothing to start
+    assert warm._current is None
+    with warm.scope(["warmload:load"]):
+        early.start_early(data)
+        assert warm._current is not None
+    (data / "1.csv").write_text("a,answer\n" + "1,2\n" * 1000)
+    with warm.scope(["warmload:load"]):
+        early.start_early(data)
+        assert warm._current is None  # 4 KB of files: the scan runs first
+        early.start_early({"a": [1]})  # data in memory: no scan, the model is read first
+        assert warm._current is not None

@@ -79,7 +79,8 @@ def _model_files(spec: str) -> list[Path]:
     return sorted({module, *module.parent.glob("*.py")})
 
 
-def _data_files(data: Any) -> list[Path]:
+def data_files(data: Any) -> list[Path]:
+    """The files a data path names (a folder's, an image folder's one level down)."""
     path = Path(data)
     if not path.is_dir():
         return [path]
@@ -105,8 +106,8 @@ def _files(model: Any, data: Any, options: Options) -> dict[str, Any]:
     validation = options.validation_data
     return {
         "model": _stats(_model_files(os.fspath(model))),
-        "data": _stats(_data_files(data)),
-        "validation": _stats(_data_files(validation)) if validation is not None else [],
+        "data": _stats(data_files(data)),
+        "validation": _stats(data_files(validation)) if validation is not None else [],
     }
 
 

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memtune.app import plan_cache, plan_file
+from memtune.app.early import start_early
 from memtune.app.inputs import named, scan_data, scanned, train_samples
 from memtune.app.length_buckets import length_buckets
 from memtune.app.plan_file import KeptPlan
@@ -35,9 +36,6 @@ from memtune.model.load import check_spec
 from memtune.probe import Probe
 from memtune.proc import progress, warm
 from memtune.proc import tf as _tf
-
-if TYPE_CHECKING:  # the pipelines import numpy-heavy readers: loaded when batches are made
-    pass
 
 # A measured plan aims at this share of the usable budget, not all of it: ``fit``'s long run
 # peaks 1-4 % above a few-step trial (bench_estimate), and a verification aimed at the very
@@ -140,6 +138,8 @@ def _prepare(
     if kept is None and not options.no_cache:
         cached = plan_cache.lookup(model, data, options, where)
         kept = KeptPlan(_from_cache(cached), plan_cache.LABEL) if cached else None
+    if kept is None:
+        start_early(data)
     got = _read(model, data, options)
     if check is not None:
         check(got.options, got.footprint, got.info)

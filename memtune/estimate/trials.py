@@ -82,9 +82,28 @@ def own_held() -> int:
     return process.held()
 
 
+_bare: dict[str, int] = {}  # the answer, once measured
+_bare_lock = threading.Lock()
+
+
+def measure_bare_child_soon() -> None:
+    """Start :func:`bare_child_bytes`'s measurement now, in a thread, beside other work
+    (the data scan, the warm parent's imports); the call itself then waits for it."""
+    threading.Thread(target=bare_child_bytes, name="memtune-bare", daemon=True).start()
+
+
 def bare_child_bytes() -> int:
     """What a trial child holds before it loads TensorFlow: what the planning process holds
-    beyond it is held by ``fit``'s process too, beside training."""
+    beyond it is held by ``fit``'s process too, beside training. Measured once a process:
+    it depends on nothing a call changes."""
+    with _bare_lock:
+        held = _bare.get("held") or _bare_child()
+        if held:  # a child that failed answers 0: asked again next time
+            _bare["held"] = held
+        return held
+
+
+def _bare_child() -> int:
     proc = children.spawn(CHILD)
     try:
         out, _ = proc.communicate(json.dumps({"baseline": True}), timeout=60)

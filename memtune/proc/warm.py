@@ -132,6 +132,7 @@ class Server:
         self._changed = threading.Condition()
         self._replies: list[dict[str, Any]] = []
         self._exits: dict[int, int] = {}
+        self.loaded = False  # until then, closing waits for nothing: it kills
         self._send({"preload": list(preload), "debug": debug})
         threading.Thread(target=self._listen, name="memtune-warm", daemon=True).start()
 
@@ -152,6 +153,8 @@ class Server:
                 message = json.loads(packet)
                 if "exit" in message:
                     self._exits[int(message["exit"])] = int(message["code"])
+                elif "loaded" in message:
+                    self.loaded = True
                 else:
                     self._replies.append(message)
                 self._changed.notify_all()
@@ -231,6 +234,9 @@ class Server:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        if not self.loaded:  # still importing (started early, then not needed): no child yet
+            children.reap(self.proc)  # type: ignore[arg-type]
+            return
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -272,17 +278,21 @@ def active() -> bool:
     return _preload is not None
 
 
+def start() -> None:
+    """Start this scope's warm parent now, if it has none: its imports (~5 s) run beside
+    whatever this process does before its first child (the data scan)."""
+    global _current
+    if _preload is not None and _current is None:
+        with contextlib.suppress(OSError):
+            _current = Server(_preload, _debug)
+
+
 def fork(module: str) -> WarmChild | None:
     """A child forked from this scope's warm parent, started now if need be; None outside
     a scope or when the warm parent failed (the caller then starts a fresh child)."""
-    global _current
-    if _preload is None:
-        return None
+    start()
     if _current is None:
-        try:
-            _current = Server(_preload, _debug)
-        except OSError:
-            return None
+        return None
     return _current.fork(module)
 
 

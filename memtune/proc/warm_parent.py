@@ -91,6 +91,7 @@ def _serve(sock: socket.socket) -> int:
     gc.collect()
     gc.freeze()  # the children's collections leave these objects' pages shared
     heap.trim()  # free heap pages go back: a child's allocations land on new pages, not copies
+    sock.send(json.dumps({"loaded": True}).encode())
     alive: set[int] = set()
     try:
         while True:
