@@ -399,6 +399,20 @@ def test_with_no_trial_left_between_trials_that_are_no_line_the_plan_is_hedged()
         assert any(why in r for r in result.notes)
 
 
+def test_an_even_batch_over_the_aim_gives_way_to_the_next_divisor_under_it() -> None:
+    """text-cnn at 1 GiB: 636 fitted near the aim, the plan's own 593 was stopped; 600, the
+    divisor under 636, lay just past the aim. The next divisor (500) is the even plan, not
+    none of them (the fallback then planned 302, hedged)."""
+    from memtune.estimate.last_batch import even_under
+
+    curve = MemoryCurve(300 * MiB, MiB, "measured")  # 575 rows reach the aim
+    choose = planner(GiB, n=6000, max_batch_size=10**9)
+    assert choose(curve, 600).batch_size < 600
+    plan = even_under(636, 6000, curve, choose)
+    assert plan is not None and plan.batch_size == 500
+    assert even_under(636, 6001, curve, choose) is None  # 6,001 rows: no divisor at all
+
+
 def test_trials_may_use_half_the_safety_margin() -> None:
     assert trial_limit(2 * GiB, 0.10) == int(2 * GiB * 0.95)
     assert trial_limit(2 * GiB, 0.0) == 2 * GiB

@@ -89,10 +89,13 @@ def even_under(top: int, n: int, completed: MemoryCurve, choose: PlanFor) -> Pla
     """The plan at the largest batch up to ``top`` (a batch measured to fit) that divides
     ``n`` rows, on the curve through the trials that completed: one shape, so it holds no
     more than ``top``'s trial did with its own last batch beside it, whatever a trial
-    stopped between them read (its own partial batch's cost). None when the curve's choice
-    there is smaller."""
+    stopped between them read (its own partial batch's cost). Where the curve's choice at
+    a divisor is smaller, the next divisor under that choice is tried; None when none is
+    left."""
     even = _divisor(n, top)
-    if even is None:
-        return None
-    plan = choose(completed, even)
-    return plan if plan.batch_size == even and divides(plan) else None
+    while even is not None:
+        plan = choose(completed, even)
+        if plan.batch_size == even:
+            return plan if divides(plan) else None
+        even = _divisor(n, plan.batch_size)
+    return None
