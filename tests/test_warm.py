@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,11 +131,12 @@ def test_a_scope_ended_while_its_warm_parent_loads_kills_it(helpers: Path) -> No
         server = warm._current
         assert server is not None
         # the warm parent is in its load (its name set, the sleep begun) before the scope ends
-        deadline = 200
-        while process.WARM_NAME not in Path(f"/proc/{server.proc.pid}/comm").read_text():
-            deadline -= 1
-            assert deadline, "the warm parent never started"
-            select.select([], [], [], 0.05)
+        for _ in range(200):
+            if process.WARM_NAME in Path(f"/proc/{server.proc.pid}/comm").read_text():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the warm parent never started")
     assert not server.loaded
     assert server.proc.returncode == -signal.SIGKILL
     assert not Path(f"/proc/{server.proc.pid}").exists()
